@@ -1,0 +1,92 @@
+"""One exception tree for the whole package; foreign errors are translated at the boundary.
+
+IbStreamError                      base: code, message, details
+├── ConfigError                    bad settings file / environment value
+├── SourceError                    a market-data source failed
+├── StorageError                   the store cannot read or write
+│   ├── CorruptFileError           a Parquet/JSONL file is unreadable (names the file)
+│   └── DataRootLockedError        another process owns the data root for writing
+├── ValidationError                bad input, always names the field and the value
+│   └── TickValidationError        a tick was rejected (stream, index in batch, field, value)
+└── QueryError                     a query cannot be answered as asked
+    └── NotFoundError              unknown contract / stream / file
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IbStreamError(Exception):
+    """Base of every error raised by ib_stream."""
+
+    code = "IB_STREAM_ERROR"
+    http_status = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON error shape `{"error": {code, message, details}}`."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ConfigError(IbStreamError):
+    code = "CONFIG_ERROR"
+
+
+class SourceError(IbStreamError):
+    code = "SOURCE_ERROR"
+    http_status = 502
+
+
+class StorageError(IbStreamError):
+    code = "STORAGE_ERROR"
+
+
+class CorruptFileError(StorageError):
+    code = "CORRUPT_FILE"
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"file {path} is unreadable: {reason}", details={"path": path, "reason": reason})
+        self.path = path
+
+
+class DataRootLockedError(StorageError):
+    code = "DATA_ROOT_LOCKED"
+    http_status = 409
+
+
+class ValidationError(IbStreamError):
+    code = "INVALID_INPUT"
+    http_status = 422
+
+    def __init__(self, field: str, value: Any, reason: str, **details: Any) -> None:
+        shown = repr(value) if not isinstance(value, str) else value
+        super().__init__(f"{field} {shown} {reason}", details={"field": field, "value": _jsonable(value), **details})
+        self.field = field
+        self.value = value
+
+
+class TickValidationError(ValidationError):
+    code = "INVALID_TICK"
+
+
+class QueryError(IbStreamError):
+    code = "INVALID_QUERY"
+    http_status = 400
+
+
+class NotFoundError(QueryError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    return repr(value)

@@ -1,0 +1,146 @@
+"""Typed, layered settings: environment `IB_STREAM_…` > config file (TOML) > defaults.
+
+Built explicitly at start-up (`load_settings`), never at import. Nested sections use a double
+underscore in the environment: `IB_STREAM_STORAGE__FSYNC_INTERVAL_MS=0`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ib_stream.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/ib-stream.toml")
+_ROTATIONS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
+_PARTITIONS = (1, 2, 3, 4, 6, 8, 12, 24)
+
+
+class StorageConfig(BaseModel):
+    """Where and how ticks are stored; names and meanings follow DESIGN.md §4."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    data_root: Path = Field(Path("storage"), description="Data root; the default place of buffer, archive and index.")
+    buffer_path: Path | None = Field(None, description="JSON-lines buffer directory (default <data_root>/buffer).")
+    archive_path: Path | None = Field(None, description="Parquet archive directory (default <data_root>/archive).")
+    index_path: Path | None = Field(None, description="SQLite catalog file (default <data_root>/index.db).")
+    buffer_duration_minutes: int = Field(120, ge=1, description="How much recent data the in-memory hot cache holds.")
+    buffer_rotation_minutes: int = Field(15, description="Segment length; UTC-aligned, must divide 60.")
+    buffer_retention_hours: float = Field(24, gt=0, description="Archived buffer segments are deleted after this age.")
+    fsync_interval_ms: int = Field(
+        50, ge=0, description="Group commit: fsync at most this often (0 = fsync every batch)."
+    )
+    archive_compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = Field(
+        "zstd", description="Parquet codec (zstd measured smaller than snappy at similar speed)."
+    )
+    archive_compression_level: int = Field(3, ge=1, le=22, description="Codec level for zstd/gzip/brotli.")
+    archive_partition_hours: int = Field(1, description="Archive partition length in hours; must divide 24.")
+    archive_row_group_size: int = Field(131_072, ge=1024, description="Rows per Parquet row group.")
+    archive_retention_days: float = Field(365, gt=0, description="Archive partitions older than this are deleted.")
+    compaction_delay_seconds: int = Field(
+        120, ge=0, description="How long after an archive partition closes before its parts are compacted."
+    )
+    retired_file_grace_seconds: int = Field(
+        60,
+        ge=0,
+        description="Files replaced by compaction are deleted this long after no reader can need them.",
+    )
+    index_update_interval_seconds: int = Field(60, ge=1, description="How often the rotation/archive job runs.")
+    query_cache_size: int = Field(1000, ge=0, description="Query result cache entries (0 disables the cache).")
+    query_cache_ttl_seconds: float = Field(300, gt=0, description="Query result cache time-to-live.")
+    max_concurrent_writes: int = Field(10, ge=1, description="Worker threads for archive and query file work.")
+    batch_size: int = Field(1000, ge=1, description="Ticks per batch for producers and importers feeding the buffer.")
+
+    @field_validator("buffer_rotation_minutes")
+    @classmethod
+    def _rotation_divides_hour(cls, value: int) -> int:
+        if value not in _ROTATIONS:
+            raise ValueError(f"buffer_rotation_minutes {value} must divide 60 (one of {_ROTATIONS})")
+        return value
+
+    @field_validator("archive_partition_hours")
+    @classmethod
+    def _partition_divides_day(cls, value: int) -> int:
+        if value not in _PARTITIONS:
+            raise ValueError(f"archive_partition_hours {value} must divide 24 (one of {_PARTITIONS})")
+        return value
+
+    @property
+    def buffer_dir(self) -> Path:
+        return self.buffer_path or self.data_root / "buffer"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.archive_path or self.data_root / "archive"
+
+    @property
+    def index_file(self) -> Path:
+        return self.index_path or self.data_root / "index.db"
+
+
+class Settings(BaseSettings):
+    """All settings of ib-stream, one section per subsystem."""
+
+    model_config = SettingsConfigDict(env_prefix="IB_STREAM_", env_nested_delimiter="__", extra="forbid")
+
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig(), description="The tiered tick store.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then what `load_settings` read from the config file, then defaults.
+        return env_settings, init_settings
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings: `overrides` > environment > config file > defaults.
+
+    The file is `config_file`, else `$IB_STREAM_CONFIG`, else `config/ib-stream.toml` when present.
+    """
+    path = _config_path(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}", details={"path": str(path)}) from e
+    try:
+        settings = Settings(**data)
+        if overrides:
+            merged = settings.model_dump()
+            for section, values in overrides.items():
+                merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
+            settings = Settings.model_validate(merged)
+        return settings
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        source = f" (from {path})" if path else ""
+        raise ConfigError(
+            f"setting {where} = {first.get('input')!r} is invalid{source}: {first['msg']}",
+            details={"field": where, "value": repr(first.get("input"))},
+        ) from e
+
+
+def _config_path(config_file: Path | str | None) -> Path | None:
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", details={"path": str(path)})
+        return path
+    env = os.environ.get("IB_STREAM_CONFIG")
+    if env:
+        return _config_path(env)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None

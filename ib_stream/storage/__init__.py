@@ -1,0 +1,12 @@
+"""The tiered tick store: JSONL buffer → Parquet archive → SQLite catalog, and range queries.
+
+Public import path (a contract): `from ib_stream.storage import StorageQuery, StorageConfig`.
+"""
+
+from ib_stream.settings import StorageConfig
+from ib_stream.storage.buffer import AppendResult, TickBuffer
+from ib_stream.storage.index import PartitionIndex
+from ib_stream.storage.query import QueryEngine, StorageQuery
+from ib_stream.storage.store import TickStore
+
+__all__ = ["AppendResult", "PartitionIndex", "QueryEngine", "StorageConfig", "StorageQuery", "TickBuffer", "TickStore"]

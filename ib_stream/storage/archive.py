@@ -1,0 +1,337 @@
+"""Cold tier: sealed segments → hourly Parquet parts → one compacted file per partition.
+
+Every step is temp file → fsync → rename → catalog commit → only then retire the input, so a
+crash anywhere is repaired by running the step again, and running it again never duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ib_stream.clock import NS_PER_SECOND, Clock
+from ib_stream.domain import PRICE_FIELDS, StreamKey, TickType
+from ib_stream.errors import StorageError
+from ib_stream.settings import StorageConfig
+from ib_stream.storage.buffer import TickBuffer
+from ib_stream.storage.index import ArchiveFile, DailyStatistics, PartitionIndex, utc_now_iso
+from ib_stream.storage.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
+from ib_stream.storage.schema import (
+    META_JSONL_BYTES,
+    META_SOURCES,
+    read_parquet,
+    read_segment_file,
+    segment_last_seq,
+    sort_table,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+ChangeListener = Callable[[StreamKey, int, int], None]
+
+
+@dataclass(slots=True)
+class ArchiveReport:
+    """What one run of a job did."""
+
+    segments: int = 0
+    ticks: int = 0
+    files_written: int = 0
+    files_removed: int = 0
+    seconds: float = 0.0
+    details: list[str] = field(default_factory=list)
+
+
+class Archiver:
+    """Moves sealed buffer segments into the Parquet archive and keeps the archive tidy."""
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        layout: Layout,
+        index: PartitionIndex,
+        buffer: TickBuffer,
+        clock: Clock,
+        on_change: ChangeListener | None = None,
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.index = index
+        self.buffer = buffer
+        self.clock = clock
+        self.on_change = on_change or (lambda stream, lo, hi: None)
+        self._lock = threading.Lock()  # one archive job at a time
+        self.last_durations: dict[str, float] = {}
+
+    # ---- archival --------------------------------------------------------------------------------
+    def pending_segments(self) -> list[Segment]:
+        """Sealed segments whose ticks are not all archived yet, oldest first per stream."""
+        archived = self.index.archived_seqs()
+        pending: list[Segment] = []
+        for stream in sorted(set(self.layout.buffered_streams())):
+            for segment in self.buffer.sealed_segments(stream):
+                if segment_last_seq(segment.path, segment.stream.tick_type) > archived.get(stream, 0):
+                    pending.append(segment)
+        return pending
+
+    def archive_sealed(self, progress: Progress | None = None) -> ArchiveReport:
+        """Archive every sealed, unarchived segment; safe to re-run at any time."""
+        with self._lock:
+            started = time.perf_counter()
+            report = ArchiveReport()
+            touched: set[tuple[StreamKey, str]] = set()
+            for segment in self.pending_segments():
+                ticks, dates = self._archive_segment(segment, report)
+                report.segments += 1
+                report.ticks += ticks
+                touched |= {(segment.stream, d) for d in dates}
+                if progress:
+                    progress(ticks)
+            self._refresh_statistics(touched)
+            self._evict_hot()
+            report.seconds = time.perf_counter() - started
+            self.last_durations["archive"] = report.seconds
+            return report
+
+    def _archive_segment(self, segment: Segment, report: ArchiveReport) -> tuple[int, set[str]]:
+        stream = segment.stream
+        archived = self.index.archived_seqs().get(stream, 0)
+        table, lengths = read_segment_file(segment.path, stream.tick_type)
+        seq = table.column("seq").to_numpy()
+        keep = seq > archived
+        if not keep.all():
+            table, lengths, seq = table.filter(pa.array(keep)), lengths[keep], seq[keep]
+        if table.num_rows == 0:
+            return 0, set()
+        ts = table.column("ts").to_numpy().view(np.int64)
+        starts = ts - ts % self.layout.partition_ns
+        files: list[ArchiveFile] = []
+        for part_start in np.unique(starts):
+            mask = starts == part_start
+            partition = Partition(stream, int(part_start), int(part_start) + self.layout.partition_ns)
+            files.append(self._write_part(partition, table.filter(pa.array(mask)), int(lengths[mask].sum())))
+        last = int(seq[-1])
+        self.index.register(files, {stream: last})
+        report.files_written += len(files)
+        for f in files:
+            self.on_change(stream, f.start_time, f.end_time)
+        return table.num_rows, {_date(f.partition_start) for f in files}
+
+    def _write_part(self, partition: Partition, table: pa.Table, jsonl_bytes: int) -> ArchiveFile:
+        table = sort_table(table)
+        seq = table.column("seq")
+        first, last = pc.min(seq).as_py(), pc.max(seq).as_py()
+        path = self.layout.part_path(partition, first, last)
+        return self._write_file(partition, table, path, jsonl_bytes, "part", [])
+
+    def _write_file(
+        self, partition: Partition, table: pa.Table, path: Path, jsonl_bytes: int, kind: str, sources: list[str]
+    ) -> ArchiveFile:
+        final = path
+        metadata = {META_JSONL_BYTES: str(jsonl_bytes).encode(), META_SOURCES: orjson.dumps(sources)}
+        size, checksum = write_parquet_atomic(
+            table,
+            final,
+            compression=self.config.archive_compression,
+            compression_level=self.config.archive_compression_level,
+            row_group_size=self.config.archive_row_group_size,
+            metadata=metadata,
+        )
+        return describe_file(self.layout, partition, table, final, size, checksum, jsonl_bytes, kind)
+
+    # ---- compaction ------------------------------------------------------------------------------
+    def compact(self, progress: Progress | None = None) -> ArchiveReport:
+        """Merge the files of each closed partition into one file (sorted by ts, seq)."""
+        with self._lock:
+            started = time.perf_counter()
+            report = ArchiveReport()
+            closed_before = self.clock.now_ns() - self.config.compaction_delay_seconds * NS_PER_SECOND
+            for stream, part_start in self.index.partitions_to_compact(closed_before, self.layout.partition_ns):
+                partition = Partition(stream, part_start, part_start + self.layout.partition_ns)
+                olds = self.index.partition_files(stream, part_start)
+                if len(olds) < 2:
+                    continue
+                tables = [read_parquet(self.layout.absolute(f.file_path), stream.tick_type) for f in olds]
+                merged = sort_table(pa.concat_tables([t.replace_schema_metadata(None) for t in tables]))
+                seq = merged.column("seq").to_numpy()
+                if len(np.unique(seq)) != len(seq):
+                    raise StorageError(f"partition {self.layout.partition_dir(partition)} holds duplicate seqs")
+                path = self.layout.compacted_path(partition, int(seq.min()), int(seq.max()), len(seq))
+                sources = [f.file_path for f in olds]
+                new = self._write_file(
+                    partition, merged, path, sum(f.jsonl_bytes for f in olds), "compacted", sources
+                )
+                self.index.replace(new, sources, self.clock.now_ns())
+                self.on_change(stream, new.start_time, new.end_time)
+                report.files_written += 1
+                report.files_removed += len(olds)
+                report.ticks += merged.num_rows
+                if progress:
+                    progress(merged.num_rows)
+            self.reap_retired()
+            report.seconds = time.perf_counter() - started
+            self.last_durations["compact"] = report.seconds
+            return report
+
+    def reap_retired(self, force: bool = False) -> int:
+        """Delete retired files no reader can still need; return how many were deleted."""
+        now = self.clock.now_ns()
+        grace = 0 if force else self.config.retired_file_grace_seconds * NS_PER_SECOND
+        oldest_reader = self.index.readers.oldest_start()
+        done = []
+        for path, retired_at in self.index.retired():
+            if retired_at + grace > now or (oldest_reader is not None and oldest_reader <= retired_at):
+                continue
+            absolute = self.layout.absolute(path)
+            absolute.unlink(missing_ok=True)
+            _remove_empty_dirs(absolute.parent, self.layout.archive_dir)
+            done.append(path)
+        if done:
+            self.index.forget_retired(done)
+        return len(done)
+
+    # ---- retention -------------------------------------------------------------------------------
+    def apply_retention(self) -> ArchiveReport:
+        """Delete archived buffer segments past buffer retention and archive files past archive retention."""
+        with self._lock:
+            started = time.perf_counter()
+            report = ArchiveReport()
+            now = self.clock.now_ns()
+            archived = self.index.archived_seqs()
+            segment_limit = now - int(self.config.buffer_retention_hours * HOUR_NS)
+            for stream in self.layout.buffered_streams():
+                for segment in self.buffer.sealed_segments(stream):
+                    if segment.end_ns <= segment_limit and segment_last_seq(segment.path, segment.stream.tick_type) <= archived.get(stream, 0):
+                        segment.path.unlink()
+                        report.files_removed += 1
+            archive_limit = now - int(self.config.archive_retention_days * DAY_NS)
+            expired = [f for f in self.index.files() if f.partition_start + self.layout.partition_ns <= archive_limit]
+            if expired:
+                self.index.replace(None, [f.file_path for f in expired], now)
+                for f in expired:
+                    self.on_change(f.stream, f.start_time, f.end_time)
+                self._refresh_statistics({(f.stream, _date(f.partition_start)) for f in expired})
+                report.files_removed += len(expired)
+            self.reap_retired()
+            report.seconds = time.perf_counter() - started
+            return report
+
+    def cleanup_temp_files(self) -> int:
+        """Remove temp files left by an interrupted write (call before any writer starts)."""
+        count = 0
+        for path in self.layout.temp_files():
+            path.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    # ---- statistics ----------------------------------------------------------------------------------
+    def refresh_all_statistics(self) -> None:
+        files = self.index.files()
+        self._refresh_statistics({(f.stream, _date(f.partition_start)) for f in files}, replace_all=True)
+
+    def _refresh_statistics(self, touched: set[tuple[StreamKey, str]], replace_all: bool = False) -> None:
+        rows: list[DailyStatistics] = []
+        removed: list[tuple[int, str, str]] = []
+        for stream, date in sorted(touched):
+            day = int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * NS_PER_SECOND
+            files = [f for f in self.index.files(stream) if day <= f.partition_start < day + DAY_NS]
+            if not files:
+                removed.append((stream.contract_id, stream.tick_type.value, date))
+                continue
+            rows.append(self._day_statistics(stream, date, files))
+        if replace_all:
+            current = {(s.contract_id, s.tick_type, s.date) for s in self.index.statistics()}
+            removed += sorted(current - {(r.contract_id, r.tick_type, r.date) for r in rows})
+        if rows or removed:
+            self.index.put_statistics(rows, removed)
+
+    def _day_statistics(self, stream: StreamKey, date: str, files: list[ArchiveFile]) -> DailyStatistics:
+        price_cols = list(PRICE_FIELDS[stream.tick_type])
+        is_trade = stream.tick_type in (TickType.LAST, TickType.ALL_LAST)
+        columns = price_cols + (["size"] if is_trade else [])
+        tables = [read_parquet(self.layout.absolute(f.file_path), stream.tick_type, columns=columns) for f in files]
+        table = pa.concat_tables(tables)
+        prices = np.concatenate([table.column(c).to_numpy() for c in price_cols])
+        prices = prices[prices > 0] if stream.tick_type == TickType.BID_ASK else prices
+        volume = vwap = None
+        if is_trade:
+            size = table.column("size").to_numpy()
+            volume = float(size.sum())
+            vwap = float((table.column("price").to_numpy() * size).sum() / volume) if volume else None
+        return DailyStatistics(
+            stream.contract_id,
+            stream.tick_type.value,
+            date,
+            table.num_rows,
+            int(len(np.unique(prices))),
+            volume,
+            vwap,
+            float(prices.max()) if len(prices) else None,
+            float(prices.min()) if len(prices) else None,
+        )
+
+    def _evict_hot(self) -> None:
+        archived = self.index.archived_seqs()
+        keep_after = self.clock.now_ns() - self.config.buffer_duration_minutes * 60 * NS_PER_SECOND
+        for stream, seq in archived.items():
+            hot = self.buffer.hot(stream)
+            if hot is not None:
+                hot.evict(seq, keep_after)
+
+
+def describe_file(
+    layout: Layout,
+    partition: Partition,
+    table: pa.Table,
+    path: Path,
+    size: int,
+    checksum: str,
+    jsonl_bytes: int,
+    kind: str,
+) -> ArchiveFile:
+    """Build the catalog row of an archive file from its (sorted) contents."""
+    ts = table.column("ts").to_numpy().view(np.int64)
+    seq = table.column("seq").to_numpy()
+    stream = partition.stream
+    return ArchiveFile(
+        contract_id=stream.contract_id,
+        tick_type=stream.tick_type.value,
+        start_time=int(ts.min()),
+        end_time=int(ts.max()),
+        first_seq=int(seq.min()),
+        last_seq=int(seq.max()),
+        file_path=layout.relative(path),
+        tick_count=table.num_rows,
+        file_size_bytes=size,
+        jsonl_bytes=jsonl_bytes,
+        compression_ratio=round(jsonl_bytes / size, 3) if size else 0.0,
+        checksum=checksum,
+        partition_start=partition.start_ns,
+        kind=kind,
+        created_at=utc_now_iso(),
+    )
+
+
+def _date(ns: int) -> str:
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _remove_empty_dirs(current: Path, root: Path) -> None:
+    while current != root and root in current.parents:
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent

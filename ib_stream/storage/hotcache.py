@@ -1,0 +1,123 @@
+"""Hot tier in memory: each stream's recent ticks as Arrow chunks, a contiguous seq suffix."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ib_stream.domain import TickType
+from ib_stream.storage.schema import empty_table, records_to_table
+
+_TAIL_ROWS = 65_536  # records kept as Python dicts before they are converted to one Arrow chunk
+_MAX_CHUNKS = 64  # more chunks than this are merged so a query touches few arrays
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Converted ticks with the summary a query or an eviction needs without looking inside."""
+
+    table: pa.Table
+    first_seq: int
+    last_seq: int
+    min_ts: int
+    max_ts: int
+    max_recv_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class HotSnapshot:
+    """What a query sees of a stream's hot tier: every tick with seq >= lower_seq."""
+
+    lower_seq: int
+    chunks: tuple[Chunk, ...]
+
+    def select(self, start_ns: int, end_ns: int, tick_type: TickType) -> pa.Table:
+        """Return the held ticks with start_ns <= ts < end_ns (unsorted)."""
+        parts = []
+        for chunk in self.chunks:
+            if chunk.max_ts < start_ns or chunk.min_ts >= end_ns:
+                continue
+            if start_ns <= chunk.min_ts and chunk.max_ts < end_ns:
+                parts.append(chunk.table)
+                continue
+            ts = chunk.table.column("ts").to_numpy().view(np.int64)
+            mask = (ts >= start_ns) & (ts < end_ns)
+            if mask.any():
+                parts.append(chunk.table.filter(pa.array(mask)))
+        if not parts:
+            return empty_table(tick_type)
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+class HotStream:
+    """One stream's hot tier. Appended from the writer thread, read from query threads."""
+
+    def __init__(self, tick_type: TickType, lower_seq: int) -> None:
+        self.tick_type = tick_type
+        self._lock = threading.Lock()
+        self._lower_seq = lower_seq  # the first seq held (everything below is archived)
+        self._chunks: list[Chunk] = []
+        self._tail: list[dict[str, Any]] = []
+
+    @property
+    def lower_seq(self) -> int:
+        with self._lock:
+            return self._lower_seq
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Append durable canonical records (seq-contiguous with what is held)."""
+        with self._lock:
+            self._tail.extend(records)
+            if len(self._tail) >= _TAIL_ROWS:
+                self._convert_tail()
+
+    def add_table(self, table: pa.Table) -> None:
+        """Append an already converted table (warm-up from segment files)."""
+        if table.num_rows:
+            with self._lock:
+                self._convert_tail()
+                self._chunks.append(_chunk(table))
+                self._merge_if_many()
+
+    def snapshot(self) -> HotSnapshot:
+        with self._lock:
+            self._convert_tail()
+            return HotSnapshot(self._lower_seq, tuple(self._chunks))
+
+    def evict(self, archived_seq: int, keep_after_recv_ns: int) -> int:
+        """Drop leading chunks that are archived and older than the hot window; return rows dropped."""
+        dropped = 0
+        with self._lock:
+            self._convert_tail()
+            while self._chunks:
+                head = self._chunks[0]
+                if head.last_seq > archived_seq or head.max_recv_ts >= keep_after_recv_ns:
+                    break
+                self._chunks.pop(0)
+                self._lower_seq = head.last_seq + 1
+                dropped += head.table.num_rows
+        return dropped
+
+    def _convert_tail(self) -> None:
+        if self._tail:
+            self._chunks.append(_chunk(records_to_table(self._tail, self.tick_type)))
+            self._tail = []
+            self._merge_if_many()
+
+    def _merge_if_many(self) -> None:
+        if len(self._chunks) > _MAX_CHUNKS:
+            # Merge the older half; keep recent chunks small so eviction stays fine-grained.
+            half = len(self._chunks) // 2
+            merged = pa.concat_tables([c.table for c in self._chunks[:half]]).combine_chunks()
+            self._chunks[:half] = [_chunk(merged)]
+
+
+def _chunk(table: pa.Table) -> Chunk:
+    seq = table.column("seq").to_numpy()
+    ts = table.column("ts").to_numpy().view(np.int64)
+    recv = table.column("recv_ts").to_numpy().view(np.int64)
+    return Chunk(table, int(seq[0]), int(seq[-1]), int(ts.min()), int(ts.max()), int(recv.max()))

@@ -1,0 +1,209 @@
+"""Range queries: plan from the catalog, read only the needed files, row groups and columns,
+merge cold (seq < hot watermark) with hot (seq >= watermark) so every tick comes back once,
+then optionally aggregate into bars; results are cached without ever going stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import date, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ib_stream.analytics.bars import BAR_INPUTS, make_bars, parse_resolution
+from ib_stream.clock import Clock, SystemClock, to_ns
+from ib_stream.domain import StreamKey, TickType
+from ib_stream.errors import QueryError, ValidationError
+from ib_stream.storage.cache import QueryCache
+from ib_stream.storage.hotcache import HotSnapshot
+from ib_stream.storage.index import PartitionIndex
+from ib_stream.storage.layout import Layout
+from ib_stream.storage.schema import TS_TYPE, arrow_schema, read_parquet, sort_table
+
+TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
+
+
+class HotSource(Protocol):
+    """Where a query finds a stream's ticks that are not (or not only) in the archive."""
+
+    def snapshot(self, stream: StreamKey) -> HotSnapshot: ...
+
+    def token(self, streams: Sequence[StreamKey]) -> Hashable:
+        """Part of the cache key; `None` when a change tracker keeps the cache fresh instead."""
+        ...
+
+
+class QueryEngine:
+    """Answers range queries over archive ∪ hot tier; thread-safe, synchronous."""
+
+    def __init__(self, layout: Layout, index: PartitionIndex, hot: HotSource, cache: QueryCache, clock: Clock) -> None:
+        self.layout = layout
+        self.index = index
+        self.hot = hot
+        self.cache = cache
+        self.clock = clock
+
+    def query(
+        self,
+        contract_id: int,
+        tick_types: Sequence[TickType],
+        start_ns: int,
+        end_ns: int,
+        resolution: str,
+    ) -> pd.DataFrame:
+        streams = [StreamKey(contract_id, t) for t in tick_types]
+        key = (contract_id, tuple(tick_types), start_ns, end_ns, resolution, self.hot.token(streams))
+        version = self.cache.tracker.version
+        cached = self.cache.get(key, streams, start_ns, end_ns)
+        if cached is not None:
+            return cached.copy(deep=False)
+        frames = []
+        for stream in streams:
+            table = self.read_stream(stream, start_ns, end_ns, None if resolution == "tick" else BAR_INPUTS.get(stream.tick_type))
+            if resolution == "tick":
+                frame = _tick_frame(table)
+            else:
+                frame = make_bars(table, stream.tick_type, start_ns, end_ns, resolution)
+            if len(streams) > 1:
+                frame.insert(1, "tick_type", stream.tick_type.value)
+            frames.append(frame)
+        result = frames[0] if len(frames) == 1 else _merge_frames(frames)
+        self.cache.put(key, version, result)
+        return result.copy(deep=False)
+
+    def read_stream(self, stream: StreamKey, start_ns: int, end_ns: int, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every tick of `stream` with start_ns <= ts < end_ns, exactly once, sorted by (ts, seq)."""
+        with self.index.readers.reading():
+            snapshot = self.hot.snapshot(stream)
+            files = self.index.plan(stream, start_ns, end_ns, below_seq=snapshot.lower_seq)
+            wanted = list(columns) if columns else None
+            read_cols = None if wanted is None else sorted(set(wanted) | {"seq"}, key=arrow_schema(stream.tick_type).names.index)
+            in_range = (pc.field("ts") >= pa.scalar(start_ns, TS_TYPE)) & (pc.field("ts") < pa.scalar(end_ns, TS_TYPE))
+            parts = []
+            for f in files:
+                path = self.layout.absolute(f.file_path)
+                condition = in_range
+                if f.last_seq >= snapshot.lower_seq:
+                    condition = condition & (pc.field("seq") < snapshot.lower_seq)
+                table = read_parquet(path, stream.tick_type, columns=read_cols, filters=condition)
+                parts.append(table.replace_schema_metadata(None))
+            hot = snapshot.select(start_ns, end_ns, stream.tick_type)
+            if read_cols is not None:
+                hot = hot.select(read_cols)
+            parts.append(hot)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = sort_table(table)
+        return table.select(wanted) if wanted is not None else table
+
+
+class StorageQuery:
+    """Public query API: `await StorageQuery().query_range(contract_id, tick_types, start_time, ...)`.
+
+    With no arguments it opens the data root of the default settings read-only (safe while the
+    service is writing); the service passes its own engine.
+    """
+
+    def __init__(self, engine: QueryEngine | None = None, *, config: Any = None, executor: Executor | None = None) -> None:
+        if engine is None:
+            from ib_stream.storage.readonly import open_readonly_engine
+
+            engine = open_readonly_engine(config)
+        self.engine = engine
+        self._executor = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ib-stream-query")
+
+    async def query_range(
+        self,
+        contract_id: int,
+        tick_types: str | TickType | Sequence[str | TickType],
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        resolution: str | None = None,
+    ) -> pd.DataFrame:
+        """Return the ticks (or bars) of a contract in [start_time, end_time) as a DataFrame.
+
+        `end_time=None` means now; naive datetimes are local time; `resolution` is `tick` or a bar size.
+        """
+        args = self._arguments(contract_id, tick_types, start_time, end_time, resolution)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.engine.query(*args))
+
+    def query_range_sync(
+        self,
+        contract_id: int,
+        tick_types: str | TickType | Sequence[str | TickType],
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        resolution: str | None = None,
+    ) -> pd.DataFrame:
+        """The same as `query_range`, for code without an event loop."""
+        return self.engine.query(*self._arguments(contract_id, tick_types, start_time, end_time, resolution))
+
+    def _arguments(
+        self, contract_id: Any, tick_types: Any, start_time: TimeLike, end_time: TimeLike | None, resolution: str | None
+    ) -> tuple[int, tuple[TickType, ...], int, int, str]:
+        if isinstance(contract_id, bool) or not isinstance(contract_id, int | np.integer):
+            raise ValidationError("contract_id", contract_id, "must be an integer")
+        types = TickType.parse_list([tick_types] if isinstance(tick_types, TickType) else tick_types)
+        start = to_utc_ns(start_time, "start_time")
+        end = self.engine.clock.now_ns() if end_time is None else to_utc_ns(end_time, "end_time")
+        if end <= start:
+            raise QueryError(
+                f"end_time {_iso(end)} is not after start_time {_iso(start)}",
+                details={"field": "end_time", "value": _iso(end), "start_time": _iso(start)},
+            )
+        return int(contract_id), types, start, end, parse_resolution(resolution)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+def to_utc_ns(value: TimeLike, field: str = "time") -> int:
+    """Convert a time to UTC int64 ns; naive values are local time, ints are ns since the epoch."""
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "is not a time")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    try:
+        if isinstance(value, pd.Timestamp):
+            stamp = value
+        elif isinstance(value, datetime):
+            return to_ns(value)
+        elif isinstance(value, date):
+            return to_ns(datetime(value.year, value.month, value.day))
+        else:
+            stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as e:
+        raise ValidationError(field, value, "is not a valid time (use ISO-8601 with an offset or Z)") from e
+    if stamp is pd.NaT:
+        raise ValidationError(field, value, "is not a valid time")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize(datetime.now().astimezone().tzinfo)
+    return int(stamp.tz_convert("UTC").value)
+
+
+# Nullable integer columns (the trade side) stay integers with <NA> instead of becoming floats.
+_NULLABLE_INTS = {pa.int8(): pd.Int8Dtype()}
+
+
+def _tick_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas(types_mapper=_NULLABLE_INTS.get)
+    frame = frame.rename(columns={"ts": "timestamp"})
+    columns = ["timestamp"] + [c for c in frame.columns if c != "timestamp"]
+    return frame[columns]
+
+
+def _merge_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    merged = pd.concat(frames, ignore_index=True, sort=False)
+    order = ["timestamp", "tick_type"] + (["seq"] if "seq" in merged.columns else [])
+    return merged.sort_values(order, kind="stable", ignore_index=True)
+
+
+def _iso(ns: int) -> str:
+    return pd.Timestamp(ns, unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")

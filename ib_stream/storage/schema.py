@@ -1,0 +1,182 @@
+"""Arrow schemas of each stream and the conversions JSONL ⇄ Arrow ⇄ Parquet (lossless)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from ib_stream.domain import TICK_FIELDS, TickType, field_names
+from ib_stream.errors import CorruptFileError
+from ib_stream.storage.layout import fsync_dir, temp_path
+
+TS_TYPE = pa.timestamp("ns", tz="UTC")
+_KIND_TYPES: dict[str, pa.DataType] = {
+    "float": pa.float64(),
+    "int": pa.int32(),
+    "str": pa.string(),
+    "bool": pa.bool_(),
+    "side": pa.int8(),
+    "depth_side": pa.string(),
+    "operation": pa.string(),
+}
+# Parquet encodings chosen by measurement (bench/RESULTS.md, "encodings"): delta for the monotone
+# integer columns, dictionary for prices, sizes and strings (few distinct values per row group).
+_DELTA_COLUMNS = ("seq", "ts", "recv_ts")
+META_JSONL_BYTES = b"ib_stream.jsonl_bytes"
+META_SOURCES = b"ib_stream.sources"
+
+
+@cache
+def arrow_schema(tick_type: TickType) -> pa.Schema:
+    """The stored schema of a stream: seq, ts, recv_ts, source, then the type's fields."""
+    fields = [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("recv_ts", TS_TYPE, nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+    fields += [pa.field(s.name, _KIND_TYPES[s.kind], nullable=s.nullable) for s in TICK_FIELDS[tick_type]]
+    return pa.schema(fields)
+
+
+@cache
+def _json_schema(tick_type: TickType) -> pa.Schema:
+    # JSON lines hold timestamps as integers; they are cast to timestamps after parsing.
+    schema = arrow_schema(tick_type)
+    return pa.schema([f.with_type(pa.int64()) if f.name in ("ts", "recv_ts") else f for f in schema])
+
+
+def records_to_table(records: list[dict[str, Any]], tick_type: TickType) -> pa.Table:
+    """Convert canonical (already validated) records to an Arrow table of the stream's schema."""
+    table = pa.Table.from_pylist(records, schema=_json_schema(tick_type))
+    return table.cast(arrow_schema(tick_type))
+
+
+def empty_table(tick_type: TickType) -> pa.Table:
+    return arrow_schema(tick_type).empty_table()
+
+
+def parse_jsonl(data: bytes, tick_type: TickType, source: str) -> tuple[pa.Table, np.ndarray]:
+    """Parse complete JSON lines into a table plus each line's byte length (incomplete tail ignored)."""
+    end = data.rfind(b"\n") + 1
+    data = data[:end]
+    if not data:
+        return empty_table(tick_type), np.zeros(0, dtype=np.int64)
+    options = pajson.ParseOptions(explicit_schema=_json_schema(tick_type), unexpected_field_behavior="error")
+    try:
+        table = pajson.read_json(
+            io.BytesIO(data), parse_options=options, read_options=pajson.ReadOptions(block_size=1 << 24)
+        )
+    except pa.ArrowInvalid as e:
+        raise CorruptFileError(source, f"invalid JSON line: {e}") from e
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    lengths = np.diff(newlines, prepend=-1)
+    if len(lengths) != table.num_rows:
+        raise CorruptFileError(source, f"{len(lengths)} lines but {table.num_rows} records (blank line?)")
+    return table.cast(arrow_schema(tick_type)), lengths
+
+
+def read_segment_file(path: Path, tick_type: TickType) -> tuple[pa.Table, np.ndarray]:
+    """Read a buffer segment (complete lines only)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(str(path), str(e)) from e
+    return parse_jsonl(data, tick_type, str(path))
+
+
+def segment_last_seq(path: Path, tick_type: TickType) -> int:
+    """The seq of a segment's last complete line (0 when it has none), read from its tail."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 65_536))
+        tail = handle.read()
+    end = tail.rfind(b"\n")
+    if end < 0:
+        return 0
+    line = tail[:end].rsplit(b"\n", 1)[-1]
+    try:
+        return int(orjson.loads(line)["seq"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        table, _ = read_segment_file(path, tick_type)
+        return int(table.column("seq")[-1].as_py()) if table.num_rows else 0
+
+
+def sort_table(table: pa.Table) -> pa.Table:
+    """Sort by (ts, seq), the archive order."""
+    if table.num_rows < 2:
+        return table
+    indices = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("seq", "ascending")])
+    return table.take(indices)
+
+
+def write_parquet_atomic(
+    table: pa.Table,
+    final: Path,
+    *,
+    compression: str,
+    compression_level: int,
+    row_group_size: int,
+    metadata: dict[bytes, bytes],
+) -> tuple[int, str]:
+    """Write `table` to `final` via temp file → fsync → rename → fsync dir; return (size, sha256)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path(final)
+    schema_meta = {**(table.schema.metadata or {}), **metadata}
+    table = table.replace_schema_metadata(schema_meta)
+    names = table.column_names
+    dictionary = [n for n in names if n not in _DELTA_COLUMNS]
+    level = compression_level if compression in ("zstd", "gzip", "brotli") else None
+    with open(temp, "wb") as handle:
+        pq.write_table(
+            table,
+            handle,
+            compression=None if compression == "none" else compression,
+            compression_level=level,
+            row_group_size=row_group_size,
+            use_dictionary=dictionary,
+            column_encoding={n: "DELTA_BINARY_PACKED" for n in _DELTA_COLUMNS if n in names},
+            write_statistics=True,
+            sorting_columns=[pq.SortingColumn(names.index("ts")), pq.SortingColumn(names.index("seq"))],
+        )
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+    return final.stat().st_size, file_sha256(final)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_parquet(
+    path: Path, tick_type: TickType, columns: list[str] | None = None, filters: Any = None
+) -> pa.Table:
+    """Read an archive file (needed columns and row groups only), raising a storage error naming it."""
+    try:
+        table = pq.read_table(path, columns=columns, filters=filters, partitioning=None)
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptFileError(str(path), str(e)) from e
+    if columns is None and table.schema.remove_metadata() != arrow_schema(tick_type):
+        raise CorruptFileError(str(path), f"schema {table.schema} is not the {tick_type.value} schema")
+    return table
+
+
+def stream_columns(tick_type: TickType) -> tuple[str, ...]:
+    return field_names(tick_type)

@@ -1,0 +1,171 @@
+"""The writable tick store: owns the data root (a lock file), the buffer, the archiver, the
+catalog and the query engine, and exposes the background jobs as plain idempotent methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from ib_stream.clock import Clock, SystemClock
+from ib_stream.domain import StreamKey, TickType
+from ib_stream.errors import DataRootLockedError, StorageError
+from ib_stream.settings import StorageConfig
+from ib_stream.storage.archive import ArchiveReport, Archiver
+from ib_stream.storage.buffer import AppendResult, OnError, TickBuffer
+from ib_stream.storage.cache import ChangeTracker, QueryCache
+from ib_stream.storage.hotcache import HotSnapshot
+from ib_stream.storage.index import PartitionIndex
+from ib_stream.storage.layout import Layout
+from ib_stream.storage.query import QueryEngine, StorageQuery
+
+log = logging.getLogger(__name__)
+_EVERYTHING_ARCHIVED = 1 << 62
+
+
+def make_layout(config: StorageConfig) -> Layout:
+    return Layout(config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours)
+
+
+class _LiveHot:
+    """The hot tier of this process's buffer, kept fresh in the cache by the change tracker."""
+
+    def __init__(self, buffer: TickBuffer) -> None:
+        self.buffer = buffer
+
+    def snapshot(self, stream: StreamKey) -> HotSnapshot:
+        hot = self.buffer.hot(stream)
+        return hot.snapshot() if hot is not None else HotSnapshot(_EVERYTHING_ARCHIVED, ())
+
+    def token(self, streams: Sequence[StreamKey]) -> Hashable:
+        return None
+
+
+class TickStore:
+    """Everything that writes to one data root. Open it once per process (`open` takes a lock)."""
+
+    def __init__(self, config: StorageConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.layout = make_layout(config)
+        self.tracker = ChangeTracker()
+        self.cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, self.tracker)
+        self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_writes, thread_name_prefix="ib-stream-io")
+        self._lock_file: IO[str] | None = None
+        self.index: PartitionIndex
+        self.buffer: TickBuffer
+        self.archiver: Archiver
+        self.engine: QueryEngine
+        self.query: StorageQuery
+        self.temp_files_removed = 0
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def open(self) -> TickStore:
+        """Lock the data root, recover the buffer and warm the hot cache (blocking; see `aopen`)."""
+        self.config.data_root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(self.config.data_root)
+        try:
+            self.index = PartitionIndex(self.config.index_file)
+            self.buffer = TickBuffer(self.config, self.layout, self.clock)
+            self.buffer.on_durable = self.tracker.record
+            self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
+            self.temp_files_removed = self.archiver.cleanup_temp_files()
+            self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
+            self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
+            self.query = StorageQuery(self.engine, executor=self.executor)
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    async def aopen(self) -> TickStore:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.open)
+
+    def close(self) -> None:
+        """Flush and fsync the buffer, close the catalog and release the data root."""
+        buffer = getattr(self, "buffer", None)
+        if buffer is not None:
+            buffer.close()
+        index = getattr(self, "index", None)
+        if index is not None:
+            index.close()
+        self.executor.shutdown(wait=True)
+        self._unlock()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> TickStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing ------------------------------------------------------------------------------------
+    async def append_batch(
+        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str = "api", on_error: OnError = "reject"
+    ) -> AppendResult:
+        """Append ticks to one stream; return once durable (see `TickBuffer.append_batch`)."""
+        return await self.buffer.append_batch(contract_id, tick_type, ticks, source, on_error)
+
+    def append_batch_sync(
+        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str = "api", on_error: OnError = "reject"
+    ) -> AppendResult:
+        """Blocking append for code without an event loop (CLI, importers, benchmarks)."""
+        return self.buffer.submit(contract_id, tick_type, ticks, source, on_error).result()
+
+    # ---- jobs (plain, idempotent; the scheduler only calls them) ---------------------------------------------
+    def run_archival(self) -> ArchiveReport:
+        """Archive every sealed segment (the every-minute rotation/archive job)."""
+        return self.archiver.archive_sealed()
+
+    def run_compaction(self) -> ArchiveReport:
+        return self.archiver.compact()
+
+    def run_retention(self) -> ArchiveReport:
+        return self.archiver.apply_retention()
+
+    def run_maintenance(self) -> int:
+        """Delete files retired by compaction/retention once no reader needs them; refresh statistics."""
+        removed = self.archiver.reap_retired()
+        self.archiver.refresh_all_statistics()
+        return removed
+
+    async def run_in_background(self, job: str) -> Any:
+        """Run a job by name off the event loop."""
+        method = {"archive": self.run_archival, "compact": self.run_compaction, "retention": self.run_retention, "maintenance": self.run_maintenance}[job]
+        return await asyncio.get_running_loop().run_in_executor(self.executor, method)
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _lock(data_root: os.PathLike[str]) -> IO[str]:
+    path = os.path.join(data_root, ".lock")
+    handle = open(path, "a+")  # noqa: SIM115 - held for the life of the store
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise DataRootLockedError(
+            f"data root {data_root} is in use by {owner}; stop it or use another data root",
+            details={"data_root": str(data_root)},
+        ) from None
+    except OSError as e:
+        handle.close()
+        raise StorageError(f"cannot lock data root {data_root}: {e}") from e
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
