@@ -25,8 +25,9 @@ from ib_stream.domain import PRICE_FIELDS, StreamKey, TickType
 from ib_stream.errors import StorageError
 from ib_stream.settings import StorageConfig
 from ib_stream.storage.buffer import TickBuffer
-from ib_stream.storage.index import ArchiveFile, DailyStatistics, PartitionIndex, utc_now_iso
+from ib_stream.storage.index import ArchiveFile, PartitionIndex, utc_now_iso
 from ib_stream.storage.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
+from ib_stream.storage.statistics import StatisticsUpdater, date_of
 from ib_stream.storage.schema import (
     META_JSONL_BYTES,
     META_SOURCES,
@@ -74,6 +75,7 @@ class Archiver:
         self.on_change = on_change or (lambda stream, lo, hi: None)
         self._lock = threading.Lock()  # one archive job at a time
         self.last_durations: dict[str, float] = {}
+        self.statistics = StatisticsUpdater(layout, index)
 
     # ---- archival --------------------------------------------------------------------------------
     def pending_segments(self) -> list[Segment]:
@@ -99,7 +101,7 @@ class Archiver:
                 touched |= {(segment.stream, d) for d in dates}
                 if progress:
                     progress(ticks)
-            self._refresh_statistics(touched)
+            self.statistics.refresh(touched)
             self._evict_hot()
             report.seconds = time.perf_counter() - started
             self.last_durations["archive"] = report.seconds
@@ -127,7 +129,7 @@ class Archiver:
         report.files_written += len(files)
         for f in files:
             self.on_change(stream, f.start_time, f.end_time)
-        return table.num_rows, {_date(f.partition_start) for f in files}
+        return table.num_rows, {date_of(f.partition_start) for f in files}
 
     def _write_part(self, partition: Partition, table: pa.Table, jsonl_bytes: int) -> ArchiveFile:
         table = sort_table(table)
@@ -222,7 +224,7 @@ class Archiver:
                 self.index.replace(None, [f.file_path for f in expired], now)
                 for f in expired:
                     self.on_change(f.stream, f.start_time, f.end_time)
-                self._refresh_statistics({(f.stream, _date(f.partition_start)) for f in expired})
+                self.statistics.refresh({(f.stream, date_of(f.partition_start)) for f in expired})
                 report.files_removed += len(expired)
             self.reap_retired()
             report.seconds = time.perf_counter() - started
@@ -235,52 +237,6 @@ class Archiver:
             path.unlink(missing_ok=True)
             count += 1
         return count
-
-    # ---- statistics ----------------------------------------------------------------------------------
-    def refresh_all_statistics(self) -> None:
-        files = self.index.files()
-        self._refresh_statistics({(f.stream, _date(f.partition_start)) for f in files}, replace_all=True)
-
-    def _refresh_statistics(self, touched: set[tuple[StreamKey, str]], replace_all: bool = False) -> None:
-        rows: list[DailyStatistics] = []
-        removed: list[tuple[int, str, str]] = []
-        for stream, date in sorted(touched):
-            day = int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * NS_PER_SECOND
-            files = [f for f in self.index.files(stream) if day <= f.partition_start < day + DAY_NS]
-            if not files:
-                removed.append((stream.contract_id, stream.tick_type.value, date))
-                continue
-            rows.append(self._day_statistics(stream, date, files))
-        if replace_all:
-            current = {(s.contract_id, s.tick_type, s.date) for s in self.index.statistics()}
-            removed += sorted(current - {(r.contract_id, r.tick_type, r.date) for r in rows})
-        if rows or removed:
-            self.index.put_statistics(rows, removed)
-
-    def _day_statistics(self, stream: StreamKey, date: str, files: list[ArchiveFile]) -> DailyStatistics:
-        price_cols = list(PRICE_FIELDS[stream.tick_type])
-        is_trade = stream.tick_type in (TickType.LAST, TickType.ALL_LAST)
-        columns = price_cols + (["size"] if is_trade else [])
-        tables = [read_parquet(self.layout.absolute(f.file_path), stream.tick_type, columns=columns) for f in files]
-        table = pa.concat_tables(tables)
-        prices = np.concatenate([table.column(c).to_numpy() for c in price_cols])
-        prices = prices[prices > 0] if stream.tick_type == TickType.BID_ASK else prices
-        volume = vwap = None
-        if is_trade:
-            size = table.column("size").to_numpy()
-            volume = float(size.sum())
-            vwap = float((table.column("price").to_numpy() * size).sum() / volume) if volume else None
-        return DailyStatistics(
-            stream.contract_id,
-            stream.tick_type.value,
-            date,
-            table.num_rows,
-            int(len(np.unique(prices))),
-            volume,
-            vwap,
-            float(prices.max()) if len(prices) else None,
-            float(prices.min()) if len(prices) else None,
-        )
 
     def _evict_hot(self) -> None:
         archived = self.index.archived_seqs()
@@ -322,10 +278,6 @@ def describe_file(
         kind=kind,
         created_at=utc_now_iso(),
     )
-
-
-def _date(ns: int) -> str:
-    return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _remove_empty_dirs(current: Path, root: Path) -> None:

@@ -133,7 +133,7 @@ class TickStore:
     def run_maintenance(self) -> int:
         """Delete files retired by compaction/retention once no reader needs them; refresh statistics."""
         removed = self.archiver.reap_retired()
-        self.archiver.refresh_all_statistics()
+        self.archiver.statistics.refresh_all()
         return removed
 
     async def run_in_background(self, job: str) -> Any:

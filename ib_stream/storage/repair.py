@@ -1,0 +1,150 @@
+"""Check and repair the catalog against the archive files: `verify` and `index rebuild`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ib_stream.domain import StreamKey
+from ib_stream.settings import StorageConfig
+from ib_stream.storage.index import ArchiveFile, PartitionIndex
+from ib_stream.storage.archive import describe_file
+from ib_stream.storage.layout import Layout, Partition
+from ib_stream.storage.schema import META_JSONL_BYTES, META_SOURCES, file_sha256
+from ib_stream.storage.statistics import StatisticsUpdater
+
+Progress = Callable[[int], None]
+PROBLEM_KINDS = ("missing", "extra", "size", "row_count", "checksum", "unreadable")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mismatch between the catalog and the archive files."""
+
+    kind: str  # one of PROBLEM_KINDS
+    path: str  # relative to the archive directory
+    detail: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    files_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    files: int = 0
+    ticks: int = 0
+    superseded: list[str] = field(default_factory=list)
+    unreadable: list[Problem] = field(default_factory=list)
+    streams: dict[StreamKey, int] = field(default_factory=dict)
+
+
+def _layout(config: StorageConfig) -> Layout:
+    return Layout(config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours)
+
+
+def count_archive_files(config: StorageConfig) -> int:
+    return sum(1 for _ in _layout(config).archive_files())
+
+
+def verify(config: StorageConfig, *, checksums: bool = True, progress: Progress | None = None) -> VerifyReport:
+    """Compare every catalog row with its file and every file with the catalog."""
+    layout = _layout(config)
+    index = PartitionIndex(config.index_file, readonly=True)
+    report = VerifyReport()
+    try:
+        catalogued = {f.file_path: f for f in index.files()}
+        retired = {path for path, _ in index.retired()}
+    finally:
+        index.close()
+    on_disk = {layout.relative(p) for p in layout.archive_files()}
+    for path, row in catalogued.items():
+        report.files_checked += 1
+        _check_file(layout.absolute(path), row, checksums, report)
+        if progress:
+            progress(1)
+    for path in sorted(on_disk - set(catalogued) - retired):
+        report.problems.append(Problem("extra", path, "file is in the archive but not in the catalog"))
+    return report
+
+
+def _check_file(absolute: Path, row: ArchiveFile, checksums: bool, report: VerifyReport) -> None:
+    path = row.file_path
+    if not absolute.is_file():
+        report.problems.append(Problem("missing", path, "catalogued file does not exist"))
+        return
+    size = absolute.stat().st_size
+    if size != row.file_size_bytes:
+        report.problems.append(Problem("size", path, f"{size} bytes on disk, {row.file_size_bytes} in the catalog"))
+    try:
+        rows = pq.read_metadata(absolute).num_rows
+    except (OSError, pa.ArrowException) as e:
+        report.problems.append(Problem("unreadable", path, f"Parquet footer unreadable: {e}"))
+        return
+    if rows != row.tick_count:
+        report.problems.append(Problem("row_count", path, f"{rows} rows in the file, {row.tick_count} in the catalog"))
+    if checksums:
+        digest = file_sha256(absolute)
+        if digest != row.checksum:
+            report.problems.append(Problem("checksum", path, f"sha256 {digest[:16]}… differs from the catalog's"))
+
+
+def rebuild(config: StorageConfig, *, progress: Progress | None = None) -> RebuildReport:
+    """Recreate the catalog from the archive files alone (files superseded by compaction are retired)."""
+    layout = _layout(config)
+    report = RebuildReport()
+    described: dict[str, tuple[ArchiveFile, list[str]]] = {}
+    for absolute in sorted(layout.archive_files()):
+        relative = layout.relative(absolute)
+        partition = layout.parse_partition(absolute.parent.relative_to(layout.archive_dir).as_posix())
+        if partition is None:
+            report.unreadable.append(Problem("unreadable", relative, "not inside a contract_id=/tick_type=/date=/hour= partition"))
+            continue
+        try:
+            described[relative] = _describe(layout, absolute, partition)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            report.unreadable.append(Problem("unreadable", relative, str(e)))
+        if progress:
+            progress(1)
+    superseded = {src for _, sources in described.values() for src in sources if src in described}
+    files = [row for path, (row, _) in described.items() if path not in superseded]
+    archived: dict[StreamKey, int] = {}
+    for row in files:
+        archived[row.stream] = max(archived.get(row.stream, 0), row.last_seq)
+    index = PartitionIndex(config.index_file)
+    try:
+        index.reset(files, archived, sorted(superseded), time.time_ns())
+        StatisticsUpdater(layout, index).refresh_all()
+    finally:
+        index.close()
+    report.files = len(files)
+    report.ticks = sum(f.tick_count for f in files)
+    report.superseded = sorted(superseded)
+    report.streams = archived
+    return report
+
+
+def _describe(layout: Layout, absolute: Path, partition: Partition) -> tuple[ArchiveFile, list[str]]:
+    parquet = pq.ParquetFile(absolute)
+    meta = parquet.schema_arrow.metadata or {}
+    table = parquet.read(columns=["seq", "ts"])
+    if table.num_rows == 0:
+        raise ValueError("file holds no rows")
+    jsonl_bytes = int(meta.get(META_JSONL_BYTES, b"0"))
+    sources = [str(s) for s in orjson.loads(meta.get(META_SOURCES, b"[]"))]
+    kind = "compacted" if absolute.name.startswith("hour-") else "part"
+    size = absolute.stat().st_size
+    row = describe_file(layout, partition, table, absolute, size, file_sha256(absolute), jsonl_bytes, kind)
+    return row, sources
