@@ -161,9 +161,19 @@ class TickValidator:
         self.tick_type = tick_type
         self.specs = TICK_FIELDS[tick_type]
         self.allowed = frozenset(("ts", "source", "recv_ts", *(s.name for s in self.specs)))
+        self._fast = _compile_fast_path(self.specs)
 
     def canonical(self, raw: Any, seq: int, recv_ts: int, source: str, index: int = 0) -> dict[str, Any]:
         """Return the canonical record of `raw` with the given seq / recv_ts / default source."""
+        if type(raw) is dict:
+            record = self._fast(raw, seq, recv_ts, source)
+            if record is not None:
+                return record
+        return self._checked(raw, seq, recv_ts, source, index)
+
+    def _checked(self, raw: Any, seq: int, recv_ts: int, source: str, index: int) -> dict[str, Any]:
+        # The precise path: accepts ints for floats, numpy scalars, objects with as_record(), and
+        # names the field and value of the first problem.
         if not isinstance(raw, dict):
             raw = _as_mapping(raw, self.tick_type, index)
         ts = raw.get("ts")
@@ -240,6 +250,49 @@ class TickValidator:
 
     def _fail(self, index: int, name: str, value: Any, reason: str) -> None:
         raise TickValidationError(name, value, reason, tick_type=self.tick_type.value, index=index)
+
+
+def _compile_fast_path(specs: tuple[FieldSpec, ...]) -> Any:
+    """Build `fast(raw, seq, recv_ts, source) -> record | None` for one tick type.
+
+    It accepts only the common, exactly-typed case (Python floats, ints, strs, bools; no extra
+    keys; no `source`/`recv_ts` override) in one expression and returns None otherwise, so the
+    precise path decides every doubtful tick. Generated once per tick type: per-tick checks in a
+    loop over field specs cost more than the JSON encoding itself.
+    """
+    loads = ["ts = raw.get('ts')"]
+    checks = ["type(ts) is int", f"{MIN_TS_NS} <= ts < {MAX_TS_NS}", "raw.keys() <= allowed"]
+    for i, spec in enumerate(specs):
+        name = f"v{i}"
+        if spec.required:
+            loads.append(f"{name} = raw.get({spec.name!r})")
+        else:
+            loads.append(f"{name} = raw.get({spec.name!r}, {spec.default!r})")
+        check = _FAST_CHECKS[spec.kind].format(v=name, lo="0.0 <= " if spec.non_negative else "-inf < ")
+        checks.append(f"{check} and 0 <= {name}" if spec.kind == "int" and spec.non_negative else check)
+    fields_out = ", ".join(f"{s.name!r}: v{i}" for i, s in enumerate(specs))
+    source = (
+        "def fast(raw, seq, recv_ts, source):\n"
+        + "".join(f"    {line}\n" for line in loads)
+        + f"    if {' and '.join(checks)}:\n"
+        + f"        return {{'seq': seq, 'ts': ts, 'recv_ts': recv_ts, 'source': source, {fields_out}}}\n"
+        + "    return None\n"
+    )
+    allowed = frozenset(("ts", *(s.name for s in specs)))
+    namespace: dict[str, Any] = {"allowed": allowed, "inf": math.inf}
+    exec(compile(source, f"<fast tick validator {'/'.join(s.name for s in specs)}>", "exec"), namespace)
+    return namespace["fast"]
+
+
+_FAST_CHECKS: Final[dict[str, str]] = {
+    "float": "type({v}) is float and {lo}{v} < inf",
+    "int": "type({v}) is int",
+    "str": "type({v}) is str",
+    "bool": "type({v}) is bool",
+    "side": "({v} is None or (type({v}) is int and ({v} == 1 or {v} == -1)))",
+    "depth_side": "({v} == 'bid' or {v} == 'ask')",
+    "operation": "({v} == 'insert' or {v} == 'update' or {v} == 'delete')",
+}
 
 
 def _as_mapping(raw: Any, tick_type: TickType, index: int) -> dict[str, Any]:

@@ -1,0 +1,452 @@
+"""Command line: thin commands over the store — archive, index rebuild, verify, query, stats, serve.
+
+Every expected error (`ib_stream.errors.IbStreamError`) is turned into one line on stderr and an
+exit code in exactly one place (`_Root.invoke`); exit 2 means bad input, configuration or a data
+root in use, exit 1 a storage problem (or, for `verify`, a mismatch found).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ib_stream.clock import from_ns
+from ib_stream.domain import StreamKey, TickType
+from ib_stream.errors import (
+    ConfigError,
+    DataRootLockedError,
+    IbStreamError,
+    NotFoundError,
+    QueryError,
+    ValidationError,
+)
+from ib_stream.settings import StorageConfig, load_settings
+from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
+from ib_stream.storage.archive import ArchiveReport
+from ib_stream.storage.readonly import open_readonly_engine
+from ib_stream.storage.repair import count_archive_files, rebuild, verify
+
+# `_lock` is private to the store; `index rebuild` needs the data-root lock without starting the
+# buffer. TODO(lead): expose a public lock helper in ib_stream.storage.store and use it here.
+from ib_stream.storage.store import _lock as lock_data_root
+from ib_stream.storage.store import make_layout
+
+EXPORT_FORMATS = (".csv", ".parquet")
+DEFAULT_SHOWN_ROWS = 20
+
+
+def exit_code_for(error: type[IbStreamError]) -> int:
+    """The process exit code of an error class: 2 for bad input, configuration or a locked root, else 1."""
+    return 2 if issubclass(error, ConfigError | ValidationError | QueryError | DataRootLockedError) else 1
+
+
+class _Root(TyperGroup):
+    """The root command group; the one place where expected errors become messages and exit codes."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context; typer keeps its click private
+        try:
+            return super().invoke(ctx)
+        except IbStreamError as e:
+            typer.echo(f"error: {e.message}", err=True)
+            raise typer.Exit(exit_code_for(type(e))) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _GlobalOptions:
+    config_file: Path | None
+    data_dir: Path | None
+
+
+app = typer.Typer(
+    cls=_Root,
+    name="ib-stream",
+    help="Record, archive, check and query the ib-stream tick store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+index_app = typer.Typer(help="Maintain the SQLite catalog of the archive.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML settings file (default: $IB_STREAM_CONFIG, else config/ib-stream.toml)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data root; overrides the storage.data_root setting.")
+    ] = None,
+) -> None:
+    """Record, archive, check and query the ib-stream tick store."""
+    ctx.obj = _GlobalOptions(config, data_dir)
+
+
+# ---- archive ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def archive(
+    ctx: typer.Context,
+    compact: Annotated[bool, typer.Option("--compact", help="Then compact the parts of closed partitions.")] = False,
+    retention: Annotated[
+        bool, typer.Option("--retention", help="Then delete segments and archive files past retention.")
+    ] = False,
+) -> None:
+    """Archive every sealed buffer segment into Parquet (takes the data-root lock)."""
+    config = _storage_config(ctx, must_exist=True)
+    store = TickStore(config).open()
+    reports: list[tuple[str, ArchiveReport]] = []
+    try:
+        pending = store.archiver.pending_segments()
+        with _progress("archiving segments", len(pending)) as advance:
+            reports.append(("archive", store.archiver.archive_sealed(progress=lambda ticks: advance(1))))
+        if compact:
+            with _progress("compacting partitions", None) as advance:
+                reports.append(("compact", store.archiver.compact(progress=lambda ticks: advance(1))))
+        if retention:
+            with _progress("applying retention", None):
+                reports.append(("retention", store.run_retention()))
+    finally:
+        store.close()
+    table = Table("job", "segments", "ticks", "files written", "files removed", "seconds", title="archive")
+    for name, report in reports:
+        table.add_row(
+            name,
+            f"{report.segments:,}",
+            f"{report.ticks:,}",
+            f"{report.files_written:,}",
+            f"{report.files_removed:,}",
+            f"{report.seconds:.2f}",
+        )
+    _out().print(table)
+
+
+# ---- index rebuild / verify ------------------------------------------------------------------------
+
+
+@index_app.command("rebuild")
+def index_rebuild(ctx: typer.Context) -> None:
+    """Recreate the catalog from the archive files alone (refused while a writer holds the data root)."""
+    config = _storage_config(ctx, must_exist=True)
+    handle = lock_data_root(config.data_root)
+    try:
+        with _progress("reading archive files", count_archive_files(config)) as advance:
+            report = rebuild(config, progress=advance)
+    finally:
+        handle.close()  # closing the file releases the lock
+    out = _out()
+    out.print(
+        f"catalog rebuilt: {report.files:,} files, {report.ticks:,} ticks, "
+        f"{len(report.superseded):,} superseded by compaction",
+        highlight=False,
+    )
+    for problem in report.unreadable:
+        typer.echo(f"skipped {problem.path}: {problem.detail}", err=True)
+
+
+@app.command("verify")
+def verify_command(
+    ctx: typer.Context,
+    checksums: Annotated[
+        bool,
+        typer.Option("--checksums/--no-checksums", help="Compare sha256 checksums too (reads every file)."),
+    ] = True,
+) -> None:
+    """Compare the catalog with the archive files; exit 1 when any mismatch is found."""
+    config = _storage_config(ctx, must_exist=True)
+    _require_catalog(config)
+    with _progress("verifying files", _catalogued_files(config)) as advance:
+        report = verify(config, checksums=checksums, progress=advance)
+    out = _out()
+    if report.ok:
+        out.print(f"ok: {report.files_checked:,} catalogued files match the archive", highlight=False)
+        return
+    table = Table("kind", "path", "detail", title=f"{len(report.problems)} problems", show_lines=False)
+    for problem in report.problems:
+        table.add_row(problem.kind, problem.path, problem.detail)
+    out.print(table)
+    raise typer.Exit(1)
+
+
+# ---- query -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    contract_id: Annotated[int, typer.Argument(help="IB contract id, e.g. 265598.")],
+    tick_types: Annotated[str, typer.Option("--tick-types", help="Comma list, e.g. bid_ask,last.")],
+    start: Annotated[str, typer.Option("--start", help="ISO-8601 with an offset or Z, e.g. 2025-01-10T14:30Z.")],
+    end: Annotated[
+        str | None, typer.Option("--end", help="ISO-8601 with an offset or Z (default: now); exclusive.")
+    ] = None,
+    resolution: Annotated[
+        str | None,
+        typer.Option("--resolution", help="tick (default) or a bar size: 1s 5s 15s 30s 1m 5m 15m 30m 1h 1d."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write all rows to a .csv or .parquet file instead of printing.")
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help=f"At most this many rows (printing shows {DEFAULT_SHOWN_ROWS} unless given)."
+        ),
+    ] = None,
+) -> None:
+    """Query a contract's ticks (or bars) in [start, end) from the archive and the buffer, read-only."""
+    if output is not None and output.suffix.lower() not in EXPORT_FORMATS:
+        raise ValidationError(
+            "--output", str(output), f"has an unknown extension (use one of {', '.join(EXPORT_FORMATS)})"
+        )
+    start_time = parse_cli_time("--start", start)
+    end_time = parse_cli_time("--end", end) if end is not None else None
+    config = _storage_config(ctx, must_exist=True)
+    _require_catalog(config)
+    frame = StorageQuery(open_readonly_engine(config)).query_range_sync(
+        contract_id, tick_types, start_time, end_time, resolution
+    )
+    if output is not None:
+        _export(frame if limit is None else frame.head(limit), output)
+        return
+    shown = frame.head(limit or DEFAULT_SHOWN_ROWS)
+    table = Table(*[str(c) for c in shown.columns])
+    for row in shown.itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    out = _out()
+    out.print(table)
+    out.print(f"{len(frame):,} rows, {len(shown):,} shown", highlight=False)
+
+
+def parse_cli_time(option: str, value: str) -> datetime:
+    """Parse an ISO-8601 time given on the command line; it must carry an offset or Z."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(option, value, "is not an ISO-8601 time (e.g. 2025-01-10T14:30:00Z)") from None
+    if when.tzinfo is None:
+        raise ValidationError(option, value, "has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)")
+    return when
+
+
+def _export(frame: pd.DataFrame, path: Path) -> None:
+    try:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+    except OSError as e:
+        raise ValidationError("--output", str(path), f"cannot be written: {e.strerror or e}") from e
+    typer.echo(f"wrote {len(frame):,} rows to {path}")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+# ---- stats -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    contract: Annotated[int | None, typer.Option("--contract", help="Only this contract id.")] = None,
+) -> None:
+    """Show per stream what the archive and the buffer hold, and the daily statistics."""
+    config = _storage_config(ctx, must_exist=True)
+    _require_catalog(config)
+    index = PartitionIndex(config.index_file, readonly=True)
+    try:
+        files = index.files()
+        daily = index.statistics()
+        streams = set(index.streams())
+    finally:
+        index.close()
+    layout = make_layout(config)
+    streams |= set(layout.buffered_streams())
+    if contract is not None:
+        streams = {s for s in streams if s.contract_id == contract}
+        if not streams:
+            raise NotFoundError(
+                f"contract {contract} has no data in {config.data_root}", details={"contract_id": contract}
+            )
+    table = Table(
+        "contract",
+        "tick type",
+        "files",
+        "ticks",
+        "archive bytes",
+        "bytes/tick",
+        "compression",
+        "first tick",
+        "last tick",
+        "segments",
+        "segment bytes",
+        title=f"streams in {config.data_root}",
+    )
+    for stream in sorted(streams):
+        mine = [f for f in files if f.stream == stream]
+        ticks = sum(f.tick_count for f in mine)
+        size = sum(f.file_size_bytes for f in mine)
+        jsonl = sum(f.jsonl_bytes for f in mine)
+        segments = layout.segments(stream)
+        table.add_row(
+            str(stream.contract_id),
+            stream.tick_type.value,
+            f"{len(mine):,}",
+            f"{ticks:,}",
+            _human_bytes(size),
+            f"{size / ticks:.1f}" if ticks else "",
+            f"{jsonl / size:.1f}x" if size else "",
+            _iso(min(f.start_time for f in mine)) if mine else "",
+            _iso(max(f.end_time for f in mine)) if mine else "",
+            f"{len(segments):,}",
+            _human_bytes(sum(_size(s.path) for s in segments)),
+        )
+    out = _out()
+    out.print(table)
+    rows = [d for d in daily if StreamKey(d.contract_id, TickType(d.tick_type)) in streams]
+    if not rows:
+        return
+    days = Table(
+        "contract", "tick type", "date", "ticks", "unique prices", "volume", "vwap", "low", "high", title="daily"
+    )
+    for d in rows:
+        days.add_row(
+            str(d.contract_id),
+            d.tick_type,
+            d.date,
+            f"{d.total_ticks:,}",
+            f"{d.unique_prices:,}",
+            _number(d.total_volume),
+            _number(d.vwap),
+            _number(d.low_price),
+            _number(d.high_price),
+        )
+    out.print(days)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # archived and deleted by retention while we looked
+        return 0
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:,.4f}".rstrip("0").rstrip(".")
+
+
+def _iso(ns: int) -> str:
+    return from_ns(ns).isoformat().replace("+00:00", "Z")
+
+
+# ---- serve -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data root (overrides the setting).")] = None,
+    source: Annotated[str, typer.Option("--source", help="Market-data source: sim, ib or replay.")] = "sim",
+) -> None:
+    """Run the service (not built yet: the HTTP service arrives with the next issue)."""
+    typer.echo(
+        f"error: the HTTP service is not built yet, so serve {host}:{port} (source {source}) cannot start; "
+        "use archive, verify, query and stats meanwhile",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _storage_config(ctx: typer.Context, *, must_exist: bool) -> StorageConfig:
+    options: _GlobalOptions = ctx.find_root().obj
+    overrides: dict[str, Any] = {"storage": {"data_root": options.data_dir}} if options.data_dir else {}
+    config = load_settings(options.config_file, **overrides).storage
+    if must_exist and not config.data_root.is_dir():
+        raise ConfigError(
+            f"data root {config.data_root} does not exist (use --data-dir or set storage.data_root)",
+            details={"data_root": str(config.data_root)},
+        )
+    return config
+
+
+def _require_catalog(config: StorageConfig) -> None:
+    if not config.index_file.is_file():
+        raise ConfigError(
+            f"no catalog at {config.index_file}: is the data root {config.data_root} right, and has data been stored?",
+            details={"path": str(config.index_file)},
+        )
+
+
+def _catalogued_files(config: StorageConfig) -> int:
+    index = PartitionIndex(config.index_file, readonly=True)
+    try:
+        return len(index.files())
+    finally:
+        index.close()
+
+
+def _out() -> Console:
+    # Built per call so it follows the current stdout and terminal width (tests swap both).
+    return Console(highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Show a progress bar on stderr (nothing when stderr is not a terminal); yield `advance(n)`."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+
+        yield advance
+
+
+def main() -> None:
+    """Entry point of the `ib-stream` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
