@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -107,7 +108,7 @@ def archive(
     ] = False,
 ) -> None:
     """Archive every sealed buffer segment into Parquet (takes the data-root lock)."""
-    config = _storage_config(ctx, must_exist=True)
+    config = _storage_config(ctx)
     store = TickStore(config).open()
     reports: list[tuple[str, ArchiveReport]] = []
     try:
@@ -122,17 +123,17 @@ def archive(
                 reports.append(("retention", store.run_retention()))
     finally:
         store.close()
-    table = Table("job", "segments", "ticks", "files written", "files removed", "seconds", title="archive")
+    table = _table("archive", "job", "segments", "ticks", "files written", "files removed", "seconds")
     for name, report in reports:
         table.add_row(
             name,
-            f"{report.segments:,}",
+            f"{report.segments:,}" if name == "archive" else "",
             f"{report.ticks:,}",
             f"{report.files_written:,}",
             f"{report.files_removed:,}",
             f"{report.seconds:.2f}",
         )
-    _out().print(table)
+    _print_tables(table)
 
 
 # ---- index rebuild / verify ------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def archive(
 @index_app.command("rebuild")
 def index_rebuild(ctx: typer.Context) -> None:
     """Recreate the catalog from the archive files alone (refused while a writer holds the data root)."""
-    config = _storage_config(ctx, must_exist=True)
+    config = _storage_config(ctx)
     handle = lock_data_root(config.data_root)
     try:
         with _progress("reading archive files", count_archive_files(config)) as advance:
@@ -167,7 +168,7 @@ def verify_command(
     ] = True,
 ) -> None:
     """Compare the catalog with the archive files; exit 1 when any mismatch is found."""
-    config = _storage_config(ctx, must_exist=True)
+    config = _storage_config(ctx)
     _require_catalog(config)
     with _progress("verifying files", _catalogued_files(config)) as advance:
         report = verify(config, checksums=checksums, progress=advance)
@@ -175,10 +176,10 @@ def verify_command(
     if report.ok:
         out.print(f"ok: {report.files_checked:,} catalogued files match the archive", highlight=False)
         return
-    table = Table("kind", "path", "detail", title=f"{len(report.problems)} problems", show_lines=False)
+    table = _table(f"{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''}", "kind", "path", "detail")
     for problem in report.problems:
         table.add_row(problem.kind, problem.path, problem.detail)
-    out.print(table)
+    _print_tables(table)
     raise typer.Exit(1)
 
 
@@ -188,7 +189,7 @@ def verify_command(
 @app.command()
 def query(
     ctx: typer.Context,
-    contract_id: Annotated[int, typer.Argument(help="IB contract id, e.g. 265598.")],
+    contract_id: Annotated[int, typer.Argument(metavar="CONTRACT_ID", help="IB contract id, e.g. 265598.")],
     tick_types: Annotated[str, typer.Option("--tick-types", help="Comma list, e.g. bid_ask,last.")],
     start: Annotated[str, typer.Option("--start", help="ISO-8601 with an offset or Z, e.g. 2025-01-10T14:30Z.")],
     end: Annotated[
@@ -215,20 +216,25 @@ def query(
         )
     start_time = parse_cli_time("--start", start)
     end_time = parse_cli_time("--end", end) if end is not None else None
-    config = _storage_config(ctx, must_exist=True)
+    if end_time is not None and end_time <= start_time:
+        raise ValidationError("--end", end, f"is not after --start {start}")
+    config = _storage_config(ctx)
     _require_catalog(config)
-    frame = StorageQuery(open_readonly_engine(config)).query_range_sync(
-        contract_id, tick_types, start_time, end_time, resolution
-    )
+    engine = open_readonly_engine(config)
+    storage_query = StorageQuery(engine)
+    try:
+        frame = storage_query.query_range_sync(contract_id, tick_types, start_time, end_time, resolution)
+    finally:
+        storage_query.close()
+        engine.index.close()
     if output is not None:
         _export(frame if limit is None else frame.head(limit), output)
         return
     shown = frame.head(limit or DEFAULT_SHOWN_ROWS)
-    table = Table(*[str(c) for c in shown.columns])
+    table = _table(None, *[str(c) for c in shown.columns])
     for row in shown.itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
-    out = _out()
-    out.print(table)
+    out = _print_tables(table)
     out.print(f"{len(frame):,} rows, {len(shown):,} shown", highlight=False)
 
 
@@ -271,7 +277,7 @@ def stats(
     contract: Annotated[int | None, typer.Option("--contract", help="Only this contract id.")] = None,
 ) -> None:
     """Show per stream what the archive and the buffer hold, and the daily statistics."""
-    config = _storage_config(ctx, must_exist=True)
+    config = _storage_config(ctx)
     _require_catalog(config)
     index = PartitionIndex(config.index_file, readonly=True)
     try:
@@ -288,60 +294,50 @@ def stats(
             raise NotFoundError(
                 f"contract {contract} has no data in {config.data_root}", details={"contract_id": contract}
             )
-    table = Table(
-        "contract",
-        "tick type",
-        "files",
-        "ticks",
-        "archive bytes",
-        "bytes/tick",
-        "compression",
-        "first tick",
-        "last tick",
-        "segments",
-        "segment bytes",
-        title=f"streams in {config.data_root}",
-    )
+    archived = _table("archive", "stream", "files", "ticks", "size", "bytes/tick", "vs JSONL")
+    buffered = _table("buffer", "stream", "segments", "size", "from", "to")
     for stream in sorted(streams):
+        name = f"{stream.contract_id} {stream.tick_type.value}"
         mine = [f for f in files if f.stream == stream]
         ticks = sum(f.tick_count for f in mine)
         size = sum(f.file_size_bytes for f in mine)
         jsonl = sum(f.jsonl_bytes for f in mine)
-        segments = layout.segments(stream)
-        table.add_row(
-            str(stream.contract_id),
-            stream.tick_type.value,
+        archived.add_row(
+            name,
             f"{len(mine):,}",
             f"{ticks:,}",
             _human_bytes(size),
             f"{size / ticks:.1f}" if ticks else "",
-            f"{jsonl / size:.1f}x" if size else "",
-            _iso(min(f.start_time for f in mine)) if mine else "",
-            _iso(max(f.end_time for f in mine)) if mine else "",
+            f"{jsonl / size:.1f}x smaller" if size else "",
+        )
+        segments = layout.segments(stream)
+        buffered.add_row(
+            name,
             f"{len(segments):,}",
             _human_bytes(sum(_size(s.path) for s in segments)),
+            _minute(segments[0].start_ns) if segments else "",
+            _minute(segments[-1].end_ns) if segments else "",
         )
-    out = _out()
-    out.print(table)
+    _print_tables(archived, buffered)
     rows = [d for d in daily if StreamKey(d.contract_id, TickType(d.tick_type)) in streams]
-    if not rows:
-        return
-    days = Table(
-        "contract", "tick type", "date", "ticks", "unique prices", "volume", "vwap", "low", "high", title="daily"
-    )
-    for d in rows:
-        days.add_row(
-            str(d.contract_id),
-            d.tick_type,
-            d.date,
-            f"{d.total_ticks:,}",
-            f"{d.unique_prices:,}",
-            _number(d.total_volume),
-            _number(d.vwap),
-            _number(d.low_price),
-            _number(d.high_price),
-        )
-    out.print(days)
+    if rows:
+        days = _table("daily statistics")
+        for column in ("date", "stream"):
+            days.add_column(column, no_wrap=True)
+        for column in ("ticks", "prices", "volume", "vwap", "low", "high"):
+            days.add_column(column, justify="right")
+        for d in rows:
+            days.add_row(
+                d.date,
+                f"{d.contract_id} {d.tick_type}",
+                f"{d.total_ticks:,}",
+                f"{d.unique_prices:,}",
+                _number(d.total_volume),
+                _number(d.vwap),
+                _number(d.low_price),
+                _number(d.high_price),
+            )
+        _print_tables(days)
 
 
 def _size(path: Path) -> int:
@@ -364,8 +360,8 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:,.4f}".rstrip("0").rstrip(".")
 
 
-def _iso(ns: int) -> str:
-    return from_ns(ns).isoformat().replace("+00:00", "Z")
+def _minute(ns: int) -> str:
+    return from_ns(ns).strftime("%Y-%m-%d %H:%MZ")
 
 
 # ---- serve -----------------------------------------------------------------------------------------
@@ -390,11 +386,14 @@ def serve(
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _storage_config(ctx: typer.Context, *, must_exist: bool) -> StorageConfig:
+def _storage_config(ctx: typer.Context) -> StorageConfig:
+    """The storage settings of this invocation (--config, --data-dir); the data root must exist."""
     options: _GlobalOptions = ctx.find_root().obj
-    overrides: dict[str, Any] = {"storage": {"data_root": options.data_dir}} if options.data_dir else {}
-    config = load_settings(options.config_file, **overrides).storage
-    if must_exist and not config.data_root.is_dir():
+    config = load_settings(options.config_file).storage
+    if options.data_dir is not None:
+        # Applied after loading, so the option also wins over IB_STREAM_STORAGE__DATA_ROOT.
+        config = StorageConfig.model_validate({**config.model_dump(), "data_root": options.data_dir})
+    if not config.data_root.is_dir():
         raise ConfigError(
             f"data root {config.data_root} does not exist (use --data-dir or set storage.data_root)",
             details={"data_root": str(config.data_root)},
@@ -418,22 +417,40 @@ def _catalogued_files(config: StorageConfig) -> int:
         index.close()
 
 
+def _table(title: str | None, *columns: str) -> Table:
+    return Table(*columns, title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
+
+
+def _print_tables(*tables: Table) -> Console:
+    """Print tables at their natural width: a narrow terminal wraps long lines instead of cells turning into "…"."""
+    out = _out()
+    for table in tables:
+        for column in table.columns:
+            column.no_wrap = True
+        out.width = max(out.width, out.measure(table, options=out.options.update_width(10_000)).maximum)
+        out.print(table)
+    return out
+
+
 def _out() -> Console:
     # Built per call so it follows the current stdout and terminal width (tests swap both).
-    return Console(highlight=False)
+    # No markup: a "[...]" in a path, a tick field or an error detail is printed as it is.
+    return Console(highlight=False, markup=False)
 
 
 @contextlib.contextmanager
 def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """Show a progress bar on stderr (nothing when stderr is not a terminal); yield `advance(n)`."""
+    console = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task(description, total=total)
 

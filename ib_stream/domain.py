@@ -115,6 +115,7 @@ TRADE_SIDES: Final = frozenset({1, -1})
 # Earliest and latest event time accepted (1990-01-01 .. 2200-01-01): guards against s/ms/us mix-ups.
 MIN_TS_NS: Final = 631_152_000 * 1_000_000_000
 MAX_TS_NS: Final = 7_258_118_400 * 1_000_000_000
+INT32_MAX: Final = 2**31 - 1
 
 
 def field_names(tick_type: TickType) -> tuple[str, ...]:
@@ -185,11 +186,14 @@ class TickValidator:
         if len(raw) > 1:
             given_recv = raw.get("recv_ts")
             if given_recv is not None:
-                out["recv_ts"] = self._int(given_recv, "recv_ts", index)
+                given_recv = self._int(given_recv, "recv_ts", index)
+                if not MIN_TS_NS <= given_recv < MAX_TS_NS:
+                    self._fail(index, "recv_ts", given_recv, "is outside 1990..2200 in UTC nanoseconds")
+                out["recv_ts"] = given_recv
             given_source = raw.get("source")
             if given_source is not None:
-                if not isinstance(given_source, str) or not given_source:
-                    self._fail(index, "source", given_source, "must be a non-empty string")
+                if not isinstance(given_source, str) or not given_source or not _is_utf8(given_source):
+                    self._fail(index, "source", given_source, "must be a non-empty UTF-8 string")
                 out["source"] = given_source
         for spec in self.specs:
             value = raw.get(spec.name)
@@ -222,24 +226,28 @@ class TickValidator:
             value = self._int(value, spec.name, index)
             if spec.non_negative and value < 0:
                 self._fail(index, spec.name, value, "must not be negative")
+            if not -INT32_MAX <= value <= INT32_MAX:
+                self._fail(index, spec.name, value, f"must fit in 32 bits (at most {INT32_MAX})")
             return value
         if kind == "str":
             if not isinstance(value, str):
                 self._fail(index, spec.name, value, "must be a string")
+            if not _is_utf8(value):
+                self._fail(index, spec.name, value, "must be valid UTF-8 text")
             return value
         if kind == "bool":
             if not isinstance(value, bool):
                 self._fail(index, spec.name, value, "must be true or false")
             return value
         if kind == "side":
-            if isinstance(value, bool) or value not in TRADE_SIDES:
+            if isinstance(value, bool) or not isinstance(value, Integral) or int(value) not in TRADE_SIDES:
                 self._fail(index, spec.name, value, "must be 1 (buy), -1 (sell) or null")
             return int(value)
         if kind == "depth_side":
-            if value not in DEPTH_SIDES:
+            if not isinstance(value, str) or value not in DEPTH_SIDES:
                 self._fail(index, spec.name, value, "must be 'bid' or 'ask'")
             return value
-        if value not in DEPTH_OPERATIONS:
+        if not isinstance(value, str) or value not in DEPTH_OPERATIONS:
             self._fail(index, spec.name, value, "must be 'insert', 'update' or 'delete'")
         return value
 
@@ -279,20 +287,29 @@ def _compile_fast_path(specs: tuple[FieldSpec, ...]) -> Any:
         + "    return None\n"
     )
     allowed = frozenset(("ts", *(s.name for s in specs)))
-    namespace: dict[str, Any] = {"allowed": allowed, "inf": math.inf}
+    namespace: dict[str, Any] = {"allowed": allowed, "inf": math.inf, "INT32_MAX": INT32_MAX}
     exec(compile(source, f"<fast tick validator {'/'.join(s.name for s in specs)}>", "exec"), namespace)
     return namespace["fast"]
 
 
 _FAST_CHECKS: Final[dict[str, str]] = {
     "float": "type({v}) is float and {lo}{v} < inf",
-    "int": "type({v}) is int",
-    "str": "type({v}) is str",
+    "int": "type({v}) is int and {v} <= INT32_MAX",
+    "str": "type({v}) is str and {v}.isascii()",
     "bool": "type({v}) is bool",
     "side": "({v} is None or (type({v}) is int and ({v} == 1 or {v} == -1)))",
     "depth_side": "({v} == 'bid' or {v} == 'ask')",
     "operation": "({v} == 'insert' or {v} == 'update' or {v} == 'delete')",
 }
+
+
+def _is_utf8(text: str) -> bool:
+    # Lone surrogates are valid in Python strings but cannot be written as UTF-8 JSON.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_mapping(raw: Any, tick_type: TickType, index: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ib_stream.errors import ConfigError
@@ -84,12 +84,62 @@ class StorageConfig(BaseModel):
         return self.index_path or self.data_root / "index.db"
 
 
+class ApiConfig(BaseModel):
+    """The HTTP service and its live streams."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    host: str = Field("127.0.0.1", description="Interface the service listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the service listens on.")
+    token: SecretStr | None = Field(
+        None, description="Bearer token for POST /v2/ticks and admin actions; unset = those endpoints are disabled."
+    )
+    heartbeat_seconds: float = Field(15, gt=0, description="SSE/WebSocket heartbeat interval while a stream is idle.")
+    subscriber_queue_size: int = Field(
+        10_000, ge=10, description="Messages a live subscriber may fall behind before it is disconnected."
+    )
+    max_range_days: float = Field(31, gt=0, description="Longest time range one tick-level request may ask for.")
+    max_limit: int = Field(1_000_000, ge=1, description="Largest `limit` a request may ask for.")
+
+
+class SimConfig(BaseModel):
+    """The built-in simulated market (the default source when no broker is configured)."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    seed: int = Field(42, description="Random seed; the same seed gives the same ticks.")
+    quotes_per_second: float = Field(20, gt=0, description="Mean quote updates per second per contract.")
+    trades_per_quote: float = Field(0.25, ge=0, le=1, description="Mean trades per quote update.")
+    follow_sessions: bool = Field(
+        False, description="Trade only while the contract's calendar is open (default: around the clock)."
+    )
+    batch_ms: int = Field(50, ge=1, description="How often the simulator hands its ticks to the store.")
+
+
+class ReplayConfig(BaseModel):
+    """The replay source: re-plays a stored range into the live streams."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    start_time: str | None = Field(None, description="Start of the range (ISO-8601 with offset).")
+    end_time: str | None = Field(None, description="End of the range (ISO-8601 with offset).")
+    speed: float = Field(1.0, ge=0, description="Pace as a multiple of real time; 0 = as fast as possible.")
+    loop: bool = Field(False, description="Start again at the end of the range.")
+
+
 class Settings(BaseSettings):
     """All settings of ib-stream, one section per subsystem."""
 
     model_config = SettingsConfigDict(env_prefix="IB_STREAM_", env_nested_delimiter="__", extra="forbid")
 
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig(), description="The tiered tick store.")
+    api: ApiConfig = Field(default_factory=lambda: ApiConfig(), description="The HTTP service.")
+    source: Literal["auto", "sim", "ib", "replay"] = Field(
+        "auto", description="Where live ticks come from; auto = IB when configured and reachable, else sim."
+    )
+    sim: SimConfig = Field(default_factory=lambda: SimConfig(), description="The simulated market.")
+    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(), description="The replay source.")
+    contracts_file: Path = Field(Path("config/contracts.toml"), description="The contracts to record.")
 
     @classmethod
     def settings_customise_sources(
@@ -118,20 +168,39 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
             raise ConfigError(f"config file {path} cannot be read: {e}", details={"path": str(path)}) from e
     try:
         settings = Settings(**data)
-        if overrides:
-            merged = settings.model_dump()
-            for section, values in overrides.items():
-                merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
-            settings = Settings.model_validate(merged)
+        for name, value in overrides.items():
+            settings = _override(settings, name, value)
         return settings
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        source = f" (from {path})" if path else ""
-        raise ConfigError(
-            f"setting {where} = {first.get('input')!r} is invalid{source}: {first['msg']}",
-            details={"field": where, "value": repr(first.get("input"))},
-        ) from e
+        raise _config_error(e, path=path) from e
+
+
+def _override(settings: Settings, name: str, value: Any) -> Settings:
+    # Validate one field (or one section's fields) on its own, so the environment cannot win over it.
+    if name not in Settings.model_fields:
+        raise ConfigError(f"setting {name} does not exist", details={"field": name, "value": repr(value)})
+    current = getattr(settings, name)
+    if isinstance(current, BaseModel) and isinstance(value, dict):
+        try:
+            updated: Any = type(current).model_validate({**current.model_dump(), **value})
+        except ValidationError as e:
+            raise _config_error(e, prefix=f"{name}.") from e
+    else:
+        try:
+            updated = TypeAdapter(Settings.model_fields[name].annotation or Any).validate_python(value)
+        except ValidationError as e:
+            raise _config_error(e, prefix=f"{name}." if len(e.errors()[0]["loc"]) else name) from e
+    return settings.model_copy(update={name: updated})
+
+
+def _config_error(e: ValidationError, prefix: str = "", path: Path | None = None) -> ConfigError:
+    first = e.errors()[0]
+    where = prefix + ".".join(str(p) for p in first["loc"])
+    source = f" (from {path})" if path else ""
+    return ConfigError(
+        f"setting {where} = {first.get('input')!r} is invalid{source}: {first['msg']}",
+        details={"field": where, "value": repr(first.get("input"))},
+    )
 
 
 def _config_path(config_file: Path | str | None) -> Path | None:

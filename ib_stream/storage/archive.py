@@ -7,12 +7,10 @@ crash anywhere is repaired by running the step again, and running it again never
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ib_stream.clock import NS_PER_SECOND, Clock
-from ib_stream.domain import PRICE_FIELDS, StreamKey, TickType
+from ib_stream.domain import StreamKey
 from ib_stream.errors import StorageError
 from ib_stream.settings import StorageConfig
 from ib_stream.storage.buffer import TickBuffer
 from ib_stream.storage.index import ArchiveFile, PartitionIndex, utc_now_iso
 from ib_stream.storage.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
-from ib_stream.storage.statistics import StatisticsUpdater, date_of
 from ib_stream.storage.schema import (
     META_JSONL_BYTES,
     META_SOURCES,
@@ -37,6 +34,7 @@ from ib_stream.storage.schema import (
     sort_table,
     write_parquet_atomic,
 )
+from ib_stream.storage.statistics import StatisticsUpdater, date_of
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -94,8 +92,17 @@ class Archiver:
             started = time.perf_counter()
             report = ArchiveReport()
             touched: set[tuple[StreamKey, str]] = set()
+            failed: dict[StreamKey, StorageError] = {}
             for segment in self.pending_segments():
-                ticks, dates = self._archive_segment(segment, report)
+                if segment.stream in failed:
+                    continue  # later segments of a stream wait for the bad one: seq order is kept
+                try:
+                    ticks, dates = self._archive_segment(segment, report)
+                except StorageError as e:
+                    failed[segment.stream] = e
+                    report.details.append(f"{segment.path}: {e.message}")
+                    log.error("cannot archive %s: %s", segment.path, e.message)
+                    continue
                 report.segments += 1
                 report.ticks += ticks
                 touched |= {(segment.stream, d) for d in dates}
@@ -103,6 +110,8 @@ class Archiver:
                     progress(ticks)
             self.statistics.refresh(touched)
             self._evict_hot()
+            if failed:
+                raise next(iter(failed.values()))
             report.seconds = time.perf_counter() - started
             self.last_durations["archive"] = report.seconds
             return report
@@ -165,6 +174,7 @@ class Archiver:
                 olds = self.index.partition_files(stream, part_start)
                 if len(olds) < 2:
                     continue
+                self._remove_crashed_outputs(partition, olds)
                 tables = [read_parquet(self.layout.absolute(f.file_path), stream.tick_type) for f in olds]
                 merged = sort_table(pa.concat_tables([t.replace_schema_metadata(None) for t in tables]))
                 seq = merged.column("seq").to_numpy()
@@ -172,9 +182,7 @@ class Archiver:
                     raise StorageError(f"partition {self.layout.partition_dir(partition)} holds duplicate seqs")
                 path = self.layout.compacted_path(partition, int(seq.min()), int(seq.max()), len(seq))
                 sources = [f.file_path for f in olds]
-                new = self._write_file(
-                    partition, merged, path, sum(f.jsonl_bytes for f in olds), "compacted", sources
-                )
+                new = self._write_file(partition, merged, path, sum(f.jsonl_bytes for f in olds), "compacted", sources)
                 self.index.replace(new, sources, self.clock.now_ns())
                 self.on_change(stream, new.start_time, new.end_time)
                 report.files_written += 1
@@ -186,6 +194,16 @@ class Archiver:
             report.seconds = time.perf_counter() - started
             self.last_durations["compact"] = report.seconds
             return report
+
+    def _remove_crashed_outputs(self, partition: Partition, catalogued: list[ArchiveFile]) -> None:
+        # A compacted file in a partition that the catalog does not list (and did not retire) can
+        # only be the output of a compaction that crashed before its catalog swap: it is superseded.
+        known = {f.file_path for f in catalogued} | {path for path, _ in self.index.retired()}
+        directory = self.layout.partition_dir(partition)
+        for path in directory.glob("hour-*.parquet"):
+            if self.layout.relative(path) not in known:
+                log.warning("removing %s, left by an interrupted compaction", path)
+                path.unlink(missing_ok=True)
 
     def reap_retired(self, force: bool = False) -> int:
         """Delete retired files no reader can still need; return how many were deleted."""
@@ -215,7 +233,9 @@ class Archiver:
             segment_limit = now - int(self.config.buffer_retention_hours * HOUR_NS)
             for stream in self.layout.buffered_streams():
                 for segment in self.buffer.sealed_segments(stream):
-                    if segment.end_ns <= segment_limit and segment_last_seq(segment.path, segment.stream.tick_type) <= archived.get(stream, 0):
+                    if segment.end_ns <= segment_limit and segment_last_seq(
+                        segment.path, segment.stream.tick_type
+                    ) <= archived.get(stream, 0):
                         segment.path.unlink()
                         report.files_removed += 1
             archive_limit = now - int(self.config.archive_retention_days * DAY_NS)

@@ -87,14 +87,14 @@ class TickBuffer:
         self._last_recv = 0
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
-        # Called (stream, min_ts, max_ts) from the writer thread when ticks become durable and visible.
-        self.on_durable: Callable[[StreamKey, int, int], None] | None = None
+        # Called from the writer thread, in seq order, with each batch once durable and visible.
+        self.listeners: list[Callable[[StreamKey, list[dict[str, Any]]], None]] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def open(self, last_seqs: dict[StreamKey, int], archived_seqs: dict[StreamKey, int]) -> None:
         """Recover every stream (torn tails, next seq, hot cache) and start the writer thread."""
         self.layout.buffer_dir.mkdir(parents=True, exist_ok=True)
-        streams = set(self.layout.buffered_streams()) | set(last_seqs)
+        streams = set(self.layout.buffered_streams()) | set(last_seqs) | set(archived_seqs)
         keep_after = self.clock.now_ns() - self.config.buffer_duration_minutes * MINUTE_NS
         for stream in sorted(streams):
             self._recover_stream(stream, last_seqs.get(stream, 0), archived_seqs.get(stream, 0), keep_after)
@@ -141,22 +141,28 @@ class TickBuffer:
             raise StorageError(f"buffer writer stopped after an error: {self._failed}")
         if self._thread is None:
             raise StorageError("buffer is not open")
-        stream = StreamKey(_contract_id(contract_id), TickType.parse(tick_type) if isinstance(tick_type, str) else tick_type)
+        stream = StreamKey(
+            _contract_id(contract_id), TickType.parse(tick_type) if isinstance(tick_type, str) else tick_type
+        )
         validator = self._validators[stream.tick_type]
         with self._lock:
             recv_ts = max(self.clock.now_ns(), self._last_recv)
             self._last_recv = recv_ts
             first = self._next_seq.get(stream, 1)
-            records, rejected = _canonical_batch(validator, ticks, first, recv_ts, source, on_error)
+            try:
+                records, rejected = _canonical_batch(validator, ticks, first, recv_ts, source, on_error)
+            except TickValidationError:
+                self.stats.rejected_ticks += len(ticks)
+                raise
             self.stats.rejected_ticks += len(rejected)
             future: Future[AppendResult] = Future()
             if not records:
                 future.set_result(AppendResult(stream, first, first - 1, 0, rejected))
                 return future
+            data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
             self._next_seq[stream] = first + len(records)
             if stream not in self._hot:
                 self._hot[stream] = HotStream(stream.tick_type, first)
-            data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
             result = AppendResult(stream, first, first + len(records) - 1, len(records), rejected)
             self._inflight.append(recv_ts)
             self._queue.put(_Write(stream, self.layout.segment_start(recv_ts), data, records, future, result))
@@ -208,7 +214,9 @@ class TickBuffer:
         if loaded:
             first = loaded[-1].column("seq")[0].as_py()
             if first > archived + 1:
-                log.error("stream %s: ticks %d..%d are in neither the archive nor the buffer", stream, archived + 1, first - 1)
+                log.error(
+                    "stream %s: ticks %d..%d are in neither the archive nor the buffer", stream, archived + 1, first - 1
+                )
             hot = HotStream(stream.tick_type, first)
             for table in reversed(loaded):
                 hot.add_table(table)
@@ -268,7 +276,9 @@ class TickBuffer:
             for _, handle in handles.values():
                 handle.close()
 
-    def _handle_for(self, item: _Write, handles: dict[StreamKey, tuple[int, IO[bytes]]], dirty: dict[int, IO[bytes]]) -> IO[bytes]:
+    def _handle_for(
+        self, item: _Write, handles: dict[StreamKey, tuple[int, IO[bytes]]], dirty: dict[int, IO[bytes]]
+    ) -> IO[bytes]:
         current = handles.get(item.stream)
         if current is not None and current[0] == item.segment_start:
             handle = current[1]
@@ -292,9 +302,11 @@ class TickBuffer:
         self.stats.fsyncs += 1
         for item in pending:
             self._hot[item.stream].add(item.records)
-            if self.on_durable is not None:
-                stamps = [r["ts"] for r in item.records]
-                self.on_durable(item.stream, min(stamps), max(stamps))
+            for listener in self.listeners:
+                try:
+                    listener(item.stream, item.records)
+                except Exception:  # a listener must never stop the writer
+                    log.exception("buffer listener failed")
             self.stats.ticks_written += item.result.count
             self.stats.batches_written += 1
         with self._lock:

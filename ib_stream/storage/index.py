@@ -10,13 +10,13 @@ import contextlib
 import itertools
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import StorageError
 
@@ -116,7 +116,8 @@ _FILE_PLACEHOLDERS = ", ".join("?" for _ in fields(ArchiveFile))
 class ReaderRegistry:
     """Readers in flight, so files retired by compaction are deleted only when none can need them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._active: dict[int, int] = {}
@@ -125,7 +126,7 @@ class ReaderRegistry:
     def reading(self) -> Iterator[None]:
         with self._lock:
             reader = next(self._ids)
-            self._active[reader] = time.time_ns()
+            self._active[reader] = self._clock.now_ns()
         try:
             yield
         finally:
@@ -140,10 +141,10 @@ class ReaderRegistry:
 class PartitionIndex:
     """SQLite catalog of the archive; safe to use from several threads (one connection each)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, clock: Clock | None = None) -> None:
         self.path = path
         self.readonly = readonly
-        self.readers = ReaderRegistry()
+        self.readers = ReaderRegistry(clock or SystemClock())
         self._local = threading.local()
         self._version_lock = threading.Lock()
         if not readonly:
@@ -167,7 +168,9 @@ class PartitionIndex:
                     db.execute("PRAGMA journal_mode=WAL")
                     db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as e:
-                raise StorageError(f"catalog {self.path} cannot be opened: {e}", details={"path": str(self.path)}) from e
+                raise StorageError(
+                    f"catalog {self.path} cannot be opened: {e}", details={"path": str(self.path)}
+                ) from e
             self._local.db = db
         return db
 
@@ -267,7 +270,10 @@ class PartitionIndex:
         if stream is not None:
             sql += " WHERE contract_id=? AND tick_type=?"
             params = [stream.contract_id, stream.tick_type.value]
-        return [ArchiveFile(*row) for row in self._query(sql + " ORDER BY contract_id, tick_type, partition_start, first_seq", params)]
+        return [
+            ArchiveFile(*row)
+            for row in self._query(sql + " ORDER BY contract_id, tick_type, partition_start, first_seq", params)
+        ]
 
     def partition_files(self, stream: StreamKey, partition_start: int) -> list[ArchiveFile]:
         rows = self._query(
@@ -295,7 +301,9 @@ class PartitionIndex:
         return {StreamKey(c, TickType(t)): s for c, t, s in rows}
 
     def streams(self) -> list[StreamKey]:
-        rows = self._query("SELECT contract_id, tick_type FROM stream_state UNION SELECT contract_id, tick_type FROM tick_archives")
+        rows = self._query(
+            "SELECT contract_id, tick_type FROM stream_state UNION SELECT contract_id, tick_type FROM tick_archives"
+        )
         return sorted(StreamKey(c, TickType(t)) for c, t in rows)
 
     def retired(self) -> list[tuple[str, int]]:

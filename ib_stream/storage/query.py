@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ib_stream.analytics.bars import BAR_INPUTS, make_bars, parse_resolution
-from ib_stream.clock import Clock, SystemClock, to_ns
+from ib_stream.clock import Clock, to_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import QueryError, ValidationError
 from ib_stream.storage.cache import QueryCache
@@ -66,7 +66,9 @@ class QueryEngine:
             return cached.copy(deep=False)
         frames = []
         for stream in streams:
-            table = self.read_stream(stream, start_ns, end_ns, None if resolution == "tick" else BAR_INPUTS.get(stream.tick_type))
+            table = self.read_stream(
+                stream, start_ns, end_ns, None if resolution == "tick" else BAR_INPUTS.get(stream.tick_type)
+            )
             if resolution == "tick":
                 frame = _tick_frame(table)
             else:
@@ -78,13 +80,19 @@ class QueryEngine:
         self.cache.put(key, version, result)
         return result.copy(deep=False)
 
-    def read_stream(self, stream: StreamKey, start_ns: int, end_ns: int, columns: Sequence[str] | None = None) -> pa.Table:
+    def read_stream(
+        self, stream: StreamKey, start_ns: int, end_ns: int, columns: Sequence[str] | None = None
+    ) -> pa.Table:
         """Every tick of `stream` with start_ns <= ts < end_ns, exactly once, sorted by (ts, seq)."""
         with self.index.readers.reading():
             snapshot = self.hot.snapshot(stream)
             files = self.index.plan(stream, start_ns, end_ns, below_seq=snapshot.lower_seq)
             wanted = list(columns) if columns else None
-            read_cols = None if wanted is None else sorted(set(wanted) | {"seq"}, key=arrow_schema(stream.tick_type).names.index)
+            read_cols = (
+                None
+                if wanted is None
+                else sorted(set(wanted) | {"seq", "ts"}, key=arrow_schema(stream.tick_type).names.index)
+            )
             in_range = (pc.field("ts") >= pa.scalar(start_ns, TS_TYPE)) & (pc.field("ts") < pa.scalar(end_ns, TS_TYPE))
             parts = []
             for f in files:
@@ -110,13 +118,17 @@ class StorageQuery:
     service is writing); the service passes its own engine.
     """
 
-    def __init__(self, engine: QueryEngine | None = None, *, config: Any = None, executor: Executor | None = None) -> None:
+    def __init__(
+        self, engine: QueryEngine | None = None, *, config: Any = None, executor: Executor | None = None
+    ) -> None:
         if engine is None:
             from ib_stream.storage.readonly import open_readonly_engine
 
             engine = open_readonly_engine(config)
         self.engine = engine
-        self._executor = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ib-stream-query")
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ib-stream-query"
+        )
 
     async def query_range(
         self,
@@ -184,7 +196,10 @@ def to_utc_ns(value: TimeLike, field: str = "time") -> int:
     if stamp is pd.NaT:
         raise ValidationError(field, value, "is not a valid time")
     if stamp.tzinfo is None:
-        stamp = stamp.tz_localize(datetime.now().astimezone().tzinfo)
+        # Local time with the offset in force on that date (DST), like datetime.astimezone().
+        offset = stamp.to_pydatetime(warn=False).astimezone().utcoffset()
+        assert offset is not None
+        return int(stamp.value) - (offset.days * 86_400 + offset.seconds) * 1_000_000_000
     return int(stamp.tz_convert("UTC").value)
 
 

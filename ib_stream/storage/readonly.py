@@ -53,7 +53,9 @@ def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
             f"no catalog at {config.index_file}: is the data root {config.data_root} right, and has data been stored?",
             details={"path": str(config.index_file)},
         )
-    layout = Layout(config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours)
+    layout = Layout(
+        config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours
+    )
     index = PartitionIndex(config.index_file, readonly=True)
     cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker())
     return QueryEngine(layout, index, DiskHot(layout, index), cache, SystemClock())

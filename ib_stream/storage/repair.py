@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.index import ArchiveFile, PartitionIndex
 from ib_stream.storage.archive import describe_file
+from ib_stream.storage.index import ArchiveFile, PartitionIndex
 from ib_stream.storage.layout import Layout, Partition
 from ib_stream.storage.schema import META_JSONL_BYTES, META_SOURCES, file_sha256
 from ib_stream.storage.statistics import StatisticsUpdater
@@ -90,7 +91,7 @@ def _check_file(absolute: Path, row: ArchiveFile, checksums: bool, report: Verif
         report.problems.append(Problem("size", path, f"{size} bytes on disk, {row.file_size_bytes} in the catalog"))
     try:
         rows = pq.read_metadata(absolute).num_rows
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, pa.ArrowException, ValueError) as e:  # ValueError covers UnicodeDecodeError
         report.problems.append(Problem("unreadable", path, f"Parquet footer unreadable: {e}"))
         return
     if rows != row.tick_count:
@@ -101,16 +102,23 @@ def _check_file(absolute: Path, row: ArchiveFile, checksums: bool, report: Verif
             report.problems.append(Problem("checksum", path, f"sha256 {digest[:16]}… differs from the catalog's"))
 
 
-def rebuild(config: StorageConfig, *, progress: Progress | None = None) -> RebuildReport:
-    """Recreate the catalog from the archive files alone (files superseded by compaction are retired)."""
+def rebuild(config: StorageConfig, *, progress: Progress | None = None, clock: Clock | None = None) -> RebuildReport:
+    """Recreate the catalog from the archive files alone.
+
+    Files superseded by a compaction (listed as its sources, or whose ticks another file of the
+    partition holds entirely, as a compaction interrupted before its catalog swap leaves) are
+    retired, not catalogued, so no tick is catalogued twice.
+    """
     layout = _layout(config)
     report = RebuildReport()
-    described: dict[str, tuple[ArchiveFile, list[str]]] = {}
+    described: dict[str, tuple[ArchiveFile, list[str], np.ndarray]] = {}
     for absolute in sorted(layout.archive_files()):
         relative = layout.relative(absolute)
         partition = layout.parse_partition(absolute.parent.relative_to(layout.archive_dir).as_posix())
         if partition is None:
-            report.unreadable.append(Problem("unreadable", relative, "not inside a contract_id=/tick_type=/date=/hour= partition"))
+            report.unreadable.append(
+                Problem("unreadable", relative, "not inside a contract_id=/tick_type=/date=/hour= partition")
+            )
             continue
         try:
             described[relative] = _describe(layout, absolute, partition)
@@ -118,14 +126,15 @@ def rebuild(config: StorageConfig, *, progress: Progress | None = None) -> Rebui
             report.unreadable.append(Problem("unreadable", relative, str(e)))
         if progress:
             progress(1)
-    superseded = {src for _, sources in described.values() for src in sources if src in described}
-    files = [row for path, (row, _) in described.items() if path not in superseded]
+    superseded = {src for _, sources, _ in described.values() for src in sources if src in described}
+    superseded |= _contained_files({p: (row, seqs) for p, (row, _, seqs) in described.items() if p not in superseded})
+    files = [row for path, (row, _, _) in described.items() if path not in superseded]
     archived: dict[StreamKey, int] = {}
     for row in files:
         archived[row.stream] = max(archived.get(row.stream, 0), row.last_seq)
     index = PartitionIndex(config.index_file)
     try:
-        index.reset(files, archived, sorted(superseded), time.time_ns())
+        index.reset(files, archived, sorted(superseded), (clock or SystemClock()).now_ns())
         StatisticsUpdater(layout, index).refresh_all()
     finally:
         index.close()
@@ -136,7 +145,26 @@ def rebuild(config: StorageConfig, *, progress: Progress | None = None) -> Rebui
     return report
 
 
-def _describe(layout: Layout, absolute: Path, partition: Partition) -> tuple[ArchiveFile, list[str]]:
+def _contained_files(files: dict[str, tuple[ArchiveFile, np.ndarray]]) -> set[str]:
+    """Files whose every seq is held by a larger file of the same partition (largest files win)."""
+    by_partition: dict[tuple[StreamKey, int], list[tuple[str, ArchiveFile, np.ndarray]]] = {}
+    for path, (row, seqs) in files.items():
+        by_partition.setdefault((row.stream, row.partition_start), []).append((path, row, seqs))
+    contained: set[str] = set()
+    for members in by_partition.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda m: (-m[1].tick_count, m[0]))
+        kept: list[np.ndarray] = []
+        for path, _row, seqs in members:
+            if any(np.isin(seqs, other).all() for other in kept):
+                contained.add(path)
+            else:
+                kept.append(seqs)
+    return contained
+
+
+def _describe(layout: Layout, absolute: Path, partition: Partition) -> tuple[ArchiveFile, list[str], np.ndarray]:
     parquet = pq.ParquetFile(absolute)
     meta = parquet.schema_arrow.metadata or {}
     table = parquet.read(columns=["seq", "ts"])
@@ -147,4 +175,4 @@ def _describe(layout: Layout, absolute: Path, partition: Partition) -> tuple[Arc
     kind = "compacted" if absolute.name.startswith("hour-") else "part"
     size = absolute.stat().st_size
     row = describe_file(layout, partition, table, absolute, size, file_sha256(absolute), jsonl_bytes, kind)
-    return row, sources
+    return row, sources, table.column("seq").to_numpy()

@@ -63,6 +63,16 @@ def records_to_table(records: list[dict[str, Any]], tick_type: TickType) -> pa.T
     return table.cast(arrow_schema(tick_type))
 
 
+def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
+    """Convert stored rows back to canonical records (timestamps as int ns), as the buffer writes them."""
+    columns = {
+        name: (col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col).to_pylist()
+        for name, col in zip(table.column_names, table.columns, strict=True)
+    }
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
 def empty_table(tick_type: TickType) -> pa.Table:
     return arrow_schema(tick_type).empty_table()
 
@@ -148,6 +158,7 @@ def write_parquet_atomic(
             use_dictionary=dictionary,
             column_encoding={n: "DELTA_BINARY_PACKED" for n in _DELTA_COLUMNS if n in names},
             write_statistics=True,
+            write_page_checksum=True,
             sorting_columns=[pq.SortingColumn(names.index("ts")), pq.SortingColumn(names.index("seq"))],
         )
         handle.flush()
@@ -165,13 +176,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_parquet(
-    path: Path, tick_type: TickType, columns: list[str] | None = None, filters: Any = None
-) -> pa.Table:
+def read_parquet(path: Path, tick_type: TickType, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
     """Read an archive file (needed columns and row groups only), raising a storage error naming it."""
     try:
-        table = pq.read_table(path, columns=columns, filters=filters, partitioning=None)
-    except (OSError, pa.ArrowException) as e:
+        table = pq.read_table(
+            path, columns=columns, filters=filters, partitioning=None, page_checksum_verification=True
+        )
+    except (OSError, pa.ArrowException, ValueError) as e:
         raise CorruptFileError(str(path), str(e)) from e
     if columns is None and table.schema.remove_metadata() != arrow_schema(tick_type):
         raise CorruptFileError(str(path), f"schema {table.schema} is not the {tick_type.value} schema")

@@ -16,7 +16,7 @@ from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import DataRootLockedError, StorageError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.archive import ArchiveReport, Archiver
+from ib_stream.storage.archive import Archiver, ArchiveReport
 from ib_stream.storage.buffer import AppendResult, OnError, TickBuffer
 from ib_stream.storage.cache import ChangeTracker, QueryCache
 from ib_stream.storage.hotcache import HotSnapshot
@@ -70,9 +70,9 @@ class TickStore:
         self.config.data_root.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock(self.config.data_root)
         try:
-            self.index = PartitionIndex(self.config.index_file)
+            self.index = PartitionIndex(self.config.index_file, clock=self.clock)
             self.buffer = TickBuffer(self.config, self.layout, self.clock)
-            self.buffer.on_durable = self.tracker.record
+            self.buffer.listeners.append(self._track)
             self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
             self.temp_files_removed = self.archiver.cleanup_temp_files()
             self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
@@ -108,13 +108,23 @@ class TickStore:
 
     # ---- writing ------------------------------------------------------------------------------------
     async def append_batch(
-        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str = "api", on_error: OnError = "reject"
+        self,
+        contract_id: int,
+        tick_type: TickType | str,
+        ticks: Sequence[Any],
+        source: str = "api",
+        on_error: OnError = "reject",
     ) -> AppendResult:
         """Append ticks to one stream; return once durable (see `TickBuffer.append_batch`)."""
         return await self.buffer.append_batch(contract_id, tick_type, ticks, source, on_error)
 
     def append_batch_sync(
-        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str = "api", on_error: OnError = "reject"
+        self,
+        contract_id: int,
+        tick_type: TickType | str,
+        ticks: Sequence[Any],
+        source: str = "api",
+        on_error: OnError = "reject",
     ) -> AppendResult:
         """Blocking append for code without an event loop (CLI, importers, benchmarks)."""
         return self.buffer.submit(contract_id, tick_type, ticks, source, on_error).result()
@@ -136,9 +146,18 @@ class TickStore:
         self.archiver.statistics.refresh_all()
         return removed
 
+    def _track(self, stream: StreamKey, records: list[dict[str, Any]]) -> None:
+        stamps = [r["ts"] for r in records]
+        self.tracker.record(stream, min(stamps), max(stamps))
+
     async def run_in_background(self, job: str) -> Any:
         """Run a job by name off the event loop."""
-        method = {"archive": self.run_archival, "compact": self.run_compaction, "retention": self.run_retention, "maintenance": self.run_maintenance}[job]
+        method = {
+            "archive": self.run_archival,
+            "compact": self.run_compaction,
+            "retention": self.run_retention,
+            "maintenance": self.run_maintenance,
+        }[job]
         return await asyncio.get_running_loop().run_in_executor(self.executor, method)
 
     def _unlock(self) -> None:
@@ -168,4 +187,3 @@ def _lock(data_root: os.PathLike[str]) -> IO[str]:
     handle.write(f"pid {os.getpid()}\n")
     handle.flush()
     return handle
-

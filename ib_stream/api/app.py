@@ -1,0 +1,96 @@
+"""App factory and lifespan: the lifespan owns the store, the streaming app, the sources and the
+scheduler, and on shutdown flushes and fsyncs everything before the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from ib_stream import __version__
+from ib_stream.api.errors import install_error_handlers
+from ib_stream.api.routes import buffer, contracts, historical, ingest, live, replay, sessions, system, ws
+from ib_stream.api.state import ServiceState
+from ib_stream.clock import Clock, SystemClock
+from ib_stream.contracts import load_contracts
+from ib_stream.domain import Contract
+from ib_stream.errors import ConfigError
+from ib_stream.jobs import build_scheduler
+from ib_stream.settings import Settings, load_settings
+from ib_stream.sources.sim import SimSource
+from ib_stream.storage import TickStore
+from ib_stream.streaming import StreamingApp, TickSource
+
+log = logging.getLogger(__name__)
+ROUTERS = (system, historical, contracts, sessions, live, buffer, ws, ingest, replay)
+
+
+def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) -> tuple[str, list[TickSource]]:
+    """Pick the live source from settings: IB when configured (issue 4), else the simulated market."""
+    kind = settings.source
+    if kind == "ib":
+        raise ConfigError("source 'ib' is not available in this version yet; use sim or replay")
+    if kind == "replay":
+        from ib_stream.sources.replay import ReplaySource
+
+        return "replay", [ReplaySource(settings.replay, contracts)]
+    if kind == "auto":
+        log.warning("no Interactive Brokers connection is configured: recording the built-in simulated market")
+    return "sim", [SimSource(contracts, settings.sim, clock)]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    sources: Sequence[TickSource] | None = None,
+    run_scheduler: bool = True,
+) -> FastAPI:
+    """Build the service. `sources=None` picks them from settings; `[]` runs with no live source."""
+    settings = settings or load_settings()
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        contract_list = load_contracts(settings.contracts_file)
+        store = await TickStore(settings.storage, clock).aopen()
+        streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size)
+        if sources is None:
+            source_name, chosen = choose_sources(settings, contract_list, clock)
+        else:
+            source_name, chosen = ",".join(s.name for s in sources) or "none", list(sources)
+        state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
+        app.state.service = state
+        scheduler = build_scheduler(store, settings.storage) if run_scheduler else None
+        try:
+            await streaming.start(chosen)
+            if scheduler is not None:
+                scheduler.start()
+            state.ready = True
+            log.info(
+                "ib-stream %s ready: source=%s, data root %s", __version__, source_name, settings.storage.data_root
+            )
+            yield
+        finally:
+            state.ready = False
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+            await streaming.stop()
+            await store.aclose()  # flushes and fsyncs the buffer, releases the data root
+            log.info("ib-stream stopped; everything acknowledged is on disk")
+
+    app = FastAPI(
+        title="ib-stream",
+        version=__version__,
+        description="Interactive Brokers market data: tiered tick store, range queries, sessions and live streams.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    install_error_handlers(app)
+    for module in ROUTERS:
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,70 @@
+"""The one place errors become HTTP responses: `{"error": {"code", "message", "details"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ib_stream.errors import IbStreamError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the JSON error shape."""
+
+    @app.exception_handler(IbStreamError)
+    async def _package_error(request: Request, exc: IbStreamError) -> ORJSONResponse:
+        status = exc.http_status if exc.http_status < 500 or exc.code != IbStreamError.code else 500
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return ORJSONResponse(exc.to_dict(), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid request"}
+        location = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
+        field = ".".join(location) or "request"
+        value = first.get("input")
+        shown = value if isinstance(value, str | int | float | bool) or value is None else repr(value)
+        message = (
+            f"{field} {shown!r} is invalid: {first.get('msg', 'invalid')}"
+            if value is not None
+            else f"{field} is invalid: {first.get('msg')}"
+        )
+        return ORJSONResponse(
+            error_body("INVALID_INPUT", message, {"field": field, "value": shown, "errors": _plain(exc.errors())}),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED", 403: "FORBIDDEN"}.get(
+            exc.status_code, "HTTP_ERROR"
+        )
+        return ORJSONResponse(
+            error_body(code, str(exc.detail), {"path": request.url.path}),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return ORJSONResponse(error_body("INTERNAL_ERROR", "internal server error", {}), status_code=500)
+
+
+def _plain(errors: Any) -> list[dict[str, Any]]:
+    plain = []
+    for error in errors:
+        plain.append({"loc": [str(p) for p in error.get("loc", ())], "msg": str(error.get("msg", ""))})
+    return plain

@@ -1,0 +1,5 @@
+"""Routes: buffer (placeholder router, filled in by its owner)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes: contracts (placeholder router, filled in by its owner)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes: replay (placeholder router, filled in by its owner)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

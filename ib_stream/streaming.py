@@ -1,0 +1,234 @@
+"""StreamingApp: takes ticks from sources, stores them (the store assigns seq / recv_ts), and fans
+every durable tick out to live subscribers in seq order, with backpressure that never drops
+silently: storage is never skipped, and a subscriber that falls too far behind is disconnected
+with an error message (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ib_stream.clock import NS_PER_SECOND
+from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.errors import IbStreamError, NotFoundError
+from ib_stream.storage.buffer import AppendResult
+from ib_stream.storage.schema import table_to_records
+from ib_stream.storage.store import TickStore
+
+log = logging.getLogger(__name__)
+LiveItem = tuple[StreamKey, dict[str, Any]]
+
+
+class SlowConsumerError(IbStreamError):
+    """A live subscriber fell more than its queue size behind and was disconnected."""
+
+    code = "SLOW_CONSUMER"
+    http_status = 503
+
+
+class TickSource(Protocol):
+    """Anything that produces ticks into a StreamingApp until cancelled."""
+
+    name: str
+
+    async def run(self, app: StreamingApp) -> None: ...
+
+
+@dataclass(slots=True)
+class StreamingStats:
+    """Counters exposed as metrics."""
+
+    ticks_published: int = 0
+    ticks_fanned_out: int = 0
+    slow_disconnects: int = 0
+    source_errors: int = 0
+    last_lag_seconds: float = 0.0  # receive time -> fan-out of the latest tick
+    lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
+
+
+class Subscription:
+    """One live subscriber's queue of (stream, record) items."""
+
+    def __init__(self, sub_id: int, contract_id: int, tick_types: Iterable[TickType], max_queue: int) -> None:
+        self.id = sub_id
+        self.contract_id = contract_id
+        self.tick_types = frozenset(tick_types)
+        self.max_queue = max_queue
+        self.error: IbStreamError | None = None
+        self.closed = False
+        self._items: collections.deque[LiveItem] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> bool:
+        """Queue records; return False (and fail the subscription) when it is too far behind."""
+        if self.closed:
+            return True
+        if len(self._items) + len(records) > self.max_queue:
+            self.error = SlowConsumerError(
+                f"subscriber fell more than {self.max_queue} messages behind and was disconnected",
+                details={"max_queue": self.max_queue},
+            )
+            self._items.clear()
+            self._ready.set()
+            return False
+        self._items.extend((stream, r) for r in records)
+        self._ready.set()
+        return True
+
+    async def get(self, timeout: float | None = None) -> list[LiveItem]:
+        """Wait up to `timeout` seconds for items; return them all ([] on timeout); raise if disconnected."""
+        if not self._items and self.error is None and not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        if self.error is not None:
+            raise self.error
+        items = list(self._items)
+        self._items.clear()
+        self._ready.clear()
+        return items
+
+    @property
+    def backlog(self) -> int:
+        return len(self._items)
+
+
+class StreamingApp:
+    """The live hub: one per service, bound to one event loop and one store."""
+
+    def __init__(self, store: TickStore, contracts: Sequence[Contract], *, queue_size: int = 10_000) -> None:
+        self.store = store
+        self.contracts = {c.con_id: c for c in contracts}
+        self.queue_size = queue_size
+        self.stats = StreamingStats()
+        self._subs: dict[StreamKey, dict[int, Subscription]] = collections.defaultdict(dict)
+        self._latest: dict[StreamKey, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sources: list[TickSource] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, sources: Sequence[TickSource] = ()) -> None:
+        """Hook into the store's durable-tick listener and start the sources."""
+        self._loop = asyncio.get_running_loop()
+        self.store.buffer.listeners.append(self._from_writer)
+        for source in sources:
+            self.sources.append(source)
+            self._tasks.append(asyncio.create_task(self._run_source(source), name=f"source-{source.name}"))
+
+    async def stop(self) -> None:
+        """Stop the sources (ticks already handed to the store stay durable) and close subscribers."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(ValueError):
+            self.store.buffer.listeners.remove(self._from_writer)
+        for subs in self._subs.values():
+            for sub in subs.values():
+                sub.closed = True
+                sub._ready.set()
+
+    async def _run_source(self, source: TickSource) -> None:
+        try:
+            await source.run(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats.source_errors += 1
+            log.exception("source %s stopped with an error", source.name)
+
+    # ---- ingest ------------------------------------------------------------------------------------
+    async def publish(
+        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str
+    ) -> AppendResult:
+        """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order."""
+        result = await self.store.append_batch(contract_id, tick_type, ticks, source)
+        self.stats.ticks_published += result.count
+        return result
+
+    def publish_live(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> None:
+        """Fan out records without storing them (the replay source)."""
+        self._fanout(stream, list(records))
+
+    def _from_writer(self, stream: StreamKey, records: list[dict[str, Any]]) -> None:
+        # Called on the buffer's writer thread; call_soon_threadsafe keeps the batches in order.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fanout, stream, records)
+
+    def _fanout(self, stream: StreamKey, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        self._latest[stream] = records[-1]
+        lag = time.time_ns() - records[-1]["recv_ts"]
+        self.stats.last_lag_seconds = lag / NS_PER_SECOND
+        self.stats.lag_samples.append(self.stats.last_lag_seconds)
+        subs = self._subs.get(stream)
+        if not subs:
+            return
+        for sub in list(subs.values()):
+            if not sub.offer(stream, records):
+                self.stats.slow_disconnects += 1
+                log.warning("disconnected slow subscriber %d of %s", sub.id, stream)
+                self.unsubscribe(sub)
+            else:
+                self.stats.ticks_fanned_out += len(records)
+
+    # ---- subscribers ---------------------------------------------------------------------------------
+    def subscribe(self, contract_id: int, tick_types: Iterable[TickType], max_queue: int | None = None) -> Subscription:
+        """Start receiving every durable tick of these streams from now on."""
+        self.require_contract(contract_id)
+        sub = Subscription(next(self._ids), contract_id, tick_types, max_queue or self.queue_size)
+        for tick_type in sub.tick_types:
+            self._subs[StreamKey(contract_id, tick_type)][sub.id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.closed = True
+        for tick_type in sub.tick_types:
+            self._subs.get(StreamKey(sub.contract_id, tick_type), {}).pop(sub.id, None)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len({sub.id for subs in self._subs.values() for sub in subs.values()})
+
+    def latest(self, contract_id: int, tick_types: Iterable[TickType]) -> dict[TickType, dict[str, Any] | None]:
+        """The most recent durable tick of each stream, from memory."""
+        self.require_contract(contract_id)
+        return {
+            t: self._latest.get(StreamKey(contract_id, t)) or self._latest_from_hot(StreamKey(contract_id, t))
+            for t in tick_types
+        }
+
+    def _latest_from_hot(self, stream: StreamKey) -> dict[str, Any] | None:
+        hot = self.store.buffer.hot(stream)
+        if hot is None:
+            return None
+        snapshot = hot.snapshot()
+        if not snapshot.chunks or snapshot.chunks[-1].table.num_rows == 0:
+            return None
+        table = snapshot.chunks[-1].table
+        record = table_to_records(table.slice(table.num_rows - 1))[0]
+        self._latest[stream] = record
+        return record
+
+    def require_contract(self, contract_id: int) -> Contract:
+        """The configured contract, or NotFoundError naming the id."""
+        contract = self.contracts.get(contract_id)
+        if contract is None:
+            known = ", ".join(str(c) for c in sorted(self.contracts))
+            raise NotFoundError(
+                f"contract_id {contract_id} is not configured (known: {known})",
+                details={"field": "contract_id", "value": contract_id},
+            )
+        return contract

@@ -1,0 +1,186 @@
+"""The docs cannot rot: settings, CLI commands and options, errors and Python examples are checked against the code."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+import ib_stream.errors as errors_module
+from ib_stream.cli import app, exit_code_for
+from ib_stream.clock import ManualClock
+from ib_stream.errors import IbStreamError
+from ib_stream.jobs import job_intervals
+from ib_stream.settings import StorageConfig
+from ib_stream.storage import TickStore
+from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+PROGRAM = "ib-stream"
+
+
+def read(relative: str) -> str:
+    return (DOCS / relative).read_text()
+
+
+# ---- configuration -----------------------------------------------------------------------------------
+
+_SETTING_ROW = re.compile(
+    r"^\| `(?P<name>\w+)` \| (?P<default>[^|]+?) \| `(?P<env>[A-Z0-9_]+)` \| (?P<description>[^|]+?) \|$", re.M
+)
+
+
+def documented_settings() -> dict[str, dict[str, str]]:
+    return {m["name"]: m.groupdict() for m in _SETTING_ROW.finditer(read("reference/configuration.md"))}
+
+
+def shown_default(default: Any) -> str:
+    """How configuration.md writes a default: `value` in backticks, or "unset" for None."""
+    return "unset" if default is None else f"`{default}`"
+
+
+@pytest.mark.parametrize("name", list(StorageConfig.model_fields))
+def test_every_setting_is_documented_with_default_and_env_var(name: str) -> None:
+    field = StorageConfig.model_fields[name]
+    rows = documented_settings()
+    assert name in rows, f"storage.{name} is missing from docs/reference/configuration.md"
+    row = rows[name]
+    assert row["default"] == shown_default(field.default), f"storage.{name}: wrong default in the docs"
+    assert row["env"] == f"IB_STREAM_STORAGE__{name.upper()}"
+    assert field.description is not None
+    assert field.description in row["description"].replace("`", ""), f"storage.{name}: description differs"
+
+
+def test_no_setting_is_documented_that_does_not_exist() -> None:
+    assert set(documented_settings()) <= set(StorageConfig.model_fields)
+
+
+def test_every_scheduled_job_is_documented() -> None:
+    text = read("reference/configuration.md")
+    for job in job_intervals(StorageConfig()):
+        assert f"| `{job}` |" in text
+
+
+# ---- command line --------------------------------------------------------------------------------------
+
+
+def walk_commands(command: Any, path: tuple[str, ...] = (PROGRAM,)) -> Iterator[tuple[str, Any]]:
+    yield " ".join(path), command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from walk_commands(sub, (*path, name))
+
+
+def cli_sections() -> dict[str, str]:
+    """The `## \\`ib-stream …\\`` sections of cli.md, keyed by command path."""
+    sections: dict[str, str] = {}
+    current: str | None = None
+    for line in read("reference/cli.md").splitlines():
+        heading = re.fullmatch(r"## `(ib-stream[\w -]*)`", line)
+        if heading:
+            current = heading[1]
+            sections[current] = ""
+        elif line.startswith("## "):
+            current = None
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+COMMANDS = dict(walk_commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize("path", list(COMMANDS))
+def test_every_command_and_option_is_documented(path: str) -> None:
+    sections = cli_sections()
+    assert path in sections, f"`{path}` has no section in docs/reference/cli.md"
+    section = sections[path]
+    for param in COMMANDS[path].params:
+        if param.param_type_name == "argument":
+            names = [param.metavar or param.name.upper()]
+        else:
+            names = [*param.opts, *param.secondary_opts]
+        for name in names:
+            assert f"`{name}`" in section, f"{name} of `{path}` is not documented in its section of cli.md"
+
+
+def test_no_command_is_documented_that_does_not_exist() -> None:
+    assert set(cli_sections()) <= set(COMMANDS)
+
+
+# ---- errors --------------------------------------------------------------------------------------------
+
+ERROR_CLASSES = [
+    cls
+    for _, cls in inspect.getmembers(errors_module, inspect.isclass)
+    if issubclass(cls, IbStreamError) and cls.__module__ == errors_module.__name__
+]
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_every_error_class_is_documented(cls: type[IbStreamError]) -> None:
+    text = read("reference/errors.md")
+    row = re.search(rf"^\| `{cls.__name__}` \|.*$", text, re.M)
+    assert row, f"{cls.__name__} is missing from docs/reference/errors.md"
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[1:5] == [
+        f"`{cls.__bases__[0].__name__}`",
+        f"`{cls.code}`",
+        str(cls.http_status),
+        str(exit_code_for(cls)),
+    ]
+
+
+def test_error_tree_is_the_one_in_the_code() -> None:
+    doc = errors_module.__doc__ or ""
+    tree = doc[doc.index("IbStreamError") :].strip()
+    assert tree in read("reference/errors.md")
+
+
+# ---- links and examples --------------------------------------------------------------------------------
+
+
+def test_relative_links_point_to_existing_pages() -> None:
+    for page in DOCS.rglob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.relative_to(DOCS)} links to missing {target}"
+
+
+@pytest.fixture
+def example_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`storage/` in the working directory: 2025-01-10 14:00–15:00 of quotes and trades, partly archived."""
+    for key in [k for k in os.environ if k.startswith("IB_STREAM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock(T0_NS)
+    with TickStore(StorageConfig(data_root=Path("storage"), fsync_interval_ms=1), clock) as store:
+        for minute in range(60):
+            first = T0_NS + seconds(minute * 60)
+            store.append_batch_sync(CONTRACT, "last", [trade(first + seconds(i * 6), i) for i in range(10)])
+            store.append_batch_sync(CONTRACT, "bid_ask", [quote(first + seconds(i * 3), i) for i in range(20)])
+            clock.advance(60)
+            if minute == 44:
+                store.run_archival()  # 14:00–14:45 archived, the rest still in the buffer
+    yield tmp_path
+
+
+def python_blocks(relative: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", read(relative), re.S)
+
+
+def test_query_from_python_examples_run(example_root: Path) -> None:
+    namespace: dict[str, Any] = {}
+    blocks = python_blocks("howto/query-from-python.md")
+    assert len(blocks) >= 5
+    for block in blocks:
+        if "duckdb" in block and importlib.util.find_spec("duckdb") is None:
+            continue  # DuckDB is not a dependency; these examples were run by hand with it
+        exec(compile(block, "docs/howto/query-from-python.md", "exec"), namespace)
+    assert len(namespace["ticks"]) == 30 * 30  # 14:30–15:00: 10 trades + 20 quotes a minute
+    assert namespace["bars"]["trade_count"].tolist() == [10] * 60
