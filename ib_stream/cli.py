@@ -37,11 +37,7 @@ from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
 from ib_stream.storage.archive import ArchiveReport
 from ib_stream.storage.readonly import open_readonly_engine
 from ib_stream.storage.repair import count_archive_files, rebuild, verify
-
-# `_lock` is private to the store; `index rebuild` needs the data-root lock without starting the
-# buffer. TODO(lead): expose a public lock helper in ib_stream.storage.store and use it here.
-from ib_stream.storage.store import _lock as lock_data_root
-from ib_stream.storage.store import make_layout
+from ib_stream.storage.store import lock_data_root, make_layout
 
 EXPORT_FORMATS = (".csv", ".parquet")
 DEFAULT_SHOWN_ROWS = 20
@@ -143,12 +139,8 @@ def archive(
 def index_rebuild(ctx: typer.Context) -> None:
     """Recreate the catalog from the archive files alone (refused while a writer holds the data root)."""
     config = _storage_config(ctx)
-    handle = lock_data_root(config.data_root)
-    try:
-        with _progress("reading archive files", count_archive_files(config)) as advance:
-            report = rebuild(config, progress=advance)
-    finally:
-        handle.close()  # closing the file releases the lock
+    with lock_data_root(config.data_root), _progress("reading archive files", count_archive_files(config)) as advance:
+        report = rebuild(config, progress=advance)
     out = _out()
     out.print(
         f"catalog rebuilt: {report.files:,} files, {report.ticks:,} ticks, "

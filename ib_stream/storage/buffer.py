@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
@@ -27,7 +28,7 @@ from ib_stream.domain import StreamKey, TickType, TickValidator
 from ib_stream.errors import StorageError, TickValidationError, ValidationError
 from ib_stream.settings import StorageConfig
 from ib_stream.storage.hotcache import HotStream
-from ib_stream.storage.layout import MINUTE_NS, Layout, Segment
+from ib_stream.storage.layout import MINUTE_NS, Layout, Segment, fsync_dir
 from ib_stream.storage.schema import read_segment_file
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,12 @@ class TickBuffer:
             if current is not None:
                 self._fsync_close(current[1], dirty)
             segment = self.layout.segment(item.stream, item.segment_start)
-            segment.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not segment.path.exists()
+            if created:
+                _make_dirs_durably(segment.path.parent, self.layout.buffer_dir)
             handle = open(segment.path, "ab")  # noqa: SIM115 - kept open across writes
+            if created:
+                fsync_dir(segment.path.parent)  # the new file's name survives a power loss
             handles[item.stream] = (item.segment_start, handle)
         dirty[id(handle)] = handle
         return handle
@@ -348,6 +353,16 @@ def _canonical_batch(
             continue
         seq += 1
     return records, tuple(rejected)
+
+
+def _make_dirs_durably(directory: Path, root: Path) -> None:
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        fsync_dir(path.parent)
 
 
 def _drain(q: queue.SimpleQueue[Any], timeout: float | None) -> list[Any]:

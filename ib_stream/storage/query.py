@@ -215,7 +215,12 @@ def _tick_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def _merge_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    # Columns a type lacks become missing values: booleans and integers stay typed (nullable).
+    bool_columns = {c for f in frames for c in f.columns if f[c].dtype == bool}
+    frames = [f.astype({c: "boolean" for c in bool_columns if c in f.columns}) for f in frames]
     merged = pd.concat(frames, ignore_index=True, sort=False)
+    for column in bool_columns:
+        merged[column] = merged[column].astype("boolean")
     order = ["timestamp", "tick_type"] + (["seq"] if "seq" in merged.columns else [])
     return merged.sort_values(order, kind="stable", ignore_index=True)
 

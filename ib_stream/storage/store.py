@@ -5,10 +5,11 @@ catalog and the query engine, and exposes the background jobs as plain idempoten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
@@ -165,6 +166,17 @@ class TickStore:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+
+@contextlib.contextmanager
+def lock_data_root(data_root: os.PathLike[str]) -> Iterator[None]:
+    """Hold the data root's writer lock (raises DataRootLockedError when a store or tool holds it)."""
+    handle = _lock(data_root)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _lock(data_root: os.PathLike[str]) -> IO[str]:
