@@ -9,10 +9,10 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from ib_stream import __version__
 from ib_stream.api.errors import install_error_handlers
+from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.routes import buffer, contracts, historical, ingest, live, replay, sessions, system, ws
 from ib_stream.api.state import ServiceState
 from ib_stream.clock import Clock, SystemClock
@@ -88,7 +88,7 @@ def create_app(
         version=__version__,
         description="Interactive Brokers market data: tiered tick store, range queries, sessions and live streams.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
     )
     install_error_handlers(app)
     for module in ROUTERS:

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ib_stream.api.responses import OrjsonResponse
 from ib_stream.errors import IbStreamError
 
 log = logging.getLogger(__name__)
@@ -23,14 +23,14 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into the JSON error shape."""
 
     @app.exception_handler(IbStreamError)
-    async def _package_error(request: Request, exc: IbStreamError) -> ORJSONResponse:
+    async def _package_error(request: Request, exc: IbStreamError) -> OrjsonResponse:
         status = exc.http_status if exc.http_status < 500 or exc.code != IbStreamError.code else 500
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return ORJSONResponse(exc.to_dict(), status_code=status)
+        return OrjsonResponse(exc.to_dict(), status_code=status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> OrjsonResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid request"}
         location = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
         field = ".".join(location) or "request"
@@ -41,26 +41,26 @@ def install_error_handlers(app: FastAPI) -> None:
             if value is not None
             else f"{field} is invalid: {first.get('msg')}"
         )
-        return ORJSONResponse(
+        return OrjsonResponse(
             error_body("INVALID_INPUT", message, {"field": field, "value": shown, "errors": _plain(exc.errors())}),
             status_code=422,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED", 403: "FORBIDDEN"}.get(
             exc.status_code, "HTTP_ERROR"
         )
-        return ORJSONResponse(
+        return OrjsonResponse(
             error_body(code, str(exc.detail), {"path": request.url.path}),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return ORJSONResponse(error_body("INTERNAL_ERROR", "internal server error", {}), status_code=500)
+        return OrjsonResponse(error_body("INTERNAL_ERROR", "internal server error", {}), status_code=500)
 
 
 def _plain(errors: Any) -> list[dict[str, Any]]:

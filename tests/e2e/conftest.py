@@ -64,7 +64,9 @@ def start_server(
     """Start uvicorn with the app in a background thread; return the server and a stop function."""
     app = create_app(settings, sources=sources, run_scheduler=False)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+    )
     server = uvicorn.Server(config)
     loops: list[asyncio.AbstractEventLoop] = []
 
