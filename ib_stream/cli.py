@@ -8,6 +8,7 @@ root in use, exit 1 a storage problem (or, for `verify`, a mismatch found).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -361,18 +362,44 @@ def _minute(ns: int) -> str:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on (default: api.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default: api.port, 8000).")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data root (overrides the setting).")] = None,
-    source: Annotated[str, typer.Option("--source", help="Market-data source: sim, ib or replay.")] = "sim",
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Market-data source: sim, ib or replay (default: the source setting)."),
+    ] = None,
 ) -> None:
-    """Run the service (not built yet: the HTTP service arrives with the next issue)."""
+    """Run the service: record the live source into the store and serve the HTTP API and live streams."""
+    import uvicorn
+
+    from ib_stream.api.app import create_app
+
+    options: _GlobalOptions = ctx.find_root().obj
+    overrides: dict[str, Any] = {}
+    root = data_dir or options.data_dir
+    if root is not None:
+        overrides["storage"] = {"data_root": root}
+    api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if api:
+        overrides["api"] = api
+    if source is not None:
+        overrides["source"] = source
+    settings = load_settings(options.config_file, **overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     typer.echo(
-        f"error: the HTTP service is not built yet, so serve {host}:{port} (source {source}) cannot start; "
-        "use archive, verify, query and stats meanwhile",
-        err=True,
+        f"ib-stream: serving on http://{settings.api.host}:{settings.api.port} (data root {settings.storage.data_root})"
     )
-    raise typer.Exit(2)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_level="info",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=10,
+    )
 
 
 # ---- helpers ---------------------------------------------------------------------------------------

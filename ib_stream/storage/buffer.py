@@ -157,6 +157,9 @@ class TickBuffer:
                 raise
             self.stats.rejected_ticks += len(rejected)
             future: Future[AppendResult] = Future()
+            # Once submitted an append cannot be un-written: a running future cannot be cancelled, so
+            # a caller cancelled while waiting (shutdown) never breaks the writer's acknowledgement.
+            future.set_running_or_notify_cancel()
             if not records:
                 future.set_result(AppendResult(stream, first, first - 1, 0, rejected))
                 return future
