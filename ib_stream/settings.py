@@ -99,7 +99,7 @@ class ApiConfig(BaseModel):
         10_000, ge=10, description="Messages a live subscriber may fall behind before it is disconnected."
     )
     max_range_days: float = Field(31, gt=0, description="Longest time range one tick-level request may ask for.")
-    max_limit: int = Field(1_000_000, ge=1, description="Largest `limit` a request may ask for.")
+    max_limit: int = Field(1_000_000, ge=1, description="Largest limit a request may ask for.")
 
 
 class SimConfig(BaseModel):

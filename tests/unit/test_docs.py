@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 import typer.main
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 import ib_stream.errors as errors_module
 from ib_stream.cli import app, exit_code_for
 from ib_stream.clock import ManualClock
 from ib_stream.errors import IbStreamError
 from ib_stream.jobs import job_intervals
-from ib_stream.settings import StorageConfig
+from ib_stream.settings import Settings, StorageConfig
 from ib_stream.storage import TickStore
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
@@ -38,7 +40,21 @@ _SETTING_ROW = re.compile(
 
 
 def documented_settings() -> dict[str, dict[str, str]]:
-    return {m["name"]: m.groupdict() for m in _SETTING_ROW.finditer(read("reference/configuration.md"))}
+    """Documented settings keyed by their environment variable (unique across sections)."""
+    return {m["env"]: m.groupdict() for m in _SETTING_ROW.finditer(read("reference/configuration.md"))}
+
+
+def all_settings() -> dict[str, FieldInfo]:
+    """Every setting, keyed by its environment variable: top-level fields and each section's fields."""
+    found: dict[str, FieldInfo] = {}
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for inner, inner_field in section.model_fields.items():
+                found[f"IB_STREAM_{name.upper()}__{inner.upper()}"] = inner_field
+        else:
+            found[f"IB_STREAM_{name.upper()}"] = field
+    return found
 
 
 def shown_default(default: Any) -> str:
@@ -46,20 +62,20 @@ def shown_default(default: Any) -> str:
     return "unset" if default is None else f"`{default}`"
 
 
-@pytest.mark.parametrize("name", list(StorageConfig.model_fields))
-def test_every_setting_is_documented_with_default_and_env_var(name: str) -> None:
-    field = StorageConfig.model_fields[name]
+@pytest.mark.parametrize("env", list(all_settings()))
+def test_every_setting_is_documented_with_default_and_env_var(env: str) -> None:
+    field = all_settings()[env]
     rows = documented_settings()
-    assert name in rows, f"storage.{name} is missing from docs/reference/configuration.md"
-    row = rows[name]
-    assert row["default"] == shown_default(field.default), f"storage.{name}: wrong default in the docs"
-    assert row["env"] == f"IB_STREAM_STORAGE__{name.upper()}"
+    assert env in rows, f"{env} is missing from docs/reference/configuration.md"
+    row = rows[env]
+    assert row["default"] == shown_default(field.default), f"{env}: wrong default in the docs"
+    assert env.endswith(row["name"].upper())
     assert field.description is not None
-    assert field.description in row["description"].replace("`", ""), f"storage.{name}: description differs"
+    assert field.description in row["description"].replace("`", ""), f"{env}: description differs"
 
 
 def test_no_setting_is_documented_that_does_not_exist() -> None:
-    assert set(documented_settings()) <= set(StorageConfig.model_fields)
+    assert set(documented_settings()) <= set(all_settings())
 
 
 def test_every_scheduled_job_is_documented() -> None:
