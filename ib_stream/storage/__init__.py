@@ -7,6 +7,16 @@ from ib_stream.settings import StorageConfig
 from ib_stream.storage.buffer import AppendResult, TickBuffer
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.query import QueryEngine, StorageQuery
+from ib_stream.storage.sessions import MarketSessions
 from ib_stream.storage.store import TickStore
 
-__all__ = ["AppendResult", "PartitionIndex", "QueryEngine", "StorageConfig", "StorageQuery", "TickBuffer", "TickStore"]
+__all__ = [
+    "AppendResult",
+    "MarketSessions",
+    "PartitionIndex",
+    "QueryEngine",
+    "StorageConfig",
+    "StorageQuery",
+    "TickBuffer",
+    "TickStore",
+]

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ib_stream.analytics.bars import BAR_INPUTS, make_bars, parse_resolution
 from ib_stream.clock import Clock, to_ns
@@ -25,7 +24,7 @@ from ib_stream.storage.cache import QueryCache
 from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.layout import Layout
-from ib_stream.storage.schema import TS_TYPE, arrow_schema, read_parquet, sort_table
+from ib_stream.storage.schema import arrow_schema, read_parquet_range, sort_table
 
 TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
 
@@ -88,23 +87,25 @@ class QueryEngine:
             snapshot = self.hot.snapshot(stream)
             files = self.index.plan(stream, start_ns, end_ns, below_seq=snapshot.lower_seq)
             wanted = list(columns) if columns else None
-            read_cols = (
-                None
-                if wanted is None
-                else sorted(set(wanted) | {"seq", "ts"}, key=arrow_schema(stream.tick_type).names.index)
-            )
-            in_range = (pc.field("ts") >= pa.scalar(start_ns, TS_TYPE)) & (pc.field("ts") < pa.scalar(end_ns, TS_TYPE))
             parts = []
             for f in files:
-                path = self.layout.absolute(f.file_path)
-                condition = in_range
-                if f.last_seq >= snapshot.lower_seq:
-                    condition = condition & (pc.field("seq") < snapshot.lower_seq)
-                table = read_parquet(path, stream.tick_type, columns=read_cols, filters=condition)
-                parts.append(table.replace_schema_metadata(None))
+                below = snapshot.lower_seq if f.last_seq >= snapshot.lower_seq else None
+                table = read_parquet_range(
+                    self.layout.absolute(f.file_path),
+                    stream.tick_type,
+                    start_ns,
+                    end_ns,
+                    columns=wanted,
+                    below_seq=below,
+                )
+                parts.append(table)
             hot = snapshot.select(start_ns, end_ns, stream.tick_type)
-            if read_cols is not None:
-                hot = hot.select(read_cols)
+            if wanted is not None:
+                hot = hot.select(
+                    parts[0].column_names
+                    if parts
+                    else sorted(set(wanted) | {"seq", "ts"}, key=arrow_schema(stream.tick_type).names.index)
+                )
             parts.append(hot)
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         table = sort_table(table)
@@ -221,8 +222,9 @@ def _merge_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
     merged = pd.concat(frames, ignore_index=True, sort=False)
     for column in bool_columns:
         merged[column] = merged[column].astype("boolean")
-    order = ["timestamp", "tick_type"] + (["seq"] if "seq" in merged.columns else [])
-    return merged.sort_values(order, kind="stable", ignore_index=True)
+    # Each frame is sorted; a stable sort on the integer timestamps keeps (tick type, seq) order on ties.
+    order = np.argsort(pd.DatetimeIndex(merged["timestamp"]).asi8, kind="stable")
+    return merged.take(order).reset_index(drop=True)
 
 
 def _iso(ns: int) -> str:

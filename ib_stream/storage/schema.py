@@ -124,8 +124,8 @@ def segment_last_seq(path: Path, tick_type: TickType) -> int:
 
 
 def sort_table(table: pa.Table) -> pa.Table:
-    """Sort by (ts, seq), the archive order."""
-    if table.num_rows < 2:
+    """Sort by (ts, seq), the archive order (a no-op when already sorted)."""
+    if is_sorted(table):
         return table
     indices = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("seq", "ascending")])
     return table.take(indices)
@@ -187,6 +187,88 @@ def read_parquet(path: Path, tick_type: TickType, columns: list[str] | None = No
     if columns is None and table.schema.remove_metadata() != arrow_schema(tick_type):
         raise CorruptFileError(str(path), f"schema {table.schema} is not the {tick_type.value} schema")
     return table
+
+
+def read_parquet_range(
+    path: Path,
+    tick_type: TickType,
+    start_ns: int,
+    end_ns: int,
+    *,
+    columns: list[str] | None = None,
+    below_seq: int | None = None,
+) -> pa.Table:
+    """Rows with start_ns <= ts < end_ns (and seq < below_seq) of an archive file, in file order.
+
+    Archive files are sorted by (ts, seq): row groups are chosen from their ts statistics and the
+    rows are cut by binary search on ts, which decodes far less than a row filter expression.
+    """
+    read_cols = (
+        None if columns is None else sorted(set(columns) | {"ts", "seq"}, key=arrow_schema(tick_type).names.index)
+    )
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        if columns is None and parquet.schema_arrow.remove_metadata() != arrow_schema(tick_type):
+            raise CorruptFileError(str(path), f"schema {parquet.schema_arrow} is not the {tick_type.value} schema")
+        groups = _row_groups_overlapping(parquet, start_ns, end_ns)
+        if not groups:
+            return (
+                arrow_schema(tick_type)
+                if read_cols is None
+                else pa.schema([arrow_schema(tick_type).field(c) for c in read_cols])
+            ).empty_table()
+        table = parquet.read_row_groups(groups, columns=read_cols)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise CorruptFileError(str(path), str(e)) from e
+    table = table.replace_schema_metadata(None)
+    ts = table.column("ts").to_numpy().view(np.int64)
+    lo, hi = np.searchsorted(ts, [start_ns, end_ns], side="left")
+    table = table.slice(lo, hi - lo)
+    if below_seq is not None:
+        seq = table.column("seq").to_numpy()
+        if seq.size and seq.max() >= below_seq:
+            table = table.filter(pa.array(seq < below_seq))
+    return table
+
+
+def _row_groups_overlapping(parquet: pq.ParquetFile, start_ns: int, end_ns: int) -> list[int]:
+    metadata = parquet.metadata
+    ts_index = parquet.schema_arrow.get_field_index("ts")
+    groups = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(ts_index).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(i)
+            continue
+        low, high = _ts_ns(stats.min), _ts_ns(stats.max)
+        if low < end_ns and high >= start_ns:
+            groups.append(i)
+    return groups
+
+
+def _ts_ns(value: Any) -> int:
+    # Statistics of a timestamp column come back as datetime / pandas Timestamp / int by version.
+    if isinstance(value, int):
+        return value
+    nanos = getattr(value, "value", None)
+    if isinstance(nanos, int):
+        return nanos
+    return int(pa.scalar(value, TS_TYPE).cast(pa.int64()).as_py())
+
+
+def is_sorted(table: pa.Table) -> bool:
+    """Whether rows are in (ts, seq) order already (cheap: two vectorised passes)."""
+    if table.num_rows < 2:
+        return True
+    ts = table.column("ts").to_numpy().view(np.int64)
+    step = np.diff(ts)
+    if (step < 0).any():
+        return False
+    ties = step == 0
+    if not ties.any():
+        return True
+    seq = table.column("seq").to_numpy()
+    return bool((np.diff(seq)[ties] > 0).all())
 
 
 def stream_columns(tick_type: TickType) -> tuple[str, ...]:

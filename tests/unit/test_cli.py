@@ -312,9 +312,9 @@ def test_bad_settings_exit_2(data_root: StorageConfig, tmp_path: Path) -> None:
     assert_clean_error(bad, 2, "fsync_interval_ms")
 
 
-def test_serve_is_not_built_yet(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["serve", "--port", "8123", "--source", "sim", "--data-dir", str(tmp_path)])
-    assert_clean_error(result, 2, "not built yet")
+def test_serve_rejects_an_unknown_source(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--port", "8123", "--source", "nasdaq", "--data-dir", str(tmp_path)])
+    assert_clean_error(result, 2, "source")
 
 
 def test_console_script_entry_point(data_root: StorageConfig) -> None:

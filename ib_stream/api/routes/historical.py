@@ -1,5 +1,171 @@
-"""Routes: historical (placeholder router, filled in by its owner)."""
+"""Routes: `GET /v2/historical/{contract_id}` — ticks or bars of a range as JSON, CSV, Arrow IPC or Parquet."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Path, Query
+from starlette.responses import StreamingResponse
+
+from ib_stream.analytics.bars import BAR_INPUTS, BAR_SIZES, MAX_BARS, RESOLUTIONS, parse_resolution
+from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, iso_ns, streaming_response
+from ib_stream.api.metrics import observe_query
+from ib_stream.api.params import iso, parse_tick_types, parse_time
+from ib_stream.api.state import ServiceState, State
+from ib_stream.clock import NS_PER_SECOND
+from ib_stream.domain import TickType
+from ib_stream.errors import QueryError, ValidationError
+
+router = APIRouter(tags=["historical"])
+DAY_NS = 86_400 * NS_PER_SECOND
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The ticks or bars. JSON: a document with `data` rows; other formats: the rows as a file, "
+        "with `X-Total-Count` and `X-Truncated` headers.",
+        "content": {MEDIA_TYPES[f]: {} for f in ("csv", "arrow", "parquet")},
+    },
+    400: {"description": "The query cannot be answered as asked (end not after start, range too long, too many bars)"},
+    404: {"description": "Unknown contract"},
+    422: {"description": "A parameter is invalid (tick type, time without offset, resolution, limit)"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """A validated historical request."""
+
+    contract_id: int
+    tick_types: tuple[TickType, ...]
+    start_ns: int
+    end_ns: int
+    resolution: str
+    limit: int
+
+
+@router.get("/v2/historical/{contract_id}", summary="Ticks or bars of a time range", responses=_RESPONSES)
+async def historical(
+    state: State,
+    contract_id: Annotated[int, Path(description="IB contract id (conId) of a configured contract.")],
+    tick_types: Annotated[
+        str,
+        Query(
+            description="Comma list of bid_ask, last, all_last, mid_point, depth (or BidAsk, Last, AllLast, MidPoint).",
+            examples=["bid_ask,last"],
+        ),
+    ],
+    start_time: Annotated[
+        str,
+        Query(description="Range start, ISO-8601 with Z or an offset (inclusive).", examples=["2025-01-10T14:30:00Z"]),
+    ],
+    end_time: Annotated[
+        str | None, Query(description="Range end, ISO-8601 with Z or an offset (exclusive); default now.")
+    ] = None,
+    resolution: Annotated[
+        str, Query(description="`tick` for raw ticks or a bar size.", json_schema_extra={"enum": list(RESOLUTIONS)})
+    ] = "tick",
+    fmt: Annotated[ResultFormat, Query(alias="format", description="Output format.")] = "json",
+    limit: Annotated[
+        int | None, Query(ge=1, description="Return at most this many rows (default and maximum: api.max_limit).")
+    ] = None,
+) -> StreamingResponse:
+    """Return the ticks (or bars) of a contract in [start_time, end_time), streamed in the asked format."""
+    request = parse_range_request(state, contract_id, tick_types, start_time, end_time, resolution, limit)
+    frame = await run_query(state, request, endpoint="historical")
+    table = await asyncio.get_running_loop().run_in_executor(state.store.executor, frame_to_table, frame, request.limit)
+    total, returned = len(frame), table.num_rows
+    truncated = total > returned
+    header = {
+        "contract_id": request.contract_id,
+        "tick_types": [t.value for t in request.tick_types],
+        "start_time": iso_ns(request.start_ns),
+        "end_time": iso_ns(request.end_ns),
+        "resolution": request.resolution,
+        "format": "json",
+        "count": returned,
+        "total_count": total,
+        "truncated": truncated,
+        "limit": request.limit,
+    }
+    headers = {"X-Total-Count": str(total), "X-Result-Count": str(returned), "X-Truncated": str(truncated).lower()}
+    start_label = pd.Timestamp(request.start_ns, unit="ns", tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+    filename = (
+        f"{request.contract_id}_{'-'.join(t.value for t in request.tick_types)}_{request.resolution}_{start_label}"
+    )
+    return streaming_response(fmt, table, json_header=header, filename=filename, headers=headers)
+
+
+def parse_range_request(
+    state: ServiceState,
+    contract_id: int,
+    tick_types: str | None,
+    start_time: str | None,
+    end_time: str | None,
+    resolution: str | None,
+    limit: int | None,
+) -> RangeRequest:
+    """Validate the parameters of a range request; every failure names the field and its value."""
+    state.streaming.require_contract(contract_id)
+    types = parse_tick_types(tick_types)
+    if start_time is None:
+        raise ValidationError("start_time", "", "is required (ISO-8601 with Z or an offset)")
+    start = parse_time(start_time, "start_time")
+    end = state.clock.now_ns() if end_time is None else parse_time(end_time, "end_time")
+    if end <= start:
+        raise QueryError(
+            f"end_time {iso(end)} is not after start_time {iso(start)}",
+            details={"field": "end_time", "value": iso(end), "start_time": iso(start)},
+        )
+    resolved = parse_resolution(resolution or "tick")
+    max_limit = state.settings.api.max_limit
+    if limit is not None and not 1 <= limit <= max_limit:
+        raise ValidationError("limit", limit, f"must be between 1 and {max_limit} (api.max_limit)")
+    max_days = state.settings.api.max_range_days
+    if resolved == "tick" and end - start > max_days * DAY_NS:
+        days = (end - start) / DAY_NS
+        raise QueryError(
+            f"range start_time {iso(start)} .. end_time {iso(end)} spans {days:.1f} days; tick-level queries may span at most "
+            f"{max_days:g} days (api.max_range_days): narrow the range or ask for bars (resolution=1m, ...)",
+            details={
+                "field": "end_time",
+                "value": iso(end),
+                "start_time": iso(start),
+                "range_days": round(days, 3),
+                "max_range_days": max_days,
+            },
+        )
+    if resolved != "tick":
+        _check_bars(types, start, end, resolved)
+    return RangeRequest(contract_id, types, start, end, resolved, limit or max_limit)
+
+
+def _check_bars(types: tuple[TickType, ...], start: int, end: int, resolution: str) -> None:
+    # The same rules as the bar builder, checked before any file is read.
+    for tick_type in types:
+        if tick_type not in BAR_INPUTS:
+            raise QueryError(
+                f"resolution {resolution} is not available for tick type {tick_type.value} (use resolution=tick)",
+                details={"field": "resolution", "value": resolution, "tick_type": tick_type.value},
+            )
+    size = BAR_SIZES[resolution]
+    count = -(-(end - (start - start % size)) // size)
+    if count > MAX_BARS:
+        raise QueryError(
+            f"{count} bars of {resolution} is too many for one query (max {MAX_BARS}); use a larger resolution",
+            details={"field": "resolution", "value": resolution, "bars": count},
+        )
+
+
+async def run_query(state: ServiceState, request: RangeRequest, endpoint: str) -> pd.DataFrame:
+    """Run the range query off the event loop and record its latency."""
+    started = time.perf_counter()
+    try:
+        return await state.store.query.query_range(
+            request.contract_id, request.tick_types, request.start_ns, request.end_ns, request.resolution
+        )
+    finally:
+        observe_query(state, time.perf_counter() - started, endpoint)

@@ -1,5 +1,126 @@
-"""Routes: live (placeholder router, filled in by its owner)."""
+"""Routes: live SSE streams of the v2 protocol (one tick type or several) and the latest tick of
+each type from memory (`/v2/latest`).
+"""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sse_starlette import EventSourceResponse
+
+from ib_stream.api.protocol import (
+    InvalidTickTypeError,
+    contract_info,
+    info_message,
+    new_stream_id,
+    now_iso,
+    parse_stream_tick_types,
+    require_contract,
+    tick_data,
+)
+from ib_stream.api.sse import (
+    SSE_RESPONSES,
+    HeartbeatQuery,
+    LimitQuery,
+    TimeoutQuery,
+    check_limit,
+    event_stream_guarded,
+    frame,
+    heartbeat_seconds,
+    pump_live,
+)
+from ib_stream.api.state import ServiceState, State
+from ib_stream.domain import StreamKey, TickType
+
+router = APIRouter(tags=["live"])
+
+
+@router.get("/v2/stream/{contract_id}/live/{tick_type}", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def live_stream_one(
+    state: State,
+    contract_id: int,
+    tick_type: str,
+    limit: int | None = LimitQuery,
+    timeout: float | None = TimeoutQuery,
+    heartbeat: float | None = HeartbeatQuery,
+) -> EventSourceResponse:
+    """Stream one tick type of a contract live (SSE), from now on."""
+    types = parse_stream_tick_types(tick_type, "tick_type")
+    if len(types) != 1:
+        raise InvalidTickTypeError("tick_type", tick_type, "must be one tick type (use /live?tick_types=a,b)")
+    return _live(state, contract_id, types, limit, timeout, heartbeat)
+
+
+@router.get("/v2/stream/{contract_id}/live", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def live_stream_many(
+    state: State,
+    contract_id: int,
+    tick_types: str = Query(..., description="Comma list, e.g. bid_ask,last (PascalCase BidAsk, Last, ... too)."),
+    limit: int | None = LimitQuery,
+    timeout: float | None = TimeoutQuery,
+    heartbeat: float | None = HeartbeatQuery,
+) -> EventSourceResponse:
+    """Stream several tick types of a contract live (SSE) on one connection, from now on."""
+    return _live(state, contract_id, parse_stream_tick_types(tick_types), limit, timeout, heartbeat)
+
+
+def _live(
+    state: ServiceState,
+    contract_id: int,
+    types: tuple[TickType, ...],
+    limit: int | None,
+    timeout: float | None,
+    heartbeat: float | None,
+) -> EventSourceResponse:
+    contract = require_contract(state.streaming.contracts, contract_id)
+    limit = check_limit(limit, state.settings)
+    stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+    beat = heartbeat_seconds(heartbeat, state.settings)
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        # Subscribing inside the generator: a response that never starts (HEAD, early disconnect)
+        # leaves no subscription behind.
+        sub = state.streaming.subscribe(contract_id, types)
+        try:
+            yield frame(
+                info_message(
+                    stream_id,
+                    "subscribed",
+                    contract_id=contract_id,
+                    tick_types=[t.value for t in types],
+                    contract_info=contract_info(contract),
+                    stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
+                )
+            )
+            async with contextlib.aclosing(pump_live(sub, stream_id, limit=limit, timeout=timeout)) as pump:
+                async for chunk in pump:
+                    yield chunk
+        finally:
+            state.streaming.unsubscribe(sub)
+
+    return event_stream_guarded(chunks(), stream_id, beat)
+
+
+@router.get("/v2/latest/{contract_id}")
+async def latest(
+    state: State,
+    contract_id: int,
+    tick_types: str | None = Query(None, description="Comma list (default: the contract's recorded types)."),
+) -> dict[str, Any]:
+    """The most recent tick of each type, from memory (null for a type with none yet)."""
+    contract = require_contract(state.streaming.contracts, contract_id)
+    types = parse_stream_tick_types(tick_types) if tick_types is not None else contract.tick_types
+    found = state.streaming.latest(contract_id, types)
+    return {
+        "contract_id": contract_id,
+        "symbol": contract.symbol,
+        "timestamp": now_iso(),
+        "tick_types": [t.value for t in types],
+        "ticks": {
+            t.value: tick_data(StreamKey(contract_id, t), record) if record is not None else None
+            for t, record in found.items()
+        },
+    }

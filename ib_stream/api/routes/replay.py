@@ -1,5 +1,156 @@
-"""Routes: replay (placeholder router, filled in by its owner)."""
+"""Routes: replay of a stored range over the live protocol (`/v2/replay/{id}`, SSE): the same tick
+envelope as live with the original timestamps in `data`, paced at `speed`× real time (0 = as fast
+as possible), between an `info` replay_start and a `complete` (replay_complete).
+"""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncGenerator, Sequence
+
+from fastapi import APIRouter, Query
+from sse_starlette import EventSourceResponse
+
+from ib_stream.api.params import parse_time
+from ib_stream.api.protocol import (
+    complete_message,
+    info_message,
+    iso_ns,
+    new_stream_id,
+    now_iso,
+    parse_stream_tick_types,
+    tick_message,
+)
+from ib_stream.api.routes.buffer import check_range, history_contract, off_loop, read_merged
+from ib_stream.api.sse import (
+    SSE_RESPONSES,
+    HeartbeatQuery,
+    LimitQuery,
+    check_limit,
+    event_stream_guarded,
+    frame,
+    heartbeat_seconds,
+)
+from ib_stream.api.state import ServiceState, State
+from ib_stream.clock import NS_PER_SECOND
+from ib_stream.domain import StreamKey
+from ib_stream.errors import QueryError
+
+router = APIRouter(tags=["replay"])
+MAX_SPEED = 1_000_000.0
+_CHUNK = 500  # events per write when nothing is due later
+_MIN_SLEEP = 0.002  # shorter waits are merged into the next write
+# The range is read window by window (memory stays bounded); a window grows while it is sparse.
+_FIRST_WINDOW_NS = 60 * NS_PER_SECOND
+_MAX_WINDOW_NS = 86_400 * NS_PER_SECOND
+_SPARSE_TICKS = 20_000
+_DENSE_TICKS = 200_000
+
+
+async def windows(
+    state: ServiceState, streams: Sequence[StreamKey], start_ns: int, end_ns: int
+) -> AsyncGenerator[list[tuple[StreamKey, dict]], None]:
+    """The range's ticks merged in time order, one window at a time (read off the event loop)."""
+    size = _FIRST_WINDOW_NS
+    at = start_ns
+    while at < end_ns:
+        until = min(end_ns, at + size)
+        items = await off_loop(state, functools.partial(read_merged, state.store.engine, streams, at, until))
+        if items:
+            yield items
+        if len(items) < _SPARSE_TICKS:
+            size = min(size * 4, _MAX_WINDOW_NS)
+        elif len(items) > _DENSE_TICKS:
+            size = max(size // 2, NS_PER_SECOND)
+        at = until
+
+
+async def paced_events(
+    state: ServiceState,
+    stream_id: str,
+    streams: Sequence[StreamKey],
+    start_ns: int,
+    end_ns: int,
+    speed: float,
+    limit: int | None,
+) -> AsyncGenerator[bytes, None]:
+    """Framed tick events of the range, each written when due at `speed`× the original pace (from
+    the first tick), then `complete`."""
+    started = time.monotonic()
+    first_ts: int | None = None
+    total = 0
+    parts: list[bytes] = []
+    async with contextlib.aclosing(windows(state, streams, start_ns, end_ns)) as chunks:
+        async for items in chunks:
+            for stream, record in items:
+                ts = record["ts"]
+                if first_ts is None:
+                    first_ts = ts
+                if speed > 0:
+                    delay = started + (ts - first_ts) / NS_PER_SECOND / speed - time.monotonic()
+                    if delay > _MIN_SLEEP:
+                        if parts:
+                            yield b"".join(parts)
+                            parts = []
+                        await asyncio.sleep(delay)
+                parts.append(frame(tick_message(stream_id, stream, record, now_iso())))
+                total += 1
+                if limit is not None and total >= limit:
+                    parts.append(frame(complete_message(stream_id, "limit_reached", total, started)))
+                    yield b"".join(parts)
+                    return
+                if len(parts) >= _CHUNK:
+                    yield b"".join(parts)
+                    parts = []
+    parts.append(frame(complete_message(stream_id, "replay_complete", total, started)))
+    yield b"".join(parts)
+
+
+@router.get("/v2/replay/{contract_id}", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def replay(
+    state: State,
+    contract_id: int,
+    start_time: str = Query(..., description="Start of the range (ISO-8601 with offset or Z)."),
+    end_time: str = Query(..., description="End of the range, exclusive (ISO-8601 with offset or Z)."),
+    tick_types: str | None = Query(None, description="Comma list (default: the contract's types)."),
+    speed: float = Query(1.0, ge=0, le=MAX_SPEED, description="Multiple of real time; 0 = as fast as possible."),
+    limit: int | None = LimitQuery,
+    heartbeat: float | None = HeartbeatQuery,
+) -> EventSourceResponse:
+    """Re-play a stored range over SSE in the live envelope, at `speed`× the original pace."""
+    _, default_types = await history_contract(state, contract_id)
+    types = parse_stream_tick_types(tick_types) if tick_types is not None else default_types
+    start_ns = parse_time(start_time, "start_time")
+    end_ns = parse_time(end_time, "end_time")
+    if end_ns <= start_ns:
+        raise QueryError(
+            f"end_time {end_time} is not after start_time {start_time}",
+            details={"field": "end_time", "value": end_time, "start_time": start_time},
+        )
+    check_range(state, start_ns, end_ns)
+    limit = check_limit(limit, state.settings)
+    streams = [StreamKey(contract_id, t) for t in types]
+    stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield frame(
+            info_message(
+                stream_id,
+                "replay_start",
+                contract_id=contract_id,
+                tick_types=[t.value for t in types],
+                start_time=iso_ns(start_ns),
+                end_time=iso_ns(end_ns),
+                speed=speed,
+                limit=limit,
+            )
+        )
+        events = paced_events(state, stream_id, streams, start_ns, end_ns, speed, limit)
+        async with contextlib.aclosing(events):
+            async for chunk in events:
+                yield chunk
+
+    return event_stream_guarded(chunks(), stream_id, heartbeat_seconds(heartbeat, state.settings))

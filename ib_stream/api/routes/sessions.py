@@ -1,5 +1,254 @@
-"""Routes: sessions (placeholder router, filled in by its owner)."""
+"""Routes: trading sessions of a contract — boundaries, whether open now, tick counts and an OHLC summary.
 
-from fastapi import APIRouter
+`GET /v2/sessions/{contract_id}/current`, `/previous` and `/{date}`; `/current` and `/previous` are
+declared before `/{date}` so they are never read as a date.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from fastapi import APIRouter, Depends, Path, Query
+
+from ib_stream.api.params import iso, parse_tick_types
+from ib_stream.api.state import ServiceState, State
+from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.errors import ValidationError
+from ib_stream.storage.query import QueryEngine
+from ib_stream.storage.schema import table_to_records
+from ib_stream.storage.sessions import SESSION_TYPES, MarketSessions, Session, check_session_type, parse_date
+
+router = APIRouter(prefix="/v2/sessions", tags=["sessions"])
+
+DEFAULT_LIMIT: Final = 10_000
+# Where the session summary comes from, in order of preference, and the columns each needs.
+SUMMARY_SOURCES: Final = (TickType.LAST, TickType.ALL_LAST, TickType.MID_POINT, TickType.BID_ASK)
+_COLUMNS: Final[dict[TickType, list[str]]] = {
+    TickType.LAST: ["ts", "price", "size"],
+    TickType.ALL_LAST: ["ts", "price", "size"],
+    TickType.MID_POINT: ["ts", "mid_point"],
+    TickType.BID_ASK: ["ts", "bid_price", "ask_price"],
+    TickType.DEPTH: ["ts"],
+}
+_TYPE_ORDER: Final = {t: i for i, t in enumerate(TickType)}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """The query parameters every session route takes."""
+
+    session: str
+    tick_types: str | None
+    include_ticks: bool
+    limit: int
+
+
+def session_options(
+    session: Annotated[
+        str,
+        Query(
+            description="Session type: regular, extended, overnight, pre_market or after_hours.",
+            json_schema_extra={"enum": list(SESSION_TYPES)},
+        ),
+    ] = "regular",
+    tick_types: Annotated[
+        str | None, Query(description="Comma list of tick types to count (default: the contract's).")
+    ] = None,
+    include: Annotated[str | None, Query(description="`ticks` to include the session's ticks.")] = None,
+    limit: Annotated[int, Query(ge=1, description="Most ticks returned with include=ticks.")] = DEFAULT_LIMIT,
+) -> SessionOptions:
+    check_session_type(session, "session")
+    wanted = [part.strip() for part in (include or "").split(",") if part.strip()]
+    for part in wanted:
+        if part != "ticks":
+            raise ValidationError("include", include, "may only be 'ticks'")
+    return SessionOptions(session, tick_types, bool(wanted), limit)
+
+
+Options = Annotated[SessionOptions, Depends(session_options)]
+# A conId is a positive 64-bit integer at most (larger values could not even be echoed back in an error).
+ContractId = Annotated[int, Path(ge=1, le=2**63 - 1, description="IB contract id (conId) of a configured contract.")]
+TradingDate = Annotated[
+    str, Path(pattern=r"^\d{4}-\d{2}-\d{2}$", description="Trading date, YYYY-MM-DD.", examples=["2025-07-03"])
+]
+
+
+@router.get("/{contract_id}/current", summary="The session in progress, or the most recent one")
+async def current_session(state: State, contract_id: ContractId, options: Options) -> dict[str, Any]:
+    """The session in progress now (service clock), or on a weekend / holiday / between sessions the most recent one."""
+    now = state.clock.now_ns()
+    return await _answer(state, contract_id, options, lambda s: s.current(now, options.session), now)
+
+
+@router.get("/{contract_id}/previous", summary="The session before the current one")
+async def previous_session(state: State, contract_id: ContractId, options: Options) -> dict[str, Any]:
+    """The session before `/current`."""
+    now = state.clock.now_ns()
+    return await _answer(state, contract_id, options, lambda s: s.previous(now, options.session), now)
+
+
+@router.get("/{contract_id}/{date}", summary="The session of a trading date")
+async def session_on(state: State, contract_id: ContractId, date: TradingDate, options: Options) -> dict[str, Any]:
+    """The session of trading date `date` (YYYY-MM-DD); 404 when the exchange is closed that day."""
+    day = parse_date(date, "date")
+    now = state.clock.now_ns()
+    return await _answer(state, contract_id, options, lambda s: s.on(day, options.session), now)
+
+
+async def _answer(
+    state: ServiceState, contract_id: int, options: SessionOptions, pick: Callable[[MarketSessions], Session], now: int
+) -> dict[str, Any]:
+    contract = state.streaming.require_contract(contract_id)
+    tick_types = parse_tick_types(options.tick_types, "tick_types", default=contract.tick_types)
+    max_limit = state.settings.api.max_limit
+    if not 1 <= options.limit <= max_limit:
+        raise ValidationError("limit", options.limit, f"must be between 1 and {max_limit}")
+
+    def find() -> Session:
+        sessions = MarketSessions.for_contract(contract)
+        sessions.require_session_type(options.session, "session")
+        return pick(sessions)
+
+    # The first use of a calendar builds it (~0.2 s): keep that off the event loop.
+    session = await asyncio.to_thread(find)
+    data_end = max(session.start_ns, min(session.end_ns, now))  # a session in progress ends now
+    engine = state.store.engine
+    loop = asyncio.get_running_loop()
+    read = await loop.run_in_executor(
+        state.store.executor,
+        lambda: _read(engine, contract.con_id, tick_types, session.start_ns, data_end, options),
+    )
+    return {**_describe(contract, session, now, data_end, tick_types), **read}
+
+
+def _describe(
+    contract: Contract, session: Session, now: int, data_end: int, tick_types: tuple[TickType, ...]
+) -> dict[str, Any]:
+    start_local, end_local = session.boundaries()
+    return {
+        "contract_id": contract.con_id,
+        "symbol": contract.symbol,
+        "calendar": session.calendar,
+        "session_type": session.session_type,
+        "date": session.date.isoformat(),
+        "timezone": session.timezone,
+        "start": iso(session.start_ns),
+        "end": iso(session.end_ns),
+        "start_exchange": start_local.isoformat(),
+        "end_exchange": end_local.isoformat(),
+        "breaks": [{"start": iso(a), "end": iso(b)} for a, b in session.breaks],
+        "is_open": session.is_open(now),
+        "in_progress": session.in_progress(now),
+        "data_end": iso(data_end),
+        "tick_types": [t.value for t in tick_types],
+    }
+
+
+def _read(
+    engine: QueryEngine,
+    contract_id: int,
+    tick_types: tuple[TickType, ...],
+    start: int,
+    end: int,
+    options: SessionOptions,
+) -> dict[str, Any]:
+    """Counts, summary and (optionally) ticks of [start, end), reading only the columns each needs."""
+    tables: dict[TickType, pa.Table] = {}
+    if end > start:
+        for tick_type in tick_types:
+            tables[tick_type] = engine.read_stream(StreamKey(contract_id, tick_type), start, end, _COLUMNS[tick_type])
+    counts = {t.value: (tables[t].num_rows if t in tables else 0) for t in tick_types}
+    source, summary = _summary(tables)
+    out: dict[str, Any] = {
+        "tick_counts": counts,
+        "total_ticks": sum(counts.values()),
+        "summary_source": source,
+        "summary": summary,
+    }
+    if options.include_ticks:
+        ticks, truncated = _ticks(engine, contract_id, tables, start, options.limit)
+        out.update(limit=options.limit, truncated=truncated, ticks=ticks)
+    return out
+
+
+def _summary(tables: dict[TickType, pa.Table]) -> tuple[str | None, dict[str, Any] | None]:
+    """OHLC of the session from trades, else from mid-points, else from the bid/ask mid."""
+    for tick_type in SUMMARY_SOURCES:
+        table = tables.get(tick_type)
+        if table is None or table.num_rows == 0:
+            continue
+        ts = table.column("ts").cast(pa.int64()).to_numpy()
+        if tick_type in (TickType.LAST, TickType.ALL_LAST):
+            prices = table.column("price").to_numpy()
+            sizes = table.column("size").to_numpy()
+            volume = float(sizes.sum())
+            return tick_type.value, _ohlc(
+                prices,
+                ts,
+                volume=volume,
+                vwap=float((prices * sizes).sum() / volume) if volume > 0 else None,
+                trade_count=len(prices),
+            )
+        if tick_type == TickType.MID_POINT:
+            return tick_type.value, _ohlc(table.column("mid_point").to_numpy(), ts)
+        bid = table.column("bid_price").to_numpy()
+        ask = table.column("ask_price").to_numpy()
+        two_sided = (bid > 0) & (ask > 0)  # a missing side is quoted as 0: its "mid" means nothing
+        if two_sided.any():
+            return tick_type.value, _ohlc((bid[two_sided] + ask[two_sided]) / 2, ts[two_sided])
+    return None, None
+
+
+def _ohlc(
+    values: np.ndarray,
+    ts: np.ndarray,
+    volume: float | None = None,
+    vwap: float | None = None,
+    trade_count: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "open": float(values[0]),
+        "high": float(values.max()),
+        "low": float(values.min()),
+        "close": float(values[-1]),
+        "volume": volume,
+        "vwap": vwap,
+        "trade_count": trade_count,
+        "tick_count": len(values),
+        "first_time": iso(int(ts[0])),
+        "last_time": iso(int(ts[-1])),
+    }
+
+
+def _ticks(
+    engine: QueryEngine, contract_id: int, tables: dict[TickType, pa.Table], start: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """The first `limit` ticks of the session in (ts, tick type, seq) order, and whether more exist."""
+    stamps = [t.column("ts").cast(pa.int64()).to_numpy() for t in tables.values() if t.num_rows]
+    if not stamps:
+        return [], False
+    every = np.concatenate(stamps)
+    truncated = len(every) > limit
+    # Read full rows only up to the limit-th tick's time (inclusive: ticks may share a timestamp).
+    cutoff = int(np.partition(every, limit - 1)[limit - 1]) if truncated else int(every.max())
+    rows: list[tuple[int, int, int, dict[str, Any]]] = []
+    for tick_type in tables:
+        table = engine.read_stream(StreamKey(contract_id, tick_type), start, cutoff + 1)
+        times = np.datetime_as_string(pc.cast(table.column("ts"), pa.int64()).to_numpy().astype("datetime64[ns]"), "us")
+        for when, record in zip(times, table_to_records(table), strict=True):
+            rows.append(
+                (
+                    record["ts"],
+                    _TYPE_ORDER[tick_type],
+                    record["seq"],
+                    {"tick_type": tick_type.value, "timestamp": f"{when}Z", **record},
+                )
+            )
+    rows.sort(key=lambda row: row[:3])
+    return [row[3] for row in rows[:limit]], truncated

@@ -1,5 +1,89 @@
-"""Routes: system (placeholder router, filled in by its owner)."""
+"""Routes: liveness (`/health`), readiness (`/ready`) and Prometheus metrics (`/metrics`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
-router = APIRouter()
+from ib_stream import __version__
+from ib_stream.api.metrics import CONTENT_TYPE, metrics_of
+from ib_stream.api.params import now_iso
+from ib_stream.api.responses import OrjsonResponse
+from ib_stream.api.state import ServiceState, State
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health(state: State) -> dict[str, Any]:
+    """Return 200 while the process serves HTTP (it says nothing about the store; see /ready)."""
+    return {
+        "status": "ok",
+        "version": __version__,
+        "source": state.source_name,
+        "uptime_seconds": round(time.time() - state.started_at, 3),
+        "time": now_iso(),
+    }
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: the store is open and the streaming app runs",
+    responses={503: {"description": "Not ready (starting, stopping, or the buffer writer failed)"}},
+)
+async def ready(state: State) -> OrjsonResponse:
+    """Return 200 when the store is open and writable, the streaming app started and start-up finished."""
+    checks = readiness_checks(state)
+    ok = all(check["ok"] for check in checks.values())
+    body = {"status": "ready" if ok else "not_ready", "checks": checks, "time": now_iso()}
+    return OrjsonResponse(body, status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
+)
+async def metrics(state: State) -> Response:
+    """Return every metric in the Prometheus text format (see docs/reference/api.md for the list)."""
+    return Response(metrics_of(state).render(), media_type=CONTENT_TYPE)
+
+
+def readiness_checks(state: ServiceState) -> dict[str, dict[str, Any]]:
+    """Each readiness condition with whether it holds and why not."""
+    store_ok, store_detail = _store_writable(state)
+    streaming_ok = _streaming_started(state)
+    return {
+        "startup": {"ok": state.ready, "detail": "start-up finished" if state.ready else "starting or stopping"},
+        "store": {"ok": store_ok, "detail": store_detail},
+        "streaming": {
+            "ok": streaming_ok,
+            "detail": f"{state.streaming.subscriber_count} live subscribers" if streaming_ok else "not started",
+        },
+    }
+
+
+def _store_writable(state: ServiceState) -> tuple[bool, str]:
+    # TickBuffer has no public "running" flag yet: its writer thread and failure are private.
+    buffer = getattr(state.store, "buffer", None)
+    if buffer is None:
+        return False, "store is not open"
+    failed = getattr(buffer, "_failed", None)
+    if failed is not None:
+        return False, f"buffer writer stopped after an error: {failed}"
+    thread = getattr(buffer, "_thread", None)
+    if thread is None or not thread.is_alive():
+        return False, "buffer writer is not running"
+    return True, f"{buffer.pending_writes()} writes pending"
+
+
+def _streaming_started(state: ServiceState) -> bool:
+    # StreamingApp.start() hooks its listener into the buffer; that is the public trace of a start.
+    buffer = getattr(state.store, "buffer", None)
+    return buffer is not None and any(
+        getattr(listener, "__self__", None) is state.streaming for listener in buffer.listeners
+    )

@@ -1,0 +1,167 @@
+"""Prometheus metrics of one service: the store's and the streaming app's counters read at scrape time.
+
+Each app has its own `CollectorRegistry` (held in `ServiceState.extras`), never the process-global
+one, so several services in one process (the tests) keep separate numbers. Most values are read
+from the components' own stats by a custom collector when `/metrics` is scraped; the only metrics
+recorded as they happen are the query latency histogram (`observe_query`, called by the query
+routes) and the ingest outcomes of `POST /v2/ticks` (`count_ingest`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Final
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from ib_stream import __version__
+from ib_stream.api.state import ServiceState
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+QUERY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_QUANTILES: Final = (0.5, 0.9, 0.99, 1.0)
+_EXTRAS_KEY: Final = "metrics"
+
+
+class ServiceMetrics:
+    """The registry of one app: the scrape-time collector plus the histograms routes feed."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.registry = CollectorRegistry()
+        self.query_seconds = Histogram(
+            "ib_stream_query_seconds",
+            "Time to answer a query (read, merge, bars), by endpoint.",
+            ["endpoint"],
+            buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ingest_batches = Counter(
+            "ib_stream_ingest_batches",
+            "Batches received by POST /v2/ticks, by outcome (stored, replayed, rejected).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(StatsCollector(state))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def metrics_of(state: ServiceState) -> ServiceMetrics:
+    """The app's metrics, created on first use."""
+    metrics = state.extras.get(_EXTRAS_KEY)
+    if not isinstance(metrics, ServiceMetrics):
+        metrics = state.extras[_EXTRAS_KEY] = ServiceMetrics(state)
+    return metrics
+
+
+def observe_query(state: ServiceState, seconds: float, endpoint: str = "historical") -> None:
+    """Record how long a query took (call it from any route that reads the store)."""
+    metrics_of(state).query_seconds.labels(endpoint=endpoint).observe(seconds)
+
+
+def count_ingest(state: ServiceState, outcome: str) -> None:
+    """Count one POST /v2/ticks batch by outcome: stored, replayed or rejected."""
+    metrics_of(state).ingest_batches.labels(outcome=outcome).inc()
+
+
+class StatsCollector(Collector):
+    """Reads the buffer, archiver, cache and streaming stats of one service at scrape time."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        buffer = state.store.buffer.stats
+        streaming = state.streaming.stats
+        cache = state.store.cache
+
+        yield InfoMetricFamily(
+            "ib_stream_build", "Version and live source.", {"version": __version__, "source": state.source_name}
+        )
+        yield GaugeMetricFamily("ib_stream_ready", "1 when the service is ready to serve.", 1.0 if state.ready else 0.0)
+        yield GaugeMetricFamily(
+            "ib_stream_uptime_seconds", "Seconds since the service started.", time.time() - state.started_at
+        )
+
+        # Ingest: rate() of these gives ticks per second.
+        yield _counter("ib_stream_ticks_written", "Ticks made durable by the buffer.", buffer.ticks_written)
+        yield _counter("ib_stream_batches_written", "Batches made durable by the buffer.", buffer.batches_written)
+        yield _counter(
+            "ib_stream_ticks_published",
+            "Ticks accepted through the streaming app (sources, ingest).",
+            streaming.ticks_published,
+        )
+        yield _counter("ib_stream_ticks_rejected", "Malformed ticks rejected on append.", buffer.rejected_ticks)
+        yield _counter(
+            "ib_stream_torn_lines_truncated",
+            "Torn last lines truncated on buffer recovery.",
+            buffer.torn_lines_truncated,
+        )
+        yield _counter("ib_stream_source_errors", "Live sources that stopped with an error.", streaming.source_errors)
+        yield GaugeMetricFamily(
+            "ib_stream_pending_writes", "Appends waiting to become durable.", state.store.buffer.pending_writes()
+        )
+
+        # Durability: fsync latency as a summary (rate(_sum) / rate(_count) is the mean fsync time).
+        yield SummaryMetricFamily(
+            "ib_stream_fsync_seconds",
+            "Time spent in fsync of buffer segments.",
+            count_value=buffer.fsyncs,
+            sum_value=buffer.fsync_seconds,
+        )
+
+        # Live fan-out.
+        yield _counter(
+            "ib_stream_ticks_fanned_out", "Ticks delivered to live subscriber queues.", streaming.ticks_fanned_out
+        )
+        yield GaugeMetricFamily(
+            "ib_stream_live_subscribers", "Live SSE/WebSocket subscribers.", state.streaming.subscriber_count
+        )
+        yield _counter(
+            "ib_stream_slow_subscriber_disconnects",
+            "Live subscribers disconnected for falling behind.",
+            streaming.slow_disconnects,
+        )
+        yield GaugeMetricFamily(
+            "ib_stream_fanout_lag_seconds", "Receive -> fan-out lag of the latest tick.", streaming.last_lag_seconds
+        )
+        recent = GaugeMetricFamily(
+            "ib_stream_fanout_lag_recent_seconds",
+            "Receive -> fan-out lag over the recent fan-outs, by quantile.",
+            labels=["quantile"],
+        )
+        samples = np.fromiter(streaming.lag_samples, dtype=np.float64)
+        if samples.size:
+            for q, value in zip(LAG_QUANTILES, np.quantile(samples, LAG_QUANTILES), strict=True):
+                recent.add_metric([str(q)], float(value))
+        yield recent
+
+        # Archive jobs.
+        durations = GaugeMetricFamily(
+            "ib_stream_archive_job_duration_seconds", "Duration of the last run of each archive job.", labels=["job"]
+        )
+        for job, seconds in sorted(state.store.archiver.last_durations.items()):
+            durations.add_metric([job], seconds)
+        yield durations
+
+        # Query cache.
+        yield _counter("ib_stream_query_cache_hits", "Query results served from the cache.", cache.hits)
+        yield _counter("ib_stream_query_cache_misses", "Queries computed (cache miss).", cache.misses)
+        yield GaugeMetricFamily("ib_stream_query_cache_hit_ratio", "Cache hits / lookups since start.", cache.hit_ratio)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)

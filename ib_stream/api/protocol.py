@@ -1,0 +1,374 @@
+"""The v2 streaming protocol's messages (shared by SSE, WebSocket and replay): the envelope, the
+mapping of stored tick records to tick `data`, error and completion payloads, stream ids, and the
+compact /v3 buffer message formats. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+
+from ib_stream.clock import NS_PER_SECOND
+from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.errors import IbStreamError, NotFoundError, ValidationError
+
+PROTOCOL_VERSION: Final = "2.0.0"
+MESSAGE_TYPES: Final = ("tick", "info", "error", "complete")
+WS_SERVER_TYPES: Final = ("connected", "subscribed", "unsubscribed", "pong")
+WS_CLIENT_TYPES: Final = ("subscribe", "unsubscribe", "ping")
+
+# `data.type` of a tick: the kind of market data, as IB-Studies names it.
+TICK_KIND: Final[dict[TickType, str]] = {
+    TickType.BID_ASK: "bid_ask",
+    TickType.LAST: "time_sales",
+    TickType.ALL_LAST: "time_sales",
+    TickType.MID_POINT: "midpoint",
+    TickType.DEPTH: "depth",
+}
+# The type's fields carried in tick `data` (record name -> protocol name); `side` of a trade is
+# added only when known.
+_TICK_FIELDS: Final[dict[TickType, tuple[tuple[str, str], ...]]] = {
+    TickType.BID_ASK: (
+        ("bid_price", "bid_price"),
+        ("ask_price", "ask_price"),
+        ("bid_size", "bid_size"),
+        ("ask_size", "ask_size"),
+        ("bid_past_low", "bid_past_low"),
+        ("ask_past_high", "ask_past_high"),
+    ),
+    TickType.LAST: (
+        ("price", "price"),
+        ("size", "size"),
+        ("exchange", "exchange"),
+        ("conditions", "conditions"),
+        ("past_limit", "past_limit"),
+        ("unreported", "unreported"),
+    ),
+    TickType.MID_POINT: (("mid_point", "midpoint"),),
+    TickType.DEPTH: (
+        ("side", "side"),
+        ("position", "position"),
+        ("operation", "operation"),
+        ("price", "price"),
+        ("size", "size"),
+        ("market_maker", "market_maker"),
+    ),
+}
+_TICK_FIELDS[TickType.ALL_LAST] = _TICK_FIELDS[TickType.LAST]
+
+# /v3 buffer messages: record field -> (expanded name, compact name), per tick type.
+_V3_FIELDS: Final[dict[TickType, tuple[tuple[str, str, str], ...]]] = {
+    TickType.BID_ASK: (
+        ("bid_price", "bid_price", "bp"),
+        ("bid_size", "bid_size", "bs"),
+        ("ask_price", "ask_price", "ap"),
+        ("ask_size", "ask_size", "as"),
+    ),
+    TickType.LAST: (("price", "price", "p"), ("size", "size", "s")),
+    TickType.MID_POINT: (("mid_point", "mid_point", "mp"),),
+    TickType.DEPTH: (
+        ("price", "price", "p"),
+        ("size", "size", "s"),
+        ("side", "side", "sd"),
+        ("position", "position", "pos"),
+        ("operation", "operation", "op"),
+    ),
+}
+_V3_FIELDS[TickType.ALL_LAST] = _V3_FIELDS[TickType.LAST]
+
+
+class ContractNotFoundError(NotFoundError):
+    """A stream was asked for a contract that is not configured (HTTP 404, protocol code CONTRACT_NOT_FOUND)."""
+
+    code = "CONTRACT_NOT_FOUND"
+
+
+class InvalidTickTypeError(ValidationError):
+    """A stream was asked for an unknown tick type (HTTP 422, protocol code INVALID_TICK_TYPE)."""
+
+    code = "INVALID_TICK_TYPE"
+
+
+# ---- parsing what a client asks for --------------------------------------------------------------------
+def parse_stream_tick_types(value: str | Iterable[str] | None, field: str = "tick_types") -> tuple[TickType, ...]:
+    """Parse tick types (snake_case or PascalCase, comma list or sequence); raise INVALID_TICK_TYPE naming them."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidTickTypeError(field, value or "", "is required (e.g. bid_ask,last)")
+    if isinstance(value, str):
+        items = [v for v in value.split(",") if v.strip()] or [value]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise InvalidTickTypeError(field, value, "must be a list of tick type names")
+    parsed: list[TickType] = []
+    for item in items:
+        try:
+            tick_type = TickType.parse(item, field)
+        except ValidationError:
+            raise InvalidTickTypeError(field, item, _NOT_A_TICK_TYPE) from None
+        if tick_type not in parsed:
+            parsed.append(tick_type)
+    if not parsed:
+        raise InvalidTickTypeError(field, value, "is empty")
+    return tuple(parsed)
+
+
+_NOT_A_TICK_TYPE: Final = (
+    "is not a tick type (use one of bid_ask, last, all_last, mid_point, depth or BidAsk, Last, AllLast, MidPoint)"
+)
+
+
+def require_contract(contracts: dict[int, Contract], contract_id: int) -> Contract:
+    """The configured contract, or CONTRACT_NOT_FOUND naming the id and the known ones."""
+    contract = contracts.get(contract_id)
+    if contract is None:
+        known = ", ".join(str(c) for c in sorted(contracts))
+        raise ContractNotFoundError(
+            f"contract_id {contract_id} is not configured (known: {known})",
+            details={"field": "contract_id", "value": contract_id, "known": sorted(contracts)},
+        )
+    return contract
+
+
+# ---- times and ids -------------------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
+def _second_iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_ns(ns: int) -> str:
+    """UTC ISO-8601 with microseconds and Z (the same text as `params.iso`, computed faster)."""
+    seconds, rest = divmod(ns, NS_PER_SECOND)
+    return f"{_second_iso(seconds)}.{rest // 1000:06d}Z"
+
+
+def now_iso() -> str:
+    return iso_ns(time.time_ns())
+
+
+def new_stream_id(contract_id: int, label: str) -> str:
+    """A unique stream id: `{contract_id}_{tick_type or multi}_{unix ms}_{random}`."""
+    return f"{contract_id}_{label}_{time.time_ns() // 1_000_000}_{secrets.randbelow(10_000):04d}"
+
+
+# ---- messages ------------------------------------------------------------------------------------------
+def envelope(kind: str, stream_id: str, data: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:
+    """The message envelope every server message uses."""
+    return {"type": kind, "stream_id": stream_id, "timestamp": timestamp or now_iso(), "data": data}
+
+
+def tick_data(stream: StreamKey, record: dict[str, Any]) -> dict[str, Any]:
+    """A stored tick record as protocol tick `data` (event time in `timestamp`, `unix_time`, `ts`)."""
+    ts = record["ts"]
+    data: dict[str, Any] = {
+        "contract_id": stream.contract_id,
+        "tick_type": stream.tick_type.value,
+        "type": TICK_KIND[stream.tick_type],
+        "timestamp": iso_ns(ts),
+        "unix_time": ts // NS_PER_SECOND,
+        "seq": record["seq"],
+        "ts": ts,
+        "recv_ts": record["recv_ts"],
+    }
+    for name, shown in _TICK_FIELDS[stream.tick_type]:
+        data[shown] = record.get(name)
+    if stream.tick_type in (TickType.LAST, TickType.ALL_LAST) and record.get("side") is not None:
+        data["side"] = record["side"]
+    return data
+
+
+def tick_message(stream_id: str, stream: StreamKey, record: dict[str, Any], timestamp: str) -> dict[str, Any]:
+    return envelope("tick", stream_id, tick_data(stream, record), timestamp)
+
+
+def info_message(stream_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    """An `info` message: `data.status` names the event (subscribed, buffer_start, live_start, ...)."""
+    return envelope("info", stream_id, {"status": status, **fields})
+
+
+def error_message(
+    stream_id: str, code: str, message: str, details: dict[str, Any] | None = None, recoverable: bool = False
+) -> dict[str, Any]:
+    return envelope(
+        "error", stream_id, {"code": code, "message": message, "details": details or {}, "recoverable": recoverable}
+    )
+
+
+# Errors a client may retry unchanged (the server or the connection was the problem, not the request).
+RECOVERABLE_CODES: Final = frozenset({"SLOW_CONSUMER", "STORAGE_ERROR", "INTERNAL_ERROR", "SERVER_SHUTDOWN"})
+
+
+def error_from_exception(stream_id: str, error: Exception) -> dict[str, Any]:
+    """The `error` message for an exception raised while a stream runs."""
+    if isinstance(error, IbStreamError):
+        code = error.code
+        return error_message(stream_id, code, error.message, error.details, code in RECOVERABLE_CODES)
+    return error_message(stream_id, "INTERNAL_ERROR", "internal server error", {}, True)
+
+
+def complete_message(stream_id: str, reason: str, total_ticks: int, started: float, **extra: Any) -> dict[str, Any]:
+    """The `complete` message; `started` is the stream's time.monotonic() at its start."""
+    data = {"reason": reason, "total_ticks": total_ticks, "duration_seconds": round(time.monotonic() - started, 3)}
+    return envelope("complete", stream_id, {**data, **extra})
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """JSON bytes of a message (orjson: no NaN, numpy-aware)."""
+    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def contract_info(contract: Contract) -> dict[str, Any]:
+    return {
+        "symbol": contract.symbol,
+        "sec_type": contract.sec_type,
+        "exchange": contract.exchange,
+        "currency": contract.currency,
+    }
+
+
+# ---- /v3 buffer messages -------------------------------------------------------------------------------
+def v3_message(stream: StreamKey, record: dict[str, Any], raw: bool) -> dict[str, Any]:
+    """A tick as a /v3 buffer message: expanded (`raw=False`) or compact (`raw=True`).
+
+    `ib_timestamp`/`ts` is the event time and `system_timestamp`/`st` the receive time, both in
+    microseconds; `request_id`/`rid` is the tick's stream sequence number.
+    """
+    ts_us = record["ts"] // 1000
+    st_us = record["recv_ts"] // 1000
+    fields = _V3_FIELDS[stream.tick_type]
+    if raw:
+        out: dict[str, Any] = {
+            "ts": ts_us,
+            "st": st_us,
+            "cid": stream.contract_id,
+            "tt": stream.tick_type.value,
+            "rid": record["seq"],
+        }
+        for name, _, short in fields:
+            out[short] = record.get(name)
+        return out
+    out = {
+        "contract_id": stream.contract_id,
+        "tick_type": stream.tick_type.value,
+        "ib_timestamp": ts_us,
+        "ib_timestamp_iso": iso_ns(record["ts"]),
+        "system_timestamp": st_us,
+        "system_timestamp_iso": iso_ns(record["recv_ts"]),
+        "request_id": record["seq"],
+    }
+    for name, long, _ in fields:
+        out[long] = record.get(name)
+    return out
+
+
+V3_FIELD_MAPPING: Final[dict[str, str]] = {
+    "ts": "ib_timestamp: event time, microseconds since the epoch (UTC)",
+    "st": "system_timestamp: receive time, microseconds since the epoch (UTC)",
+    "cid": "contract_id",
+    "tt": "tick_type (bid_ask, last, all_last, mid_point, depth)",
+    "rid": "request_id: the tick's per-stream sequence number (seq)",
+    "bp": "bid_price",
+    "bs": "bid_size",
+    "ap": "ask_price",
+    "as": "ask_size",
+    "p": "price",
+    "s": "size",
+    "mp": "mid_point",
+    "sd": "side (depth: bid/ask)",
+    "pos": "position (depth)",
+    "op": "operation (depth: insert/update/delete)",
+}
+
+
+def tick_data_fields() -> dict[str, list[str]]:
+    """The fields of tick `data` per tick type (for /v2/info and the docs)."""
+    common = ["contract_id", "tick_type", "type", "timestamp", "unix_time", "seq", "ts", "recv_ts"]
+    out = {}
+    for tick_type, fields in _TICK_FIELDS.items():
+        extra = ["side (when known)"] if tick_type in (TickType.LAST, TickType.ALL_LAST) else []
+        out[tick_type.value] = common + [shown for _, shown in fields] + extra
+    return out
+
+
+# ---- what /v2/info and /v3/info describe ------------------------------------------------------------------
+INFO_STATUSES: Final[dict[str, str]] = {
+    "subscribed": "a live SSE stream started (contract_info, stream_config)",
+    "buffer_start": "history follows (start_time, buffer_message_count)",
+    "buffer_complete": "all history was sent",
+    "live_start": "live ticks follow; after_seq names the last historical seq per tick type",
+    "replay_start": "a replay starts (start_time, end_time, speed, total_ticks)",
+}
+COMPLETE_REASONS: Final[dict[str, str]] = {
+    "limit_reached": "`limit` ticks were sent",
+    "timeout": "`timeout` seconds passed",
+    "replay_complete": "a replay sent every tick of its range",
+    "server_shutdown": "the service is stopping",
+}
+ERROR_CODES: Final[dict[str, str]] = {
+    "CONTRACT_NOT_FOUND": "the contract is not configured (HTTP 404 before an SSE stream starts)",
+    "INVALID_TICK_TYPE": "an unknown tick type (HTTP 422 before an SSE stream starts)",
+    "INVALID_INPUT": "a parameter or a WebSocket message field is invalid",
+    "INVALID_MESSAGE": "WebSocket: a message that is not a JSON object of a known type",
+    "UNKNOWN_STREAM": "WebSocket: unsubscribe names no open stream or subscription",
+    "TOO_MANY_STREAMS": "WebSocket: the socket already carries the most streams it may",
+    "SLOW_CONSUMER": "the client fell more than api.subscriber_queue_size ticks behind; the stream ends",
+    "STORAGE_ERROR": "the history could not be read; the stream ends",
+    "INTERNAL_ERROR": "an unexpected server error; the stream ends",
+}
+TICK_TYPE_DESCRIPTIONS: Final[dict[TickType, str]] = {
+    TickType.BID_ASK: "top-of-book quotes (IB tick-by-tick BidAsk)",
+    TickType.LAST: "trades (IB tick-by-tick Last)",
+    TickType.ALL_LAST: "all trades incl. odd lots and off-exchange (IB tick-by-tick AllLast)",
+    TickType.MID_POINT: "midpoint of the quote (IB tick-by-tick MidPoint)",
+    TickType.DEPTH: "L2 order-book updates (IB market depth)",
+}
+_PASCAL: Final[dict[TickType, str]] = {
+    TickType.BID_ASK: "BidAsk",
+    TickType.LAST: "Last",
+    TickType.ALL_LAST: "AllLast",
+    TickType.MID_POINT: "MidPoint",
+    TickType.DEPTH: "Depth",
+}
+ENDPOINTS: Final[dict[str, str]] = {
+    "/v2/stream/{contract_id}/live/{tick_type}": "SSE: one tick type live (limit, timeout, heartbeat)",
+    "/v2/stream/{contract_id}/live?tick_types=a,b": "SSE: several tick types live on one connection",
+    "/v2/stream/{contract_id}/buffer?tick_types=&buffer_duration=1h&start_time=": "SSE: history, then live",
+    "/v2/ws/stream": "WebSocket: subscribe / unsubscribe / ping, several streams per socket",
+    "/v2/replay/{contract_id}?tick_types=&start_time=&end_time=&speed=": "SSE: a stored range re-played",
+    "/v2/latest/{contract_id}?tick_types=": "JSON: the latest tick of each type, from memory",
+    "/v3/buffer/{contract_id}/query?tick_types=&start_time=&end_time=&buffer_duration=&limit=&raw=": "JSON: history",
+    "/v3/buffer/{contract_id}/info": "JSON: what is held for a contract",
+    "/v2/info": "JSON: this description",
+    "/v3/info": "JSON: the v3 buffer message format",
+}
+
+
+def protocol_description() -> dict[str, Any]:
+    """The static part of /v2/info: version, tick types, endpoints, message types and codes."""
+    return {
+        "version": PROTOCOL_VERSION,
+        "protocol": "v2",
+        "tick_types": {
+            t.value: {"description": TICK_TYPE_DESCRIPTIONS[t], "data_type": TICK_KIND[t], "alias": _PASCAL[t]}
+            for t in TickType
+        },
+        "endpoints": ENDPOINTS,
+        "message_types": {
+            "tick": "one tick; data: contract_id, tick_type, type, timestamp, unix_time, seq, ts, recv_ts + fields",
+            "info": "a stream event; data.status: " + ", ".join(INFO_STATUSES),
+            "error": "data: code, message, details, recoverable; the stream ends",
+            "complete": "data: reason, total_ticks, duration_seconds; the stream ends",
+        },
+        "websocket_message_types": {"client": list(WS_CLIENT_TYPES), "server": list(WS_SERVER_TYPES + MESSAGE_TYPES)},
+        "envelope": ["type", "stream_id", "timestamp", "data"],
+        "tick_data_fields": tick_data_fields(),
+        "info_statuses": INFO_STATUSES,
+        "complete_reasons": COMPLETE_REASONS,
+        "error_codes": ERROR_CODES,
+        "stream_id_format": "{contract_id}_{tick_type|multi}_{unix_ms}_{random}",
+    }
