@@ -30,7 +30,8 @@ class IbStreamError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON error shape `{"error": {code, message, details}}`."""
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        details = {k: _jsonable(v) if isinstance(v, int) else v for k, v in self.details.items()}
+        return {"error": {"code": self.code, "message": self.message, "details": details}}
 
 
 class ConfigError(IbStreamError):
@@ -85,8 +86,10 @@ class NotFoundError(QueryError):
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)  # JSON consumers stop at 64 bits
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     return repr(value)

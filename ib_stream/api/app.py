@@ -4,6 +4,7 @@ scheduler, and on shutdown flushes and fsyncs everything before the process exit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -22,7 +23,7 @@ from ib_stream.errors import ConfigError
 from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
 from ib_stream.sources.sim import SimSource
-from ib_stream.storage import TickStore
+from ib_stream.storage import MarketSessions, TickStore
 from ib_stream.streaming import StreamingApp, TickSource
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,12 @@ def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) 
         return "replay", [ReplaySource(settings.replay, contracts)]
     if kind == "auto":
         log.warning("no Interactive Brokers connection is configured: recording the built-in simulated market")
-    return "sim", [SimSource(contracts, settings.sim, clock)]
+    return "sim", [SimSource(contracts, settings.sim, clock, is_open=_sim_is_open)]
+
+
+def _sim_is_open(contract: Contract, ts_ns: int) -> bool:
+    # "extended" = pre-market + regular + after-hours for equities, the Globex session for futures.
+    return MarketSessions.for_contract(contract).is_open_at(ts_ns, "extended")
 
 
 def create_app(
@@ -57,6 +63,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         contract_list = load_contracts(settings.contracts_file)
+        # Building a calendar takes ~0.2 s: do it once, off the event loop, before serving.
+        await asyncio.to_thread(lambda: [MarketSessions.for_contract(c) for c in contract_list])
         store = await TickStore(settings.storage, clock).aopen()
         streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size)
         if sources is None:

@@ -1,6 +1,7 @@
 """The tiered tick store: JSONL buffer → Parquet archive → SQLite catalog, and range queries.
 
-Public import path (a contract): `from ib_stream.storage import StorageQuery, StorageConfig`.
+Public import path (a contract): `from ib_stream.storage import StorageQuery, MarketSessions, StorageConfig`
+(`MarketSessions`: trading sessions from exchange calendars, see docs/concepts/sessions.md).
 """
 
 from ib_stream.settings import StorageConfig

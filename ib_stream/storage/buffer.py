@@ -309,7 +309,7 @@ class TickBuffer:
         self.stats.fsync_seconds += time.perf_counter() - started
         self.stats.fsyncs += 1
         for item in pending:
-            self._hot[item.stream].add(item.records)
+            self._hot[item.stream].add(item.data, item.result.count)
             for listener in self.listeners:
                 try:
                     listener(item.stream, item.records)

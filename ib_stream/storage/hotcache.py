@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ib_stream.domain import TickType
-from ib_stream.storage.schema import empty_table, records_to_table
+from ib_stream.storage.schema import empty_table, jsonl_to_table
 
-_TAIL_ROWS = 65_536  # records kept as Python dicts before they are converted to one Arrow chunk
+_TAIL_ROWS = 65_536  # rows kept as JSON lines before they are parsed into one Arrow chunk
 _MAX_CHUNKS = 64  # more chunks than this are merged so a query touches few arrays
 
 
@@ -61,18 +60,24 @@ class HotStream:
         self._lock = threading.Lock()
         self._lower_seq = lower_seq  # the first seq held (everything below is archived)
         self._chunks: list[Chunk] = []
-        self._tail: list[dict[str, Any]] = []
+        self._tail: list[bytes] = []
+        self._tail_rows = 0
 
     @property
     def lower_seq(self) -> int:
         with self._lock:
             return self._lower_seq
 
-    def add(self, records: list[dict[str, Any]]) -> None:
-        """Append durable canonical records (seq-contiguous with what is held)."""
+    def add(self, encoded: bytes, rows: int) -> None:
+        """Append durable ticks as the JSON lines the buffer wrote (seq-contiguous with what is held).
+
+        They are parsed into Arrow in bulk by Arrow's JSON reader, which runs without the GIL, so
+        the appending threads keep their speed.
+        """
         with self._lock:
-            self._tail.extend(records)
-            if len(self._tail) >= _TAIL_ROWS:
+            self._tail.append(encoded)
+            self._tail_rows += rows
+            if self._tail_rows >= _TAIL_ROWS:
                 self._convert_tail()
 
     def add_table(self, table: pa.Table) -> None:
@@ -104,8 +109,9 @@ class HotStream:
 
     def _convert_tail(self) -> None:
         if self._tail:
-            self._chunks.append(_chunk(records_to_table(self._tail, self.tick_type)))
+            self._chunks.append(_chunk(jsonl_to_table(b"".join(self._tail), self.tick_type)))
             self._tail = []
+            self._tail_rows = 0
             self._merge_if_many()
 
     def _merge_if_many(self) -> None:

@@ -77,6 +77,15 @@ def empty_table(tick_type: TickType) -> pa.Table:
     return arrow_schema(tick_type).empty_table()
 
 
+def jsonl_to_table(data: bytes, tick_type: TickType) -> pa.Table:
+    """Parse JSON lines the buffer wrote (known good) into the stream's Arrow schema."""
+    options = pajson.ParseOptions(explicit_schema=_json_schema(tick_type), unexpected_field_behavior="error")
+    table = pajson.read_json(
+        io.BytesIO(data), parse_options=options, read_options=pajson.ReadOptions(block_size=1 << 20, use_threads=False)
+    )
+    return table.cast(arrow_schema(tick_type))
+
+
 def parse_jsonl(data: bytes, tick_type: TickType, source: str) -> tuple[pa.Table, np.ndarray]:
     """Parse complete JSON lines into a table plus each line's byte length (incomplete tail ignored)."""
     end = data.rfind(b"\n") + 1

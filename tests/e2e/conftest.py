@@ -102,6 +102,9 @@ def test_settings(data_root: Path, **overrides: Any) -> Settings:
     )
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A service with no live source (tests publish ticks themselves)."""
