@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
+import pyarrow as pa
 
 from ib_stream.clock import Clock
 from ib_stream.domain import StreamKey, TickType, TickValidator
 from ib_stream.errors import StorageError, TickValidationError, ValidationError
 from ib_stream.settings import StorageConfig
 from ib_stream.storage.hotcache import HotStream
-from ib_stream.storage.layout import MINUTE_NS, Layout, Segment, fsync_dir
-from ib_stream.storage.schema import read_segment_file
+from ib_stream.storage.layout import Layout, Segment, fsync_dir
+from ib_stream.storage.schema import read_segment_file, segment_last_seq
 
 log = logging.getLogger(__name__)
 OnError = Literal["reject", "skip"]
@@ -96,9 +97,8 @@ class TickBuffer:
         """Recover every stream (torn tails, next seq, hot cache) and start the writer thread."""
         self.layout.buffer_dir.mkdir(parents=True, exist_ok=True)
         streams = set(self.layout.buffered_streams()) | set(last_seqs) | set(archived_seqs)
-        keep_after = self.clock.now_ns() - self.config.buffer_duration_minutes * MINUTE_NS
         for stream in sorted(streams):
-            self._recover_stream(stream, last_seqs.get(stream, 0), archived_seqs.get(stream, 0), keep_after)
+            self._recover_stream(stream, last_seqs.get(stream, 0), archived_seqs.get(stream, 0))
         self._thread = threading.Thread(target=self._writer, name="ib-stream-buffer-writer", daemon=True)
         self._thread.start()
 
@@ -199,31 +199,29 @@ class TickBuffer:
             return len(self._inflight)
 
     # ---- recovery ------------------------------------------------------------------------------------
-    def _recover_stream(self, stream: StreamKey, catalog_last: int, archived: int, keep_after: int) -> None:
+    def _recover_stream(self, stream: StreamKey, catalog_last: int, archived: int) -> None:
         segments = self.layout.segments(stream)
         for segment in segments:
             self._truncate_torn_tail(segment)
         last_seq = max(catalog_last, archived, _last_seq_on_disk(segments))
         self._next_seq[stream] = last_seq + 1
-        hot = HotStream(stream.tick_type, last_seq + 1)
-        loaded = []
-        for segment in reversed(segments):
-            table, _ = read_segment_file(segment.path, stream.tick_type)
-            if table.num_rows:
-                loaded.append(table)
-                if table.column("seq")[0].as_py() <= archived + 1 and segment.end_ns <= keep_after:
-                    break
-            elif segment.end_ns <= keep_after:
+        # Warm the hot tier with what only the buffer holds (seq > archived): parsing JSON is the
+        # slow part of a restart, and archived ticks are answered from Parquet just as exactly.
+        hot = HotStream(stream.tick_type, archived + 1)
+        for segment in segments:
+            if segment_last_seq(segment.path, stream.tick_type) <= archived:
                 continue
-        if loaded:
-            first = loaded[-1].column("seq")[0].as_py()
-            if first > archived + 1:
+            table, _ = read_segment_file(segment.path, stream.tick_type)
+            seq = table.column("seq").to_numpy()
+            if seq.size and seq[0] > archived + 1 and hot.snapshot().chunks == ():
                 log.error(
-                    "stream %s: ticks %d..%d are in neither the archive nor the buffer", stream, archived + 1, first - 1
+                    "stream %s: ticks %d..%d are in neither the archive nor the buffer",
+                    stream,
+                    archived + 1,
+                    seq[0] - 1,
                 )
-            hot = HotStream(stream.tick_type, first)
-            for table in reversed(loaded):
-                hot.add_table(table)
+                hot = HotStream(stream.tick_type, int(seq[0]))
+            hot.add_table(table.filter(pa.array(seq > archived)))
         self._hot[stream] = hot
 
     def _truncate_torn_tail(self, segment: Segment) -> None:
