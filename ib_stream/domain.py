@@ -216,7 +216,10 @@ class TickValidator:
             if type(value) is not float:
                 if isinstance(value, bool) or not isinstance(value, Real):
                     self._fail(index, spec.name, value, "must be a number")
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:
+                    self._fail(index, spec.name, value, "is too large for a float")
             if not math.isfinite(value):
                 self._fail(index, spec.name, value, "must be finite")
             if spec.non_negative and value < 0:

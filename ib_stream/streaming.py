@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, NotFoundError
-from ib_stream.storage.buffer import AppendResult
+from ib_stream.storage.buffer import AppendResult, OnError
 from ib_stream.storage.schema import table_to_records
 from ib_stream.storage.store import TickStore
 
@@ -150,16 +150,26 @@ class StreamingApp:
 
     # ---- ingest ------------------------------------------------------------------------------------
     async def publish(
-        self, contract_id: int, tick_type: TickType | str, ticks: Sequence[Any], source: str
+        self,
+        contract_id: int,
+        tick_type: TickType | str,
+        ticks: Sequence[Any],
+        source: str,
+        on_error: OnError = "reject",
     ) -> AppendResult:
         """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order."""
-        result = await self.store.append_batch(contract_id, tick_type, ticks, source)
+        result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
         self.stats.ticks_published += result.count
         return result
 
     def publish_live(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> None:
         """Fan out records without storing them (the replay source)."""
         self._fanout(stream, list(records))
+
+    @property
+    def started(self) -> bool:
+        """Whether `start` ran (and `stop` has not): durable ticks reach the subscribers."""
+        return self._from_writer in self.store.buffer.listeners
 
     def _from_writer(self, stream: StreamKey, records: list[dict[str, Any]]) -> None:
         # Called on the buffer's writer thread; call_soon_threadsafe keeps the batches in order.

@@ -5,7 +5,7 @@ compact /v3 buffer message formats. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import secrets
+import itertools
 import time
 from collections.abc import Iterable
 from functools import lru_cache
@@ -151,9 +151,12 @@ def now_iso() -> str:
     return iso_ns(time.time_ns())
 
 
+_STREAM_NUMBERS = itertools.count(1)
+
+
 def new_stream_id(contract_id: int, label: str) -> str:
-    """A unique stream id: `{contract_id}_{tick_type or multi}_{unix ms}_{random}`."""
-    return f"{contract_id}_{label}_{time.time_ns() // 1_000_000}_{secrets.randbelow(10_000):04d}"
+    """A unique stream id: `{contract_id}_{tick_type or multi}_{unix ms}_{n}` (n counts up per process)."""
+    return f"{contract_id}_{label}_{time.time_ns() // 1_000_000}_{next(_STREAM_NUMBERS):04d}"
 
 
 # ---- messages ------------------------------------------------------------------------------------------
@@ -370,5 +373,5 @@ def protocol_description() -> dict[str, Any]:
         "info_statuses": INFO_STATUSES,
         "complete_reasons": COMPLETE_REASONS,
         "error_codes": ERROR_CODES,
-        "stream_id_format": "{contract_id}_{tick_type|multi}_{unix_ms}_{random}",
+        "stream_id_format": "{contract_id}_{tick_type|multi}_{unix_ms}_{number}",
     }

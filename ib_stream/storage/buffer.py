@@ -194,6 +194,16 @@ class TickBuffer:
         limit = self.sealed_before_ns()
         return [s for s in self.layout.segments(stream) if s.end_ns <= limit]
 
+    @property
+    def running(self) -> bool:
+        """Whether appends are accepted: the writer thread is alive and has not failed."""
+        return self._failed is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the writer, if one did."""
+        return self._failed
+
     def pending_writes(self) -> int:
         with self._lock:
             return len(self._inflight)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from ib_stream.api.params import iso, parse_duration, parse_tick_types
+from ib_stream.api.routes.historical import ContractIdPath
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey
@@ -161,7 +162,7 @@ async def list_contracts(state: State) -> dict[str, Any]:
 )
 async def coverage(
     state: State,
-    contract_id: Annotated[int, Path(description="IB contract id (conId) of a configured contract.")],
+    contract_id: ContractIdPath,
     tick_types: Annotated[
         str | None, Query(description="Comma list of tick types (default: the contract's streams).")
     ] = None,

@@ -22,6 +22,10 @@ from ib_stream.errors import QueryError, ValidationError
 
 router = APIRouter(tags=["historical"])
 DAY_NS = 86_400 * NS_PER_SECOND
+MAX_CONTRACT_ID = 2**63 - 1
+ContractIdPath = Annotated[
+    int, Path(ge=1, le=MAX_CONTRACT_ID, description="IB contract id (conId) of a configured contract.")
+]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -50,7 +54,7 @@ class RangeRequest:
 @router.get("/v2/historical/{contract_id}", summary="Ticks or bars of a time range", responses=_RESPONSES)
 async def historical(
     state: State,
-    contract_id: Annotated[int, Path(description="IB contract id (conId) of a configured contract.")],
+    contract_id: ContractIdPath,
     tick_types: Annotated[
         str,
         Query(
@@ -128,8 +132,9 @@ def parse_range_request(
     if resolved == "tick" and end - start > max_days * DAY_NS:
         days = (end - start) / DAY_NS
         raise QueryError(
-            f"range start_time {iso(start)} .. end_time {iso(end)} spans {days:.1f} days; tick-level queries may span at most "
-            f"{max_days:g} days (api.max_range_days): narrow the range or ask for bars (resolution=1m, ...)",
+            f"range start_time {iso(start)} .. end_time {iso(end)} spans {days:.1f} days; tick-level queries "
+            f"may span at most {max_days:g} days (api.max_range_days): narrow the range or ask for bars "
+            "(resolution=1m, ...)",
             details={
                 "field": "end_time",
                 "value": iso(end),

@@ -22,8 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ib_stream.api.metrics import count_ingest
+from ib_stream.api.routes.historical import MAX_CONTRACT_ID
 from ib_stream.api.state import ServiceState, State
-from ib_stream.domain import TickType, TickValidator
+from ib_stream.domain import TickType
 from ib_stream.errors import IbStreamError, TickValidationError
 
 router = APIRouter(tags=["ingest"])
@@ -60,7 +61,7 @@ class TickBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    contract_id: int = Field(description="IB contract id of a configured contract.")
+    contract_id: int = Field(ge=1, le=MAX_CONTRACT_ID, description="IB contract id of a configured contract.")
     tick_type: str = Field(description="bid_ask, last, all_last, mid_point or depth (PascalCase accepted).")
     ticks: list[dict[str, Any]] = Field(
         min_length=1,
@@ -133,35 +134,21 @@ async def _append_counted(state: ServiceState, batch: TickBatch, tick_type: Tick
 
 
 async def append(state: ServiceState, batch: TickBatch, tick_type: TickType) -> dict[str, Any]:
-    """Publish the batch; with on_error=skip, invalid ticks are left out and reported."""
-    ticks: list[dict[str, Any]] = batch.ticks
-    rejected: list[dict[str, Any]] = []
-    if batch.on_error == "skip":
-        validator = TickValidator(tick_type)
-        kept = []
-        for index, tick in enumerate(ticks):
-            try:
-                validator.canonical(tick, 0, 0, batch.source, index)
-            except TickValidationError as e:
-                rejected.append(
-                    {"index": index, "field": e.field, "value": e.details.get("value"), "message": e.message}
-                )
-            else:
-                kept.append(tick)
-        ticks = kept
-    body: dict[str, Any] = {
+    """Publish the batch; with on_error=skip the store leaves invalid ticks out and reports them."""
+    result = await state.streaming.publish(batch.contract_id, tick_type, batch.ticks, batch.source, batch.on_error)
+    stored = result.count > 0
+    return {
         "contract_id": batch.contract_id,
         "tick_type": tick_type.value,
-        "first_seq": None,
-        "last_seq": None,
-        "count": 0,
-        "rejected": rejected,
+        "first_seq": result.first_seq if stored else None,
+        "last_seq": result.last_seq if stored else None,
+        "count": result.count,
+        "rejected": [
+            {"index": e.details.get("index"), "field": e.field, "value": e.details.get("value"), "message": e.message}
+            for e in result.rejected
+        ],
         "idempotency_key": batch.idempotency_key,
     }
-    if ticks:
-        result = await state.streaming.publish(batch.contract_id, tick_type, ticks, batch.source)
-        body.update(first_seq=result.first_seq, last_seq=result.last_seq, count=result.count)
-    return body
 
 
 def fingerprint(batch: TickBatch, tick_type: TickType) -> str:

@@ -68,22 +68,13 @@ def readiness_checks(state: ServiceState) -> dict[str, dict[str, Any]]:
 
 
 def _store_writable(state: ServiceState) -> tuple[bool, str]:
-    # TickBuffer has no public "running" flag yet: its writer thread and failure are private.
-    buffer = getattr(state.store, "buffer", None)
-    if buffer is None:
-        return False, "store is not open"
-    failed = getattr(buffer, "_failed", None)
-    if failed is not None:
-        return False, f"buffer writer stopped after an error: {failed}"
-    thread = getattr(buffer, "_thread", None)
-    if thread is None or not thread.is_alive():
+    buffer = state.store.buffer
+    if buffer.failure is not None:
+        return False, f"buffer writer stopped after an error: {buffer.failure}"
+    if not buffer.running:
         return False, "buffer writer is not running"
     return True, f"{buffer.pending_writes()} writes pending"
 
 
 def _streaming_started(state: ServiceState) -> bool:
-    # StreamingApp.start() hooks its listener into the buffer; that is the public trace of a start.
-    buffer = getattr(state.store, "buffer", None)
-    return buffer is not None and any(
-        getattr(listener, "__self__", None) is state.streaming for listener in buffer.listeners
-    )
+    return state.streaming.started

@@ -143,8 +143,7 @@ class WsSession:
             else:
                 raise InvalidMessageError("type", kind, "is not a message type (use subscribe, unsubscribe or ping)")
         except IbStreamError as e:
-            reply = error_from_exception(str(e.details.get("stream_id", "")), e)
-            await self.send({**reply, "id": request_id})
+            await self.send({**error_from_exception("", e), "id": request_id})  # about the socket, not a stream
 
     async def subscribe(self, request_id: Any, data: dict[str, Any]) -> None:
         contract_id = _contract_id(data.get("contract_id"))
