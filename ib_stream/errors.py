@@ -7,9 +7,12 @@ IbStreamError                      base: code, message, details
 │   ├── CorruptFileError           a Parquet/JSONL file is unreadable (names the file)
 │   └── DataRootLockedError        another process owns the data root for writing
 ├── ValidationError                bad input, always names the field and the value
-│   └── TickValidationError        a tick was rejected (stream, index in batch, field, value)
-└── QueryError                     a query cannot be answered as asked
-    └── NotFoundError              unknown contract / stream / file
+│   ├── TickValidationError        a tick was rejected (stream, index in batch, field, value)
+│   └── InvalidTickTypeError       a stream was asked for an unknown tick type
+├── QueryError                     a query cannot be answered as asked
+│   └── NotFoundError              unknown contract / stream / file
+│       └── ContractNotFoundError  the contract is not configured
+└── SlowConsumerError              a live subscriber fell too far behind and was disconnected
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ class TickValidationError(ValidationError):
     code = "INVALID_TICK"
 
 
+class InvalidTickTypeError(ValidationError):
+    """A stream was asked for an unknown tick type (protocol code INVALID_TICK_TYPE)."""
+
+    code = "INVALID_TICK_TYPE"
+
+
 class QueryError(IbStreamError):
     code = "INVALID_QUERY"
     http_status = 400
@@ -83,6 +92,19 @@ class QueryError(IbStreamError):
 class NotFoundError(QueryError):
     code = "NOT_FOUND"
     http_status = 404
+
+
+class ContractNotFoundError(NotFoundError):
+    """The contract is not configured (protocol code CONTRACT_NOT_FOUND)."""
+
+    code = "CONTRACT_NOT_FOUND"
+
+
+class SlowConsumerError(IbStreamError):
+    """A live subscriber fell more than its queue size behind and was disconnected."""
+
+    code = "SLOW_CONSUMER"
+    http_status = 503
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,20 +18,13 @@ from typing import Any, Protocol
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import IbStreamError, NotFoundError
+from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError
 from ib_stream.storage.buffer import AppendResult, OnError
 from ib_stream.storage.schema import table_to_records
 from ib_stream.storage.store import TickStore
 
 log = logging.getLogger(__name__)
 LiveItem = tuple[StreamKey, dict[str, Any]]
-
-
-class SlowConsumerError(IbStreamError):
-    """A live subscriber fell more than its queue size behind and was disconnected."""
-
-    code = "SLOW_CONSUMER"
-    http_status = 503
 
 
 class TickSource(Protocol):
@@ -95,6 +88,15 @@ class Subscription:
         self._ready.clear()
         return items
 
+    def close(self) -> None:
+        """Stop receiving; a `get` waiting now returns at once."""
+        self.closed = True
+        self._ready.set()
+
+    def resize(self, max_queue: int) -> None:
+        """Change how far behind this subscriber may fall before it is disconnected."""
+        self.max_queue = max_queue
+
     @property
     def backlog(self) -> int:
         return len(self._items)
@@ -136,8 +138,7 @@ class StreamingApp:
             self.store.buffer.listeners.remove(self._from_writer)
         for subs in self._subs.values():
             for sub in subs.values():
-                sub.closed = True
-                sub._ready.set()
+                sub.close()
 
     async def _run_source(self, source: TickSource) -> None:
         try:
@@ -204,7 +205,7 @@ class StreamingApp:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        sub.closed = True
+        sub.close()
         for tick_type in sub.tick_types:
             self._subs.get(StreamKey(sub.contract_id, tick_type), {}).pop(sub.id, None)
 
@@ -233,12 +234,12 @@ class StreamingApp:
         return record
 
     def require_contract(self, contract_id: int) -> Contract:
-        """The configured contract, or NotFoundError naming the id."""
+        """The configured contract, or ContractNotFoundError (CONTRACT_NOT_FOUND) naming the id and the known ones."""
         contract = self.contracts.get(contract_id)
         if contract is None:
             known = ", ".join(str(c) for c in sorted(self.contracts))
-            raise NotFoundError(
+            raise ContractNotFoundError(
                 f"contract_id {contract_id} is not configured (known: {known})",
-                details={"field": "contract_id", "value": contract_id},
+                details={"field": "contract_id", "value": contract_id, "known": sorted(self.contracts)},
             )
         return contract

@@ -15,7 +15,11 @@ import orjson
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import IbStreamError, NotFoundError, ValidationError
+from ib_stream.errors import (
+    IbStreamError,
+    InvalidTickTypeError,
+    ValidationError,
+)
 
 PROTOCOL_VERSION: Final = "2.0.0"
 MESSAGE_TYPES: Final = ("tick", "info", "error", "complete")
@@ -82,18 +86,6 @@ _V3_FIELDS: Final[dict[TickType, tuple[tuple[str, str, str], ...]]] = {
 _V3_FIELDS[TickType.ALL_LAST] = _V3_FIELDS[TickType.LAST]
 
 
-class ContractNotFoundError(NotFoundError):
-    """A stream was asked for a contract that is not configured (HTTP 404, protocol code CONTRACT_NOT_FOUND)."""
-
-    code = "CONTRACT_NOT_FOUND"
-
-
-class InvalidTickTypeError(ValidationError):
-    """A stream was asked for an unknown tick type (HTTP 422, protocol code INVALID_TICK_TYPE)."""
-
-    code = "INVALID_TICK_TYPE"
-
-
 # ---- parsing what a client asks for --------------------------------------------------------------------
 def parse_stream_tick_types(value: str | Iterable[str] | None, field: str = "tick_types") -> tuple[TickType, ...]:
     """Parse tick types (snake_case or PascalCase, comma list or sequence); raise INVALID_TICK_TYPE naming them."""
@@ -121,18 +113,6 @@ def parse_stream_tick_types(value: str | Iterable[str] | None, field: str = "tic
 _NOT_A_TICK_TYPE: Final = (
     "is not a tick type (use one of bid_ask, last, all_last, mid_point, depth or BidAsk, Last, AllLast, MidPoint)"
 )
-
-
-def require_contract(contracts: dict[int, Contract], contract_id: int) -> Contract:
-    """The configured contract, or CONTRACT_NOT_FOUND naming the id and the known ones."""
-    contract = contracts.get(contract_id)
-    if contract is None:
-        known = ", ".join(str(c) for c in sorted(contracts))
-        raise ContractNotFoundError(
-            f"contract_id {contract_id} is not configured (known: {known})",
-            details={"field": "contract_id", "value": contract_id, "known": sorted(contracts)},
-        )
-    return contract
 
 
 # ---- times and ids -------------------------------------------------------------------------------------

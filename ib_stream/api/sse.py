@@ -5,12 +5,14 @@ heartbeats, and the live pump that turns a subscription into framed tick events,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
+import anyio
 from fastapi import Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -23,15 +25,16 @@ from ib_stream.api.protocol import (
     tick_message,
 )
 from ib_stream.domain import StreamKey
-from ib_stream.errors import IbStreamError, ValidationError
+from ib_stream.errors import IbStreamError, SlowConsumerError, ValidationError
 from ib_stream.settings import Settings
-from ib_stream.streaming import SlowConsumerError, Subscription
+from ib_stream.streaming import LiveItem, Subscription
 
 log = logging.getLogger(__name__)
 SEP = "\n"  # every field ends with \n and every event with a blank line
 HEARTBEAT_MIN_SECONDS = 0.2
 HEARTBEAT_MAX_SECONDS = 3600.0
 MAX_TIMEOUT_SECONDS = 7 * 86400.0
+SHUTDOWN_GRACE_SECONDS = 2.0  # time a stream gets to send `complete` (server_shutdown) when the service stops
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Server-sent events of the v2 protocol.", "content": {"text/event-stream": {}}}
@@ -59,8 +62,48 @@ def _heartbeat() -> ServerSentEvent:
     return ServerSentEvent(comment=f"heartbeat {now_iso()}", sep=SEP)
 
 
+class Shutdown:
+    """The service stopping, as one stream sees it: sse-starlette sets `event` (then allows
+    SHUTDOWN_GRACE_SECONDS before cancelling), and the stream's waits race it so the stream can
+    end with `complete` (server_shutdown) instead of being cut off."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _stop(self) -> asyncio.Future[None]:
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self.event.wait())
+        return self._waiter
+
+    async def get(self, sub: Subscription, timeout: float | None) -> list[LiveItem] | None:
+        """`sub.get(timeout)`, or None when the service is stopping first."""
+        if self.event.is_set():
+            return None
+        get = asyncio.ensure_future(sub.get(timeout))
+        try:
+            waiters: set[asyncio.Future[Any]] = {get, self._stop()}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()  # nothing is lost: items stay queued until the next get
+        return get.result() if get.done() and not get.cancelled() else None
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep; return True when the service started stopping meanwhile."""
+        await asyncio.wait({self._stop()}, timeout=seconds)
+        return self.event.is_set()
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.cancel()
+
+
 def event_stream(
-    chunks: AsyncIterator[bytes], heartbeat: float, headers: Mapping[str, str] | None = None
+    chunks: AsyncIterator[bytes],
+    heartbeat: float,
+    shutdown: Shutdown | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> EventSourceResponse:
     """The SSE response: framed chunks plus a heartbeat comment every `heartbeat` seconds."""
     return EventSourceResponse(
@@ -69,17 +112,21 @@ def event_stream(
         sep=SEP,
         ping_message_factory=_heartbeat,
         headers={"X-Stream-Protocol": "v2", "X-IB-Stream-Version": PROTOCOL_VERSION, **(headers or {})},
+        shutdown_event=shutdown.event if shutdown is not None else None,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS if shutdown is not None else 0,
     )
 
 
 def event_stream_guarded(
-    chunks: AsyncGenerator[bytes, None], stream_id: str, heartbeat: float, headers: Mapping[str, str] | None = None
+    chunks: AsyncGenerator[bytes, None], stream_id: str, heartbeat: float, shutdown: Shutdown | None = None
 ) -> EventSourceResponse:
     """`event_stream` whose stream ends with an `error` event when the generator fails."""
-    return event_stream(_guarded(chunks, stream_id), heartbeat, headers)
+    return event_stream(_guarded(chunks, stream_id, shutdown), heartbeat, shutdown)
 
 
-async def _guarded(chunks: AsyncGenerator[bytes, None], stream_id: str) -> AsyncGenerator[bytes, None]:
+async def _guarded(
+    chunks: AsyncGenerator[bytes, None], stream_id: str, shutdown: Shutdown | None
+) -> AsyncGenerator[bytes, None]:
     async with contextlib.aclosing(chunks):
         try:
             async for chunk in chunks:
@@ -88,6 +135,9 @@ async def _guarded(chunks: AsyncGenerator[bytes, None], stream_id: str) -> Async
             if not isinstance(e, IbStreamError):
                 log.exception("stream %s failed", stream_id)
             yield frame(error_from_exception(stream_id, e))
+        finally:
+            if shutdown is not None:
+                shutdown.close()
 
 
 def check_limit(limit: int | None, settings: Settings) -> int | None:
@@ -109,9 +159,10 @@ async def pump_live(
     timeout: float | None,
     skip_through: Mapping[StreamKey, int] | None = None,
     queue_size_after_first_drain: int | None = None,
+    shutdown: Shutdown | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield framed tick events from `sub` until `limit` ticks, `timeout` seconds, a slow-consumer
-    disconnect (an `error`) or server shutdown; the last event is always `complete` or `error`.
+    disconnect (an `error`) or the service stopping; the last event is always `complete` or `error`.
 
     Ticks whose seq is <= `skip_through[stream]` were already sent (the history of a buffer stream)
     and are skipped. The caller unsubscribes.
@@ -127,12 +178,16 @@ async def pump_live(
                 yield frame(complete_message(stream_id, "timeout", total, started))
                 return
         try:
-            items = await sub.get(wait)
+            got = await (shutdown.get(sub, wait) if shutdown is not None else sub.get(wait))
         except SlowConsumerError as e:
             yield frame(error_from_exception(stream_id, e))
             return
+        if got is None:
+            yield frame(complete_message(stream_id, "server_shutdown", total, started))
+            return
+        items = got
         if queue_size_after_first_drain is not None:
-            sub.max_queue = queue_size_after_first_drain
+            sub.resize(queue_size_after_first_drain)
             queue_size_after_first_drain = None
         if not items:
             if sub.closed:

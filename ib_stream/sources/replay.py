@@ -27,7 +27,7 @@ def replay_items(
     per_stream = []
     for stream in streams:
         records = table_to_records(engine.read_stream(stream, start_ns, end_ns))
-        per_stream.append(((r["ts"], r["seq"], i, stream, r) for i, r in enumerate(records)))
+        per_stream.append([(r["ts"], r["seq"], i, stream, r) for i, r in enumerate(records)])
     for _ts, _seq, _i, stream, record in heapq.merge(*per_stream, key=lambda item: (item[0], item[1])):
         yield stream, record
 

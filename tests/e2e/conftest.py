@@ -74,7 +74,16 @@ def start_server(
         loop = asyncio.new_event_loop()
         loops.append(loop)
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.serve())
+        try:
+            loop.run_until_complete(server.serve())
+        finally:
+            # Let tasks that outlive the server (SSE shutdown watchers) finish, then close the loop.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     thread = threading.Thread(target=serve, name="uvicorn-test", daemon=True)
     thread.start()

@@ -23,7 +23,7 @@ from ib_stream.errors import (
     ValidationError,
 )
 from tests.conftest import T0, T0_NS, quote, trade
-from tests.e2e.conftest import AAPL, LiveServer, free_port, start_server
+from tests.e2e.conftest import AAPL, ES, LiveServer, free_port, start_server
 from tests.e2e.conftest import test_settings as service_settings
 
 MS = 1_000_000
@@ -106,7 +106,7 @@ def test_limit_and_truncation(tmp_path: Path) -> None:
 def test_errors_come_back_as_the_package_exceptions(client: Client) -> None:
     with pytest.raises(NotFoundError) as not_found:
         client.query_range(12345, "last", START, END)
-    assert not_found.value.details == {"field": "contract_id", "value": 12345}
+    assert not_found.value.details == {"field": "contract_id", "value": 12345, "known": [AAPL, ES]}
     assert "12345" in not_found.value.message and not_found.value.http_status == 404
 
     with pytest.raises(ValidationError) as bad_resolution:

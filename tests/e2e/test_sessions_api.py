@@ -360,6 +360,9 @@ def test_bad_input(
     response = client.get(path, params=params)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["code"] == ("NOT_FOUND" if status == 404 else "INVALID_INPUT")
+    expected = (
+        {"contract_id": "CONTRACT_NOT_FOUND", "date": "NOT_FOUND"}.get(field) if status == 404 else "INVALID_INPUT"
+    )
+    assert error["code"] == expected
     assert error["details"]["field"] == field and str(error["details"]["value"]) == str(value)
     assert str(value) in error["message"]

@@ -1,6 +1,6 @@
 """Child process of the crash test: write to a store as fast as it can until it is killed (`kill -9`).
 
-    python -m tests.integration.crash_child <data_root> <ack_file> <seed>
+    python -m tests.integration.crash_child <data_root> <ack_file> <seed> [archive|compact]
 
 It opens a `TickStore` on `data_root` with a `ManualClock` that it advances itself by 20 s per
 iteration, so 1-minute segments rotate and seal, hours close and archival, compaction, retention
@@ -15,8 +15,10 @@ and maintenance always have work. Three threads run at once:
   missing or duplicated (exactly-once at every instant, during all the jobs).
 
 Every tick's values are a pure function of (seed, stream, seq) (`tick_for`), so the parent can check
-each stored tick, acknowledged or not. Phase markers `M <thread> B|E <phase> [<work>]` go to stdout
-so the parent can aim a kill at a phase and tell where it landed.
+each stored tick, acknowledged or not. Phase markers `M <thread> B|E <phase> [<work>] <time>` go to
+stdout so the parent can aim a kill at a phase and tell where it landed; with `archive` or `compact`
+as fourth argument, that job also pauses 30 ms between writing its files and committing them to the
+catalog, after a `M jobs P <phase>-commit` marker (see `_stretch_commit`).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ import numpy as np
 from ib_stream.clock import NS_PER_SECOND, ManualClock, to_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.storage import PartitionIndex, TickStore
 
 HOUR_NS = 3600 * NS_PER_SECOND
 CLOCK_STEP_SECONDS = 20
+STRETCH_SECONDS = 0.03
 VIOLATION_EXIT = 3
 ERROR_EXIT = 4
 _EXCHANGES = ("NASDAQ", "ARCA", "IEX", "", "ünï")
@@ -75,13 +78,11 @@ def child_streams(seed: int) -> tuple[StreamKey, ...]:
 def clock_start(seed: int) -> int:
     """Where the child's clock starts (a seed-dependent offset, so segment and hour edges fall differently).
 
-    It starts ahead of the wall clock on purpose: the store stamps readers with wall time but retires
-    files with its own clock, so with a clock behind wall time compaction may delete files under a
-    running reader (a separate, known bug with its own test in test_crash.py), which would make the
-    reader thread here fail at random instead of testing crash safety.
+    It is far behind the wall clock, as in replays: nothing in the store may mix the two (with readers
+    stamped by wall time, compaction once deleted files under the reader thread here).
     """
     offset = random.Random(f"clock/{seed}").randrange(3600) * NS_PER_SECOND
-    return to_ns(datetime(2030, 1, 10, 14, 0, tzinfo=UTC)) + offset
+    return to_ns(datetime(2025, 1, 10, 14, 0, tzinfo=UTC)) + offset
 
 
 def source_of(stream_index: int) -> str:
@@ -182,8 +183,25 @@ def _reader(
         time.sleep(0.02)
 
 
+def _stretch_commit(phase: str) -> None:
+    """Hold archival (`archive`) or compaction (`compact`) for a moment between renaming its new files into
+    place and committing them to the catalog, announced by a `P` marker, so the parent can aim a kill at
+    that moment (or just after the commit). Only the timing changes."""
+    name = {"archive": "register", "compact": "replace"}[phase]
+    original = getattr(PartitionIndex, name)
+
+    def stretched(self: PartitionIndex, *args: Any, **kwargs: Any) -> Any:
+        _marker("jobs", "P", f"{phase}-commit")
+        time.sleep(STRETCH_SECONDS)
+        return original(self, *args, **kwargs)
+
+    setattr(PartitionIndex, name, stretched)
+
+
 def main(argv: list[str]) -> None:
     data_root, ack_path, seed = Path(argv[0]), Path(argv[1]), int(argv[2])
+    if len(argv) > 3 and argv[3] in ("archive", "compact"):
+        _stretch_commit(argv[3])
     streams = child_streams(seed)
     clock = ManualClock(clock_start(seed))
     store = TickStore(child_config(data_root, seed), clock).open()

@@ -18,14 +18,12 @@ from ib_stream.api.params import parse_duration, parse_time
 from ib_stream.api.protocol import (
     PROTOCOL_VERSION,
     V3_FIELD_MAPPING,
-    ContractNotFoundError,
     contract_info,
     info_message,
     iso_ns,
     new_stream_id,
     parse_stream_tick_types,
     protocol_description,
-    require_contract,
     tick_message,
     v3_message,
 )
@@ -33,6 +31,7 @@ from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
+    Shutdown,
     TimeoutQuery,
     check_limit,
     event_stream_guarded,
@@ -43,7 +42,7 @@ from ib_stream.api.sse import (
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
-from ib_stream.errors import QueryError, ValidationError
+from ib_stream.errors import ContractNotFoundError, QueryError, ValidationError
 from ib_stream.storage.query import QueryEngine
 from ib_stream.storage.schema import table_to_records
 from ib_stream.storage.store import TickStore
@@ -128,7 +127,7 @@ async def buffer_stream(
 ) -> EventSourceResponse:
     """History (since start_time or for buffer_duration) then the live stream, with no gap and no
     duplicate at the seam; `limit` and `timeout` apply to the live part."""
-    contract = require_contract(state.streaming.contracts, contract_id)
+    contract = state.streaming.require_contract(contract_id)
     types = parse_stream_tick_types(tick_types) if tick_types is not None else contract.tick_types
     now = state.clock.now_ns()
     if start_time is not None:
@@ -140,6 +139,7 @@ async def buffer_stream(
     streams = [StreamKey(contract_id, t) for t in types]
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
     beat = heartbeat_seconds(heartbeat, state.settings)
+    shutdown = Shutdown()
     queue_size = state.streaming.queue_size
 
     async def chunks() -> AsyncGenerator[bytes, None]:
@@ -184,6 +184,7 @@ async def buffer_stream(
                 timeout=timeout,
                 skip_through=through,
                 queue_size_after_first_drain=queue_size,
+                shutdown=shutdown,
             )
             async with contextlib.aclosing(pump):
                 async for chunk in pump:
@@ -191,7 +192,7 @@ async def buffer_stream(
         finally:
             state.streaming.unsubscribe(sub)
 
-    return event_stream_guarded(chunks(), stream_id, beat)
+    return event_stream_guarded(chunks(), stream_id, beat, shutdown)
 
 
 # ---- /v3 buffer query ------------------------------------------------------------------------------------

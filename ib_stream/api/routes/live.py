@@ -12,19 +12,18 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from ib_stream.api.protocol import (
-    InvalidTickTypeError,
     contract_info,
     info_message,
     new_stream_id,
     now_iso,
     parse_stream_tick_types,
-    require_contract,
     tick_data,
 )
 from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
+    Shutdown,
     TimeoutQuery,
     check_limit,
     event_stream_guarded,
@@ -34,6 +33,7 @@ from ib_stream.api.sse import (
 )
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import StreamKey, TickType
+from ib_stream.errors import InvalidTickTypeError
 
 router = APIRouter(tags=["live"])
 
@@ -75,10 +75,11 @@ def _live(
     timeout: float | None,
     heartbeat: float | None,
 ) -> EventSourceResponse:
-    contract = require_contract(state.streaming.contracts, contract_id)
+    contract = state.streaming.require_contract(contract_id)
     limit = check_limit(limit, state.settings)
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
     beat = heartbeat_seconds(heartbeat, state.settings)
+    shutdown = Shutdown()
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         # Subscribing inside the generator: a response that never starts (HEAD, early disconnect)
@@ -95,13 +96,15 @@ def _live(
                     stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
                 )
             )
-            async with contextlib.aclosing(pump_live(sub, stream_id, limit=limit, timeout=timeout)) as pump:
+            async with contextlib.aclosing(
+                pump_live(sub, stream_id, limit=limit, timeout=timeout, shutdown=shutdown)
+            ) as pump:
                 async for chunk in pump:
                     yield chunk
         finally:
             state.streaming.unsubscribe(sub)
 
-    return event_stream_guarded(chunks(), stream_id, beat)
+    return event_stream_guarded(chunks(), stream_id, beat, shutdown)
 
 
 @router.get("/v2/latest/{contract_id}")
@@ -111,7 +114,7 @@ async def latest(
     tick_types: str | None = Query(None, description="Comma list (default: the contract's recorded types)."),
 ) -> dict[str, Any]:
     """The most recent tick of each type, from memory (null for a type with none yet)."""
-    contract = require_contract(state.streaming.contracts, contract_id)
+    contract = state.streaming.require_contract(contract_id)
     types = parse_stream_tick_types(tick_types) if tick_types is not None else contract.tick_types
     found = state.streaming.latest(contract_id, types)
     return {

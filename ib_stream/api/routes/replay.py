@@ -5,7 +5,6 @@ as possible), between an `info` replay_start and a `complete` (replay_complete).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import time
@@ -29,6 +28,7 @@ from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
+    Shutdown,
     check_limit,
     event_stream_guarded,
     frame,
@@ -76,9 +76,10 @@ async def paced_events(
     end_ns: int,
     speed: float,
     limit: int | None,
+    shutdown: Shutdown,
 ) -> AsyncGenerator[bytes, None]:
     """Framed tick events of the range, each written when due at `speed`× the original pace (from
-    the first tick), then `complete`."""
+    the first tick), then `complete` (replay_complete, limit_reached or server_shutdown)."""
     started = time.monotonic()
     first_ts: int | None = None
     total = 0
@@ -95,7 +96,9 @@ async def paced_events(
                         if parts:
                             yield b"".join(parts)
                             parts = []
-                        await asyncio.sleep(delay)
+                        if await shutdown.sleep(delay):
+                            yield frame(complete_message(stream_id, "server_shutdown", total, started))
+                            return
                 parts.append(frame(tick_message(stream_id, stream, record, now_iso())))
                 total += 1
                 if limit is not None and total >= limit:
@@ -134,6 +137,7 @@ async def replay(
     limit = check_limit(limit, state.settings)
     streams = [StreamKey(contract_id, t) for t in types]
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+    shutdown = Shutdown()
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         yield frame(
@@ -148,9 +152,9 @@ async def replay(
                 limit=limit,
             )
         )
-        events = paced_events(state, stream_id, streams, start_ns, end_ns, speed, limit)
+        events = paced_events(state, stream_id, streams, start_ns, end_ns, speed, limit, shutdown)
         async with contextlib.aclosing(events):
             async for chunk in events:
                 yield chunk
 
-    return event_stream_guarded(chunks(), stream_id, heartbeat_seconds(heartbeat, state.settings))
+    return event_stream_guarded(chunks(), stream_id, heartbeat_seconds(heartbeat, state.settings), shutdown)

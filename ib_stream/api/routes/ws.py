@@ -24,14 +24,13 @@ from ib_stream.api.protocol import (
     new_stream_id,
     now_iso,
     parse_stream_tick_types,
-    require_contract,
     tick_message,
 )
 from ib_stream.api.sse import MAX_TIMEOUT_SECONDS
 from ib_stream.api.state import ServiceState
 from ib_stream.domain import TickType
-from ib_stream.errors import IbStreamError, NotFoundError, QueryError, ValidationError
-from ib_stream.streaming import SlowConsumerError, Subscription
+from ib_stream.errors import IbStreamError, NotFoundError, QueryError, SlowConsumerError, ValidationError
+from ib_stream.streaming import Subscription
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
@@ -144,10 +143,15 @@ class WsSession:
                 raise InvalidMessageError("type", kind, "is not a message type (use subscribe, unsubscribe or ping)")
         except IbStreamError as e:
             await self.send({**error_from_exception("", e), "id": request_id})  # about the socket, not a stream
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise
+        except Exception as e:  # a bug must not cost the client its other streams
+            log.exception("websocket message %r failed", text[:200])
+            await self.send({**error_from_exception("", e), "id": request_id})
 
     async def subscribe(self, request_id: Any, data: dict[str, Any]) -> None:
         contract_id = _contract_id(data.get("contract_id"))
-        require_contract(self.state.streaming.contracts, contract_id)
+        self.state.streaming.require_contract(contract_id)
         types = parse_stream_tick_types(data.get("tick_types"), "data.tick_types")
         config = data.get("config") if data.get("config") is not None else {}
         if not isinstance(config, dict):
@@ -183,6 +187,8 @@ class WsSession:
     async def unsubscribe(self, request_id: Any, data: dict[str, Any]) -> None:
         wanted = data.get("stream_id")
         if wanted is not None:
+            if not isinstance(wanted, str):
+                raise ValidationError("data.stream_id", wanted, "must be a string")
             chosen = [self.streams[wanted]] if wanted in self.streams else []
         elif data.get("id") is not None:
             chosen = [s for s in self.streams.values() if s.request_id == data["id"]]
