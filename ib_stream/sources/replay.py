@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -82,10 +83,8 @@ class ReplaySource:
                 lambda: list(replay_items(app.store.engine, streams, self.start_ns, self.end_ns))
             )
             async for batch in paced_batches(iter(items), self.config.speed):
-                by_stream: dict[StreamKey, list[dict[str, Any]]] = {}
-                for stream, record in batch:
-                    by_stream.setdefault(stream, []).append(record)
-                for stream, records in by_stream.items():
-                    app.publish_live(stream, records)
+                # Consecutive runs of one stream, so subscribers of several streams see time order.
+                for stream, run in itertools.groupby(batch, key=lambda item: item[0]):
+                    app.publish_live(stream, [record for _, record in run])
             if not self.config.loop:
                 return

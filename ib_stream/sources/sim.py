@@ -41,6 +41,7 @@ class SimMarket:
         self.burst_until = 0
         self.aggressor = 1
         self.last_trade = self.mid_ticks
+        self.last_mid: float | None = None
         self.now_ns = start_ns
         self.next_second = start_ns
         self.next_event = start_ns
@@ -89,8 +90,10 @@ class SimMarket:
             out[TickType.BID_ASK].append(
                 {"ts": ts, "bid_price": bid, "bid_size": bid_size, "ask_price": ask, "ask_size": ask_size}
             )
-        if TickType.MID_POINT in self.types and (moved or not out[TickType.MID_POINT]):
-            out[TickType.MID_POINT].append({"ts": ts, "mid_point": round((bid + ask) / 2, 10)})
+        mid = round((bid + ask) / 2, 10)
+        if TickType.MID_POINT in self.types and mid != self.last_mid:
+            out[TickType.MID_POINT].append({"ts": ts, "mid_point": mid})
+            self.last_mid = mid
         if self.depth_rows and TickType.DEPTH in self.types:
             self._depth_update(out, ts, bid_size, ask_size, moved)
         if self.rng.random() < self.config.trades_per_quote:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from ib_stream.api.params import iso
 from ib_stream.settings import StorageConfig
 from ib_stream.storage.query import StorageQuery
 from ib_stream.storage.readonly import open_readonly_engine
@@ -32,6 +33,55 @@ def _wait_until_up(url: str, process: subprocess.Popen[str], seconds: float = 60
             pass
         time.sleep(0.2)
     raise AssertionError("serve did not come up")
+
+
+def _start(data_root: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ib_stream.cli", "serve", "--port", str(port), "--data-dir", str(data_root)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ticks_acknowledged_before_sigterm_are_all_there_after_restart(tmp_path: Path) -> None:
+    data_root, port = tmp_path / "storage", free_port()
+    env = {**os.environ, "IB_STREAM_API__TOKEN": "s3cret", "IB_STREAM_SIM__BATCH_MS": "20"}
+    url = f"http://127.0.0.1:{port}"
+    process = _start(data_root, port, env)
+    acknowledged: list[tuple[int, int, float]] = []
+    try:
+        _wait_until_up(url, process)
+        with httpx.Client(base_url=url, headers={"Authorization": "Bearer s3cret"}, timeout=10) as client:
+            for batch in range(40):
+                ticks = [{"ts": time.time_ns(), "price": 100.0 + batch, "size": float(i + 1)} for i in range(25)]
+                body = {"contract_id": AAPL, "tick_type": "all_last", "ticks": ticks, "source": "producer"}
+                answer = client.post("/v2/ticks", json=body)
+                assert answer.status_code == 200, answer.text
+                acknowledged.append((answer.json()["first_seq"], answer.json()["last_seq"], 100.0 + batch))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert "everything acknowledged is on disk" in stderr, stderr
+    restarted = _start(data_root, port, env)  # the restart recovers the buffer and serves the same ticks
+    try:
+        _wait_until_up(url, restarted)
+        frame = httpx.get(
+            f"{url}/v2/historical/{AAPL}",
+            params={"tick_types": "all_last", "start_time": iso(time.time_ns() - 3600 * 10**9), "format": "json"},
+            timeout=30,
+        ).json()["data"]
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.communicate(timeout=60)
+    by_seq = {row["seq"]: row for row in frame}
+    assert len(by_seq) == len(frame) == 40 * 25
+    for first, last, price in acknowledged:
+        assert all(
+            by_seq[seq]["price"] == price and by_seq[seq]["source"] == "producer" for seq in range(first, last + 1)
+        )
 
 
 def test_serve_records_the_simulated_market_and_shuts_down_cleanly(tmp_path: Path) -> None:
