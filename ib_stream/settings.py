@@ -196,7 +196,11 @@ def _override(settings: Settings, name: str, value: Any) -> Settings:
 def _config_error(e: ValidationError, prefix: str = "", path: Path | None = None) -> ConfigError:
     first = e.errors()[0]
     where = prefix + ".".join(str(p) for p in first["loc"])
-    source = f" (from {path})" if path else ""
+    env_name = "IB_STREAM_" + "__".join(str(p) for p in first["loc"]).upper()
+    if not prefix and env_name in os.environ:
+        source = f" (from the environment, {env_name})"
+    else:
+        source = f" (from {path})" if path else ""
     return ConfigError(
         f"setting {where} = {first.get('input')!r} is invalid{source}: {first['msg']}",
         details={"field": where, "value": repr(first.get("input"))},

@@ -156,3 +156,14 @@ def test_settings_are_immutable() -> None:
     storage = load_settings().storage
     with pytest.raises(ValueError):
         storage.batch_size = 2  # type: ignore[misc]
+
+
+def test_a_bad_environment_value_is_blamed_on_the_environment_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path, "[storage]\nbatch_size = 5\n")
+    monkeypatch.setenv(f"{ENV}FSYNC_INTERVAL_MS", "soon")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file=path)
+    assert "IB_STREAM_STORAGE__FSYNC_INTERVAL_MS" in caught.value.message
+    assert str(path) not in caught.value.message
