@@ -242,6 +242,9 @@ class Archiver:
             expired = [f for f in self.index.files() if f.partition_start + self.layout.partition_ns <= archive_limit]
             if expired:
                 self.index.replace(None, [f.file_path for f in expired], now)
+                for stream, start in {(f.stream, f.partition_start) for f in expired}:
+                    partition = Partition(stream, start, start + self.layout.partition_ns)
+                    self._remove_crashed_outputs(partition, [])
                 for f in expired:
                     self.on_change(f.stream, f.start_time, f.end_time)
                 self.statistics.refresh({(f.stream, date_of(f.partition_start)) for f in expired})

@@ -24,6 +24,7 @@ from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
 from ib_stream.storage.layout import Partition
+from ib_stream.storage.repair import verify
 from ib_stream.storage.schema import read_segment_file
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
@@ -243,6 +244,21 @@ async def test_crash_after_compacted_rename_before_commit_is_repaired_by_rerunni
     assert store.index.files()[0].tick_count == 40
     frame = await all_trades(store)
     assert list(frame["seq"]) == list(range(1, 41))
+
+
+async def test_stray_output_of_an_interrupted_compaction_goes_with_its_expired_partition(
+    store: TickStore, clock: ManualClock, config: StorageConfig
+) -> None:
+    await fill_hour(store, clock)
+    store.run_archival()
+    stray = config.archive_dir / PARTITION_14 / "hour-000000000001-000000000040-40.parquet"
+    shutil.copy(config.archive_dir / archive_files(config)[0], stray)  # compaction crashed before its swap
+    clock.advance(366 * 24 * HOUR)  # past archive retention before compaction ever ran again
+    store.run_retention()
+    store.run_maintenance()
+    assert not stray.exists()
+    assert archive_files(config) == []
+    assert verify(config).ok
 
 
 async def test_late_part_in_a_compacted_hour_is_compacted_again(
