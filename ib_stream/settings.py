@@ -127,6 +127,29 @@ class ReplayConfig(BaseModel):
     loop: bool = Field(False, description="Start again at the end of the range.")
 
 
+class IbConfig(BaseModel):
+    """The connection to TWS / IB Gateway through the official ibapi client."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    enabled: bool = Field(False, description="Record from IB (source auto uses IB only when this is true).")
+    host: str = Field("127.0.0.1", description="Host of TWS or IB Gateway.")
+    ports: tuple[int, ...] = Field(
+        (7497, 4002, 7496, 4001), description="Ports tried in order: TWS paper, Gateway paper, TWS live, Gateway live."
+    )
+    client_id: int = Field(17, ge=0, description="API client id (unique per connection to the same TWS).")
+    connect_timeout_seconds: float = Field(10, gt=0, description="How long one connection attempt may take.")
+    reconnect_initial_seconds: float = Field(1, gt=0, description="First reconnect delay; doubles up to the maximum.")
+    reconnect_max_seconds: float = Field(60, gt=0, description="Longest reconnect delay (jitter is added).")
+    stale_after_seconds: float = Field(
+        30, gt=0, description="Watchdog: no data this long while the session is open means a stale feed."
+    )
+    max_tick_by_tick_subscriptions: int = Field(
+        5, ge=0, description="Simultaneous tick-by-tick subscriptions IB allows this account; the rest use reqMktData."
+    )
+    backfill_after_reconnect: bool = Field(True, description="Backfill a gap with reqHistoricalTicks after a reconnect.")
+
+
 class Settings(BaseSettings):
     """All settings of ib-stream, one section per subsystem."""
 
@@ -137,6 +160,7 @@ class Settings(BaseSettings):
     source: Literal["auto", "sim", "ib", "replay"] = Field(
         "auto", description="Where live ticks come from; auto = IB when configured and reachable, else sim."
     )
+    ib: IbConfig = Field(default_factory=lambda: IbConfig(), description="The Interactive Brokers connection.")
     sim: SimConfig = Field(default_factory=lambda: SimConfig(), description="The simulated market.")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(), description="The replay source.")
     contracts_file: Path = Field(Path("config/contracts.toml"), description="The contracts to record.")
