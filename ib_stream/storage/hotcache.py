@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,8 @@ from ib_stream.storage.schema import empty_table, jsonl_to_table
 
 _TAIL_ROWS = 65_536  # rows kept as JSON lines before they are parsed into one Arrow chunk
 _MAX_CHUNKS = 64  # more chunks than this are merged so a query touches few arrays
+_CONVERTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ib-stream-hot")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +64,10 @@ class HotStream:
         self._lock = threading.Lock()
         self._lower_seq = lower_seq  # the first seq held (everything below is archived)
         self._chunks: list[Chunk] = []
-        self._tail: list[bytes] = []
+        self._tail: list[tuple[bytes, int]] = []  # JSON lines not yet parsed, with their row counts
         self._tail_rows = 0
+        self._generation = 0  # bumped when the tail is converted in line, so a background result is dropped
+        self._scheduled = False
 
     @property
     def lower_seq(self) -> int:
@@ -71,14 +77,37 @@ class HotStream:
     def add(self, encoded: bytes, rows: int) -> None:
         """Append durable ticks as the JSON lines the buffer wrote (seq-contiguous with what is held).
 
-        They are parsed into Arrow in bulk by Arrow's JSON reader, which runs without the GIL, so
-        the appending threads keep their speed.
+        They are parsed into Arrow in bulk on a converter thread by Arrow's JSON reader, which runs
+        without the GIL: neither the appending threads nor the buffer's writer wait for it.
         """
         with self._lock:
-            self._tail.append(encoded)
+            self._tail.append((encoded, rows))
             self._tail_rows += rows
+            if self._tail_rows >= _TAIL_ROWS and not self._scheduled:
+                self._scheduled = True
+                _CONVERTER.submit(self._convert_in_background)
+
+    def _convert_in_background(self) -> None:
+        with self._lock:
+            taken, generation = list(self._tail), self._generation
+        try:
+            table = jsonl_to_table(b"".join(blob for blob, _ in taken), self.tick_type)
+        except Exception:  # the snapshot path converts (and reports) in line instead
+            log.exception("hot tier conversion failed")
+            with self._lock:
+                self._scheduled = False
+            return
+        with self._lock:
+            self._scheduled = False
+            if generation != self._generation:
+                return  # a query converted the tail meanwhile
+            del self._tail[: len(taken)]
+            self._tail_rows -= sum(rows for _, rows in taken)
+            self._chunks.append(_chunk(table))
+            self._merge_if_many()
             if self._tail_rows >= _TAIL_ROWS:
-                self._convert_tail()
+                self._scheduled = True
+                _CONVERTER.submit(self._convert_in_background)
 
     def add_table(self, table: pa.Table) -> None:
         """Append an already converted table (warm-up from segment files)."""
@@ -109,9 +138,10 @@ class HotStream:
 
     def _convert_tail(self) -> None:
         if self._tail:
-            self._chunks.append(_chunk(jsonl_to_table(b"".join(self._tail), self.tick_type)))
+            self._chunks.append(_chunk(jsonl_to_table(b"".join(blob for blob, _ in self._tail), self.tick_type)))
             self._tail = []
             self._tail_rows = 0
+            self._generation += 1
             self._merge_if_many()
 
     def _merge_if_many(self) -> None:
