@@ -147,7 +147,9 @@ class IbConfig(BaseModel):
     max_tick_by_tick_subscriptions: int = Field(
         5, ge=0, description="Simultaneous tick-by-tick subscriptions IB allows this account; the rest use reqMktData."
     )
-    backfill_after_reconnect: bool = Field(True, description="Backfill a gap with reqHistoricalTicks after a reconnect.")
+    backfill_after_reconnect: bool = Field(
+        True, description="Backfill a gap with reqHistoricalTicks after a reconnect."
+    )
 
 
 class Settings(BaseSettings):
