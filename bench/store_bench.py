@@ -19,7 +19,9 @@ Run: `make bench` or `.venv/bin/python bench/store_bench.py [--ticks 500000] [--
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import deque
@@ -56,7 +59,7 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import TickType, TickValidator
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.schema import records_to_table
+from ib_stream.storage.schema import TS_TYPE, is_sorted, jsonl_to_table, read_parquet, read_parquet_range, sort_table
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_PYTHON = BENCH_DIR / ".bench-venv" / "bin" / "python"
@@ -67,6 +70,7 @@ NS = 1_000_000_000
 MINUTE = 60 * NS
 HOUR = 60 * MINUTE
 T_START = time.perf_counter()
+GIL_FREE_REFERENCE = bytes(16 << 20)  # sha256 of this releases the GIL
 
 # The issue's minimum targets: (summary key, comparison, threshold, unit, label).
 TARGETS = [
@@ -215,7 +219,14 @@ class Ctx:
 
 # --------------------------------------------------------------------------------------------- 1. ingest
 def ingest_breakdown(c: Ctx) -> None:
-    """Where the ingest CPU goes, per tick, on a prefix of the day (no I/O): validate, encode, hot table."""
+    """Where the ingest CPU goes, per tick, on a prefix of the day (no I/O): validate, encode, hot table.
+
+    Validation and the orjson lines run on the submitting thread under the GIL; the hot tier parses the
+    lines the writer wrote with Arrow's JSON reader (`jsonl_to_table`, 65,536 rows at a time as the hot
+    tier does), which releases the GIL. `python_progress_while_parsing` is how fast a pure-Python loop on
+    another thread runs while the parse runs, relative to running alone (1.0 = the parse holds no GIL),
+    next to the same figure for sha256 (which releases the GIL) as this machine's reference.
+    """
     n_max = min(c.args.breakdown_ticks, c.day.n_total)
     for name in STREAMS:
         batches = [b for b in c.batches if b.tick_type == name]
@@ -233,24 +244,78 @@ def ingest_breakdown(c: Ctx) -> None:
         t_validate = time.perf_counter() - started
         dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         started = time.perf_counter()
-        for recs in canon:
-            b"".join([dumps(r, option=opt) for r in recs])
+        encoded = [b"".join([dumps(r, option=opt) for r in recs]) for recs in canon]
         t_encode = time.perf_counter() - started
-        flat = [r for recs in canon for r in recs]
+        tails = hot_tails(encoded, [len(recs) for recs in canon])
         started = time.perf_counter()
-        for i in range(0, len(flat), 65_536):
-            records_to_table(flat[i : i + 65_536], tick_type)
+        rows = sum(jsonl_to_table(tail, tick_type).num_rows for tail in tails)
         t_table = time.perf_counter() - started
+        progress = gil_progress(functools.partial(parse_tails, tails, tick_type))
+        reference = gil_progress(functools.partial(hashlib.sha256, GIL_FREE_REFERENCE))
+        held = t_validate + t_encode
         c.report.add(
             "1_ingest",
             f"{name}: CPU per tick on the caller/writer threads ({n:,} ticks, no I/O)",
             validate_us=t_validate / n * 1e6,
             orjson_us=t_encode / n * 1e6,
             hot_table_us=t_table / n * 1e6,
-            total_us=(t_validate + t_encode + t_table) / n * 1e6,
-            ceiling_ticks_per_s=n / (t_validate + t_encode + t_table),
+            gil_us=held / n * 1e6,
+            total_us=(held + t_table) / n * 1e6,
+            ceiling_ticks_per_s=n / held,
+            python_progress_while_parsing=progress,
+            python_progress_gil_free_reference=reference,
+            verified=rows == n,
         )
-        del canon, flat
+        del canon, encoded, tails
+
+
+def parse_tails(tails: list[bytes], tick_type: TickType) -> None:
+    for tail in tails:
+        jsonl_to_table(tail, tick_type)
+
+
+def hot_tails(encoded: list[bytes], counts: list[int]) -> list[bytes]:
+    """Group batches' JSON lines the way the hot tier does: parse once 65,536 rows have accumulated."""
+    tails, pending, rows = [], [], 0
+    for data, count in zip(encoded, counts, strict=True):
+        pending.append(data)
+        rows += count
+        if rows >= 65_536:
+            tails.append(b"".join(pending))
+            pending, rows = [], 0
+    if pending:
+        tails.append(b"".join(pending))
+    return tails
+
+
+def gil_progress(work: Callable[[], Any], seconds: float = 0.3) -> float:
+    """Pure-Python loop speed while `work` runs on another thread, over its speed alone (1.0 = GIL released)."""
+
+    def spin(stop: Callable[[], bool]) -> float:
+        count, started = 0, time.perf_counter()
+        while not stop():
+            for _ in range(1000):
+                count += 1
+        return count / (time.perf_counter() - started)
+
+    deadline = time.perf_counter() + seconds
+    alone = spin(lambda: time.perf_counter() > deadline)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            until = time.perf_counter() + seconds
+            work()
+            while time.perf_counter() < until:
+                work()
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    together = spin(done.is_set)
+    worker.join()
+    return together / alone
 
 
 def ingest_sequential(c: Ctx, fsync_ms: int) -> None:
@@ -286,6 +351,10 @@ def ingest_sequential(c: Ctx, fsync_ms: int) -> None:
     )
 
 
+def stamp_ack(acked: list[float], i: int, _future: Future[Any]) -> None:
+    acked[i] = time.perf_counter()
+
+
 def ingest_inflight(c: Ctx) -> None:
     """The whole day through buffer.submit with up to --inflight batches awaiting durability."""
     c.clock = ManualClock(c.day.t0)
@@ -301,7 +370,7 @@ def ingest_inflight(c: Ctx) -> None:
         set_clock(b.clock_ns)
         fut = submit(CONTRACT_ID, b.tick_type, b.ticks, "bench")
         sent.append(time.perf_counter())
-        fut.add_done_callback(lambda _f, i=i: acked.__setitem__(i, time.perf_counter()))
+        fut.add_done_callback(functools.partial(stamp_ack, acked, i))
         window.append(fut)
         if len(window) >= inflight:
             n += window.popleft().result().count
@@ -417,59 +486,44 @@ def cold_queries(c: Ctx, store: TickStore) -> None:
     assert store.cache.hits == 0, "the uncached store must not cache"
 
 
-def row_group_slice(path: Path, lo: int, hi: int, columns: list[str] | None) -> pa.Table:
-    """Read [lo, hi) of a ts-sorted file: prune row groups by their ts statistics, then binary-search the slice."""
-    f = pq.ParquetFile(path)
-    meta = f.metadata
-    ts_index = f.schema_arrow.get_field_index("ts")
-    keep = []
-    for i in range(meta.num_row_groups):
-        st = meta.row_group(i).column(ts_index).statistics
-        if pd.Timestamp(st.min).value < hi and pd.Timestamp(st.max).value >= lo:
-            keep.append(i)
-    table = f.read_row_groups(keep, columns=columns)
-    ts = table.column("ts").to_numpy().view(np.int64)
-    start, stop = np.searchsorted(ts, lo), np.searchsorted(ts, hi)
-    return table.slice(start, stop - start)
-
-
-def is_sorted(table: pa.Table) -> bool:
-    """Whether rows are already in (ts, seq) order, vectorised."""
-    ts = table.column("ts").to_numpy().view(np.int64)
-    d = np.diff(ts)
-    return bool(np.all((d > 0) | ((d == 0) & (np.diff(table.column("seq").to_numpy()) > 0))))
+def anatomy_pieces(engine: Any, key: Any, lo: int, hi: int, paths: list[Path], table: pa.Table) -> dict[str, Any]:
+    """The timed pieces of a bid_ask tick query over [lo, hi) whose archive part is in `paths`."""
+    tick_type = key.tick_type
+    own = ["ts", "bid_price", "bid_size", "ask_price", "ask_size"]
+    cond = (pc.field("ts") >= pa.scalar(lo, TS_TYPE)) & (pc.field("ts") < pa.scalar(hi, TS_TYPE))
+    keys = [("ts", "ascending"), ("seq", "ascending")]
+    return {
+        "engine.read_stream (plan + archive + hot + order check)": lambda: engine.read_stream(key, lo, hi),
+        "read_parquet_range of the archive files, all columns (row groups by ts stats + binary search)": lambda: [
+            read_parquet_range(x, tick_type, lo, hi) for x in paths
+        ],
+        "same, the 5 bid_ask columns only": lambda: [
+            read_parquet_range(x, tick_type, lo, hi, columns=own) for x in paths
+        ],
+        "previous path: read_parquet(filters=ts) of the archive files, all columns": lambda: [
+            read_parquet(x, tick_type, filters=cond) for x in paths
+        ],
+        "sort_table of the (sorted) result: the order check only": lambda: sort_table(table),
+        "is_sorted (the check alone)": lambda: is_sorted(table),
+        "a forced sort: pc.sort_indices (ts, seq) + take": lambda: table.take(pc.sort_indices(table, sort_keys=keys)),
+        "Table.to_pandas of the result": lambda: table.to_pandas(),
+    }
 
 
 def query_anatomy(c: Ctx, store: TickStore) -> None:
     """Where an uncached tick query spends its time, measured piece by piece with public pieces + pyarrow."""
     from ib_stream.domain import StreamKey
-    from ib_stream.storage.schema import TS_TYPE, sort_table
 
     engine = store.engine
     reps, warm = c.args.reps, c.args.warmup
-    own = ["ts", "bid_price", "bid_size", "ask_price", "ask_size"]
+    tick_type = TickType.BID_ASK
     for label, lo, hi in (("30-min", *c.range30), ("full day", c.day.t0, c.day.t1)):
-        key = StreamKey(CONTRACT_ID, TickType.BID_ASK)
+        key = StreamKey(CONTRACT_ID, tick_type)
         snap = engine.hot.snapshot(key)
         files = [f for f in engine.index.plan(key, lo, hi, below_seq=snap.lower_seq) if f.last_seq < snap.lower_seq]
         paths = [engine.layout.absolute(f.file_path) for f in files]
-        cond = (pc.field("ts") >= pa.scalar(lo, TS_TYPE)) & (pc.field("ts") < pa.scalar(hi, TS_TYPE))
         table = engine.read_stream(key, lo, hi)
-        pieces: dict[str, Callable[[], Any]] = {
-            "engine.read_stream (plan + read + hot + sort)": lambda k=key, a=lo, b=hi: engine.read_stream(k, a, b),
-            "pq.read_table(filters=ts) of the archive files, all columns": lambda p=paths, f=cond: [
-                pq.read_table(x, filters=f, partitioning=None) for x in p
-            ],
-            "same, the 5 bid_ask columns only": lambda p=paths, f=cond: [
-                pq.read_table(x, filters=f, columns=own, partitioning=None) for x in p
-            ],
-            "row-group pruning + searchsorted slice, all columns": lambda p=paths, a=lo, b=hi: [
-                row_group_slice(x, a, b, None) for x in p
-            ],
-            "sort_table (ts, seq) of the result": lambda t=table: sort_table(t),
-            "check the result is already sorted (numpy)": lambda t=table: is_sorted(t),
-            "Table.to_pandas of the result": lambda t=table: t.to_pandas(),
-        }
+        pieces = anatomy_pieces(engine, key, lo, hi, paths, table)
         for name, fn in pieces.items():
             try:
                 med, times, _ = timed(fn, reps, warm)
@@ -483,31 +537,37 @@ def query_anatomy(c: Ctx, store: TickStore) -> None:
                 c.report.add("4b_query_anatomy", f"bid_ask {label}: {name}", error=repr(e)[:200])
     lo, hi = c.range30
     try:
+        from ib_stream.storage.query import _merge_frames
+
         frames = []
         for s in STREAMS:
             f = store.query.query_range_sync(CONTRACT_ID, [s], lo, hi)
             f.insert(1, "tick_type", s)
             frames.append(f)
+        med, times, merged = timed(lambda: _merge_frames(frames), reps, warm)
         both = pd.concat(frames, ignore_index=True, sort=False)
         order = ["timestamp", "tick_type", "seq"]
-        med, times, _ = timed(lambda: both.sort_values(order, kind="stable", ignore_index=True), reps, warm)
-        c.report.add(
-            "4b_query_anatomy",
-            "bid_ask+last 30-min: DataFrame.sort_values(timestamp, tick_type, seq)",
-            times,
-            median_ms=med * 1e3,
-        )
-        ts = pd.DatetimeIndex(both["timestamp"]).asi8
         ref = both.sort_values(order, kind="stable", ignore_index=True)
-        med, times, out = timed(lambda: both.take(np.argsort(ts, kind="stable")), reps, warm)
-        same = out.reset_index(drop=True).equals(ref)
+        same = merged["seq"].equals(ref["seq"]) and merged["tick_type"].equals(ref["tick_type"])
         c.report.add(
             "4b_query_anatomy",
-            "bid_ask+last 30-min: stable argsort of int64 timestamps + take (same order)",
+            "bid_ask+last 30-min: the engine's merge (_merge_frames: concat + stable argsort of int64 timestamps)",
             times,
             median_ms=med * 1e3,
             verified=same,
         )
+        pieces = {
+            "pd.concat of the two frames alone": lambda: pd.concat(frames, ignore_index=True, sort=False),
+            "stable argsort of the int64 timestamps + take alone": lambda: both.take(
+                np.argsort(pd.DatetimeIndex(both["timestamp"]).asi8, kind="stable")
+            ),
+            "previous merge: DataFrame.sort_values(timestamp, tick_type, seq) alone": lambda: both.sort_values(
+                order, kind="stable", ignore_index=True
+            ),
+        }
+        for name, fn in pieces.items():
+            med, times, _ = timed(fn, reps, warm)
+            c.report.add("4b_query_anatomy", f"bid_ask+last 30-min: {name}", times, median_ms=med * 1e3)
     except Exception as e:
         c.report.add("4b_query_anatomy", "bid_ask+last merge", error=repr(e)[:200])
 
@@ -685,7 +745,7 @@ def query_stores(c: Ctx) -> None:
     open_s = time.perf_counter() - started
     c.report.add(
         "5_restart",
-        "reopen with everything archived (hot tier warmed from the last 2 h of segments)",
+        "reopen with everything archived (the hot tier warms from unarchived segments only)",
         hot_rows_loaded=sum(_hot_rows(store, k) for k in _streams(store)),
         open_s=open_s,
     )
@@ -731,6 +791,10 @@ def encoding_kwargs(option: str, table: pa.Table) -> dict[str, Any]:
     return {"use_dictionary": True}
 
 
+def read_all(paths: list[Path], filters: Any) -> list[pa.Table]:
+    return [pq.read_table(p, filters=filters) for p in paths]
+
+
 def encodings(c: Ctx) -> None:
     """Rewrite the compacted hourly tables with each encoding (zstd 3, same row groups): bytes, write, read."""
     out_dir = c.work / "encodings"
@@ -761,11 +825,9 @@ def encodings(c: Ctx) -> None:
 
             w_med, w_times, _ = timed(write, c.args.enc_reps, 0)
             size = sum(p.stat().st_size for p in paths)
-            r_med, r_times, _ = timed(lambda paths=paths: [pq.read_table(p) for p in paths], c.args.enc_reps, 1)
+            r_med, r_times, _ = timed(functools.partial(read_all, paths, None), c.args.enc_reps, 1)
             window = [paths[i] for i in overlapping]
-            q_med, q_times, _ = timed(
-                lambda w=window, f=flt: [pq.read_table(p, filters=f) for p in w], c.args.enc_reps, 1
-            )
+            q_med, q_times, _ = timed(functools.partial(read_all, window, flt), c.args.enc_reps, 1)
             columns: dict[str, int] = {}
             for p in paths:
                 meta = pq.ParquetFile(p).metadata
@@ -953,8 +1015,11 @@ TABLE_KEYS = [
     "validate_us",
     "orjson_us",
     "hot_table_us",
+    "gil_us",
     "total_us",
     "ceiling_ticks_per_s",
+    "python_progress_while_parsing",
+    "python_progress_gil_free_reference",
     "of_which_statistics_s",
     "unarchived_ticks",
     "hot_rows_loaded",

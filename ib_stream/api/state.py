@@ -30,7 +30,7 @@ class ServiceState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 

@@ -57,12 +57,6 @@ def _json_schema(tick_type: TickType) -> pa.Schema:
     return pa.schema([f.with_type(pa.int64()) if f.name in ("ts", "recv_ts") else f for f in schema])
 
 
-def records_to_table(records: list[dict[str, Any]], tick_type: TickType) -> pa.Table:
-    """Convert canonical (already validated) records to an Arrow table of the stream's schema."""
-    table = pa.Table.from_pylist(records, schema=_json_schema(tick_type))
-    return table.cast(arrow_schema(tick_type))
-
-
 def table_to_records(table: pa.Table) -> list[dict[str, Any]]:
     """Convert stored rows back to canonical records (timestamps as int ns), as the buffer writes them."""
     columns = {
