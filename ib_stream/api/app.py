@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
@@ -20,7 +21,6 @@ from ib_stream.api.state import ServiceState
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract
-from ib_stream.errors import ConfigError
 from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
 from ib_stream.sources.sim import SimSource
@@ -34,15 +34,36 @@ ROUTERS = (system, historical, contracts, sessions, live, buffer, ws, ingest, re
 def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) -> tuple[str, list[TickSource]]:
     """Pick the live source from settings: IB when configured (issue 4), else the simulated market."""
     kind = settings.source
-    if kind == "ib":
-        raise ConfigError("source 'ib' is not available in this version yet; use sim or replay")
+    if kind == "ib" or (kind == "auto" and settings.ib.enabled and _ib_reachable(settings)):
+        from ib_stream.sources.ib import IbSource
+
+        log.info("recording from Interactive Brokers at %s ports %s", settings.ib.host, settings.ib.ports)
+        return "ib", [IbSource(settings.ib, contracts, clock)]
     if kind == "replay":
         from ib_stream.sources.replay import ReplaySource
 
         return "replay", [ReplaySource(settings.replay, contracts)]
-    if kind == "auto":
+    if kind == "auto" and settings.ib.enabled:
+        log.warning(
+            "Interactive Brokers is configured but nothing listens at %s ports %s: recording the built-in "
+            "simulated market",
+            settings.ib.host,
+            settings.ib.ports,
+        )
+    elif kind == "auto":
         log.warning("no Interactive Brokers connection is configured: recording the built-in simulated market")
     return "sim", [SimSource(contracts, settings.sim, clock, is_open=_sim_is_open)]
+
+
+def _ib_reachable(settings: Settings) -> bool:
+    """Whether TWS / IB Gateway accepts TCP connections on one of the configured ports."""
+    for port in settings.ib.ports:
+        try:
+            with socket.create_connection((settings.ib.host, port), timeout=1.0):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _sim_is_open(contract: Contract, ts_ns: int) -> bool:
@@ -68,8 +89,8 @@ def create_app(
         await asyncio.to_thread(lambda: [MarketSessions.for_contract(c) for c in contract_list])
         store = await TickStore(settings.storage, clock).aopen()
         streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size)
-        if sources is None:
-            source_name, chosen = choose_sources(settings, contract_list, clock)
+        if sources is None:  # probing for IB may take a moment: off the event loop
+            source_name, chosen = await asyncio.to_thread(choose_sources, settings, contract_list, clock)
         else:
             source_name, chosen = ",".join(s.name for s in sources) or "none", list(sources)
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
