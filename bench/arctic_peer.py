@@ -22,10 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import arcticdb as adb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from timing import timed
 
 STREAMS = ("bid_ask", "last")
 SIZE_COLUMNS = ("bid_size", "ask_size", "size")
@@ -41,19 +40,6 @@ T_START = time.perf_counter()
 
 def log(msg: str) -> None:
     print(f"[peer {time.perf_counter() - T_START:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def timed(fn: Callable[[], Any], reps: int, warmup: int) -> tuple[float, list[float], Any]:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    out: Any = None
-    for _ in range(reps):
-        out = None
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times, out
 
 
 def allocated_bytes(path: Path) -> int:

@@ -28,7 +28,6 @@ import platform
 import resource
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from timing import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -86,20 +86,6 @@ TARGETS = [
 # --------------------------------------------------------------------------------------------- utilities
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def timed(fn: Callable[[], Any], reps: int, warmup: int) -> tuple[float, list[float], Any]:
-    """Run `fn` `warmup` times untimed, then `reps` times; return (median s, all times s, last result)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    out: Any = None
-    for _ in range(reps):
-        out = None
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times, out
 
 
 def settle() -> None:
