@@ -97,10 +97,6 @@ class Subscription:
         """Change how far behind this subscriber may fall before it is disconnected."""
         self.max_queue = max_queue
 
-    @property
-    def backlog(self) -> int:
-        return len(self._items)
-
 
 class StreamingApp:
     """The live hub: one per service, bound to one event loop and one store."""

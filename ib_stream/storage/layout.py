@@ -91,10 +91,6 @@ class Layout:
         return sorted(streams)
 
     # ---- archive ------------------------------------------------------------------------------
-    def partition_of(self, stream: StreamKey, ts_ns: int) -> Partition:
-        start = ts_ns - ts_ns % self.partition_ns
-        return Partition(stream, start, start + self.partition_ns)
-
     def partition_dir(self, partition: Partition) -> Path:
         when = datetime.fromtimestamp(partition.start_ns // NS_PER_SECOND, tz=UTC)
         stream = partition.stream

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from ib_stream.domain import TICK_FIELDS, TickType, field_names
+from ib_stream.domain import TICK_FIELDS, TickType
 from ib_stream.errors import CorruptFileError
 from ib_stream.storage.layout import fsync_dir, temp_path
 
@@ -272,7 +272,3 @@ def is_sorted(table: pa.Table) -> bool:
         return True
     seq = table.column("seq").to_numpy()
     return bool((np.diff(seq)[ties] > 0).all())
-
-
-def stream_columns(tick_type: TickType) -> tuple[str, ...]:
-    return field_names(tick_type)
