@@ -208,11 +208,11 @@ class Archiver:
     def reap_retired(self, force: bool = False) -> int:
         """Delete retired files no reader can still need; return how many were deleted."""
         now = self.clock.now_ns()
+        # The grace period covers readers in other processes; the registry covers this process's readers.
         grace = 0 if force else self.config.retired_file_grace_seconds * NS_PER_SECOND
-        oldest_reader = self.index.readers.oldest_start()
         done = []
         for path, retired_at in self.index.retired():
-            if retired_at + grace > now or (oldest_reader is not None and oldest_reader <= retired_at):
+            if retired_at + grace > now or not self.index.readers.may_delete(path):
                 continue
             absolute = self.layout.absolute(path)
             absolute.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import StorageError
 
@@ -114,37 +113,60 @@ _FILE_PLACEHOLDERS = ", ".join("?" for _ in fields(ArchiveFile))
 
 
 class ReaderRegistry:
-    """Readers in flight, so files retired by compaction are deleted only when none can need them."""
+    """Readers in flight, so files retired by compaction or retention are deleted only when none can need them.
 
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
+    Readers and retirements are ordered by an epoch taken *after* each retirement's catalog commit:
+    a reader that registered before a retirement committed may have planned from the old catalog and
+    still read the retired file; a reader that registered after it cannot. (Clock values cannot
+    order these: the retirement time is read before its commit.)
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._active: dict[int, int] = {}
+        self._epoch = 0
+        self._active: dict[int, int] = {}  # reader id -> epoch at registration
+        self._retired_epoch: dict[str, int] = {}  # file -> epoch right after its retirement committed
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
         with self._lock:
             reader = next(self._ids)
-            self._active[reader] = self._clock.now_ns()
+            self._active[reader] = self._epoch
         try:
             yield
         finally:
             with self._lock:
                 del self._active[reader]
 
-    def oldest_start(self) -> int | None:
+    def retired(self, paths: Iterable[str]) -> None:
+        """Note files whose retirement has just been committed."""
         with self._lock:
-            return min(self._active.values(), default=None)
+            self._epoch += 1
+            for path in paths:
+                self._retired_epoch[path] = self._epoch
+
+    def may_delete(self, path: str) -> bool:
+        """Whether no reader in flight registered before `path` was retired (in this process)."""
+        with self._lock:
+            epoch = self._retired_epoch.get(path)
+            if epoch is None:  # retired by another process or an earlier run: no reader here planned it
+                return True
+            return all(started >= epoch for started in self._active.values())
+
+    def forget(self, paths: Iterable[str]) -> None:
+        with self._lock:
+            for path in paths:
+                self._retired_epoch.pop(path, None)
 
 
 class PartitionIndex:
     """SQLite catalog of the archive; safe to use from several threads (one connection each)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False, clock: Clock | None = None) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        self.readers = ReaderRegistry(clock or SystemClock())
+        self.readers = ReaderRegistry()
         self._local = threading.local()
         self._version_lock = threading.Lock()
         if not readonly:
@@ -228,6 +250,7 @@ class PartitionIndex:
                     continue
                 db.execute("DELETE FROM tick_archives WHERE file_path = ?", (path,))
                 db.execute("INSERT OR REPLACE INTO retired_files VALUES (?, ?)", (path, retired_at))
+        self.readers.retired(p for p in old_paths if new is None or p != new.file_path)
 
     def put_statistics(self, rows: list[DailyStatistics], remove: Sequence[tuple[int, str, str]] = ()) -> None:
         with self._tx() as db:
@@ -240,6 +263,7 @@ class PartitionIndex:
     def forget_retired(self, paths: list[str]) -> None:
         with self._tx() as db:
             db.executemany("DELETE FROM retired_files WHERE file_path = ?", [(p,) for p in paths])
+        self.readers.forget(paths)
 
     def reset(self, files: list[ArchiveFile], archived: dict[StreamKey, int], retired: list[str], now_ns: int) -> None:
         """Replace the whole catalog (used by `index rebuild`)."""

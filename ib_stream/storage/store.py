@@ -71,7 +71,7 @@ class TickStore:
         self.config.data_root.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock(self.config.data_root)
         try:
-            self.index = PartitionIndex(self.config.index_file, clock=self.clock)
+            self.index = PartitionIndex(self.config.index_file)
             self.buffer = TickBuffer(self.config, self.layout, self.clock)
             self.buffer.listeners.append(self._track)
             self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)

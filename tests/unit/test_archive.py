@@ -508,3 +508,27 @@ def test_catalog_rows_describe_their_files(store: TickStore, clock: ManualClock,
     with closing(sqlite3.connect(config.index_file)) as db:
         (checksum,) = db.execute("SELECT checksum FROM tick_archives").fetchone()
     assert checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_reader_registered_during_a_retirement_commit_keeps_its_files(
+    store: TickStore, clock: ManualClock, config: StorageConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak found this: compaction stamps retired_at, then commits; a reader that registers in between
+    (with a later clock value) plans from the old catalog, so its files must outlive the commit."""
+    await fill_hour(store, clock)
+    store.run_archival()
+    parts = [config.archive_dir / p for p in archive_files(config)]
+    original = type(store.index).replace
+    late_reader = store.index.readers.reading()
+
+    def replace_with_a_reader_in_between(self: Any, *args: Any, **kwargs: Any) -> None:
+        clock.advance(100)  # the clock moves on after retired_at was read
+        late_reader.__enter__()  # a query registers and plans before the commit
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store.index), "replace", replace_with_a_reader_in_between)
+    store.run_compaction()  # compacts, then reaps with grace 0
+    assert all(p.exists() for p in parts), "a file planned by a running reader was deleted"
+    late_reader.__exit__(None, None, None)
+    store.run_maintenance()
+    assert not any(p.exists() for p in parts)
