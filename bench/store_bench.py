@@ -408,25 +408,21 @@ def query_row(
     return c.report.add(section, name, times, rows=len(out), median_ms=med * 1e3, verified=ok)
 
 
+def worst_per_stream(c: Ctx, store: TickStore, label: str, lo: int, hi: int) -> float:
+    """Time the query of [lo, hi) for each stream alone; return the slowest median in ms."""
+    worst = 0.0
+    for s in STREAMS:
+        row = query_row(c, "4_query", f"{s}: {label}", store, [s], lo, hi, None, count_in(c.day, s, lo, hi))
+        worst = max(worst, row["median_ms"])
+    return worst
+
+
 def recent_queries(c: Ctx) -> None:
     """Last 5 minutes of the day straight after ingest: everything is still in the buffer / hot tier."""
     store = c.store
     assert store is not None
     lo, hi = c.recent
-    worst = 0.0
-    for s in STREAMS:
-        row = query_row(
-            c,
-            "4_query",
-            f"{s}: recent 5 min from the hot tier (uncached)",
-            store,
-            [s],
-            lo,
-            hi,
-            None,
-            count_in(c.day, s, lo, hi),
-        )
-        worst = max(worst, row["median_ms"])
+    worst = worst_per_stream(c, store, "recent 5 min from the hot tier (uncached)", lo, hi)
     both = count_in(c.day, "bid_ask", lo, hi) + count_in(c.day, "last", lo, hi)
     query_row(
         c,
@@ -445,21 +441,7 @@ def recent_queries(c: Ctx) -> None:
 
 def cold_queries(c: Ctx, store: TickStore) -> None:
     lo, hi = c.range30
-    worst = 0.0
-    for s in STREAMS:
-        row = query_row(
-            c,
-            "4_query",
-            f"{s}: 30-min range 11:45-12:15 NY (uncached)",
-            store,
-            [s],
-            lo,
-            hi,
-            None,
-            count_in(c.day, s, lo, hi),
-        )
-        worst = max(worst, row["median_ms"])
-    c.report.summary["range_30min_ms"] = worst
+    c.report.summary["range_30min_ms"] = worst_per_stream(c, store, "30-min range 11:45-12:15 NY (uncached)", lo, hi)
     both = count_in(c.day, "bid_ask", lo, hi) + count_in(c.day, "last", lo, hi)
     query_row(c, "4_query", "bid_ask+last: 30-min range (uncached)", store, list(STREAMS), lo, hi, None, both)
     t0, t1 = c.day.t0, c.day.t1
