@@ -96,6 +96,9 @@ TICK_FIELDS: Final[dict[TickType, tuple[FieldSpec, ...]]] = {
         FieldSpec("price", "float", non_negative=True),
         FieldSpec("size", "float", non_negative=True),
         FieldSpec("market_maker", "str", required=False, default=""),
+        # False: IB position-based rows (insert/update/delete at `position`);
+        # True: price-level depth (position ignored, size 0 or delete removes the price level).
+        FieldSpec("by_price", "bool", required=False, default=False),
     ),
 }
 TICK_FIELDS[TickType.ALL_LAST] = TICK_FIELDS[TickType.LAST]

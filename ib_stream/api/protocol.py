@@ -61,6 +61,7 @@ _TICK_FIELDS: Final[dict[TickType, tuple[tuple[str, str], ...]]] = {
         ("price", "price"),
         ("size", "size"),
         ("market_maker", "market_maker"),
+        ("by_price", "by_price"),
     ),
 }
 _TICK_FIELDS[TickType.ALL_LAST] = _TICK_FIELDS[TickType.LAST]
@@ -81,6 +82,7 @@ _V3_FIELDS: Final[dict[TickType, tuple[tuple[str, str, str], ...]]] = {
         ("side", "side", "sd"),
         ("position", "position", "pos"),
         ("operation", "operation", "op"),
+        ("by_price", "by_price", "byp"),
     ),
 }
 _V3_FIELDS[TickType.ALL_LAST] = _V3_FIELDS[TickType.LAST]
