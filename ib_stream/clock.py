@@ -56,3 +56,8 @@ def to_ns(when: datetime) -> int:
 def from_ns(ns: int) -> datetime:
     """Convert UTC int64 ns to an aware UTC datetime (microsecond precision)."""
     return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC).replace(microsecond=(ns % NS_PER_SECOND) // 1000)
+
+
+def iso(ns: int) -> str:
+    """UTC ISO-8601 with microseconds and Z."""
+    return from_ns(ns).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -56,6 +56,9 @@ class StorageConfig(BaseModel):
     query_cache_ttl_seconds: float = Field(300, gt=0, description="Query result cache time-to-live.")
     max_concurrent_writes: int = Field(10, ge=1, description="Worker threads for archive and query file work.")
     batch_size: int = Field(1000, ge=1, description="Ticks per batch for producers and importers feeding the buffer.")
+    heartbeat_seconds: float = Field(
+        5, gt=0, description="How often the service notes it is alive (a crash is dated to within this)."
+    )
 
     @field_validator("buffer_rotation_minutes")
     @classmethod
@@ -149,6 +152,20 @@ class IbConfig(BaseModel):
     )
     backfill_after_reconnect: bool = Field(
         True, description="Backfill a gap with reqHistoricalTicks after a reconnect."
+    )
+    backfill_max_seconds: float = Field(
+        6 * 3600, gt=0, description="Longest part of one gap backfilled automatically (the rest: ib-stream backfill)."
+    )
+    historical_requests_per_window: int = Field(
+        60, ge=1, description="IB pacing: historical requests allowed per historical_window_seconds."
+    )
+    historical_window_seconds: float = Field(600, gt=0, description="IB pacing window for historical requests.")
+    historical_timeout_seconds: float = Field(60, gt=0, description="How long one historical request may take.")
+    pacing_retry_seconds: float = Field(
+        15, ge=0, description="Wait after a pacing violation before the historical request is retried."
+    )
+    max_messages_per_second: int = Field(
+        40, ge=1, description="Requests sent to IB per second at most (IB disconnects above 50)."
     )
 
 

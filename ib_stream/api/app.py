@@ -25,6 +25,8 @@ from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
 from ib_stream.sources.sim import SimSource
 from ib_stream.storage import MarketSessions, TickStore
+from ib_stream.storage.downtime import record_downtime
+from ib_stream.storage.gaps import BackfillState
 from ib_stream.streaming import StreamingApp, TickSource
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,24 @@ def _sim_is_open(contract: Contract, ts_ns: int) -> bool:
     return MarketSessions.for_contract(contract).is_open_at(ts_ns, "extended")
 
 
+def _begin_run(store: TickStore, clock: Clock, contracts: list[Contract], source: str, settings: Settings) -> None:
+    """Start a service run in the gap ledger; the downtime since the previous run becomes gaps."""
+    previous = store.gaps.begin_run(clock.now_ns(), source)
+    backfill = source == "ib" and settings.ib.backfill_after_reconnect
+    record_downtime(
+        store.gaps, previous, clock.now_ns(), contracts, BackfillState.PENDING if backfill else BackfillState.OFF
+    )
+
+
+async def _heartbeat(store: TickStore, clock: Clock, every_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            await asyncio.to_thread(store.gaps.heartbeat, clock.now_ns())
+        except Exception:  # a busy disk must not stop the heartbeats: the next one may succeed
+            log.exception("service heartbeat could not be written")
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -93,6 +113,8 @@ def create_app(
             source_name, chosen = await asyncio.to_thread(choose_sources, settings, contract_list, clock)
         else:
             source_name, chosen = ",".join(s.name for s in sources) or "none", list(sources)
+        await asyncio.to_thread(_begin_run, store, clock, contract_list, source_name, settings)
+        heartbeat = asyncio.create_task(_heartbeat(store, clock, settings.storage.heartbeat_seconds), name="heartbeat")
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
         app.state.service = state
         scheduler = build_scheduler(store, settings.storage) if run_scheduler else None
@@ -114,6 +136,10 @@ def create_app(
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await streaming.stop()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await asyncio.to_thread(store.gaps.end_run, clock.now_ns())
             await store.aclose()  # flushes and fsyncs the buffer, releases the data root
             log.info("ib-stream stopped; everything acknowledged is on disk")
 

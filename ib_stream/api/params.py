@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 
-from ib_stream.clock import NS_PER_SECOND
+from ib_stream.clock import NS_PER_SECOND, iso
 from ib_stream.domain import TickType
 from ib_stream.errors import ValidationError
 
@@ -52,11 +52,6 @@ def parse_duration(value: str, field: str = "buffer_duration") -> int:
     if seconds <= 0 or seconds > 366 * 86400:
         raise ValidationError(field, value, "must be between 1s and 366d")
     return int(seconds * NS_PER_SECOND)
-
-
-def iso(ns: int) -> str:
-    """UTC ISO-8601 with microseconds and Z."""
-    return pd.Timestamp(ns, unit="ns", tz="UTC").isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def now_iso() -> str:

@@ -4,6 +4,11 @@
 Its callbacks never block and never convert: each one stamps the local receive time and hands
 `IbEvent(name, args, recv_ns, connection)` to the event loop with `call_soon_threadsafe`; the
 IB source (`ib_stream.sources.ib`) converts them with `ib_parsing` and stores them in batches.
+
+ibapi 9.81's socket reader drops everything it has read when a `recv` returns exactly 4096 bytes
+and the next one times out (wire doc §3, pitfall 3): a burst ending on a 4096-byte boundary
+followed by a quiet second would be lost, and a frame cut there corrupts the stream for good.
+`_KeepPartialConnection` keeps the bytes instead; every connection made here uses it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ibapi.client import EClient
-from ibapi.common import TickAttrib, TickAttribBidAsk, TickAttribLast
+from ibapi.common import (
+    ListOfHistoricalTick,
+    ListOfHistoricalTickBidAsk,
+    ListOfHistoricalTickLast,
+    TickAttrib,
+    TickAttribBidAsk,
+    TickAttribLast,
+)
+from ibapi.connection import Connection
 from ibapi.contract import Contract as IbContract
 from ibapi.contract import ContractDetails
 from ibapi.wrapper import EWrapper
@@ -49,6 +62,24 @@ def ib_contract(contract: Contract) -> IbContract:
     return ib
 
 
+class _KeepPartialConnection(Connection):
+    """ibapi's Connection, except that bytes already read survive a timeout of the next `recv`."""
+
+    def _recvAllMsg(self) -> bytes:
+        received = b""
+        while self.isConnected():
+            try:
+                chunk = self.socket.recv(4096)
+            except TimeoutError:
+                if received:
+                    return received  # ibapi 9.81 would raise here and drop `received`
+                raise
+            received += chunk
+            if len(chunk) < 4096:
+                break
+        return received
+
+
 class IbConnection(EWrapper, EClient):
     """The real EClient plus an EWrapper that forwards every callback to `deliver` on the event loop."""
 
@@ -60,6 +91,17 @@ class IbConnection(EWrapper, EClient):
         self._clock = clock
         self.port: int | None = None
         self.thread: threading.Thread | None = None
+
+    @property
+    def conn(self) -> Connection | None:
+        """The socket connection; EClient.connect creates it, and it is made a `_KeepPartialConnection` at once."""
+        return self.__dict__.get("_socket_conn")
+
+    @conn.setter
+    def conn(self, value: Connection | None) -> None:
+        if value is not None and type(value) is Connection:
+            value.__class__ = _KeepPartialConnection
+        self.__dict__["_socket_conn"] = value
 
     # --- life cycle (called from the event loop) ---------------------------------------------------------------
 
@@ -145,6 +187,15 @@ class IbConnection(EWrapper, EClient):
     ) -> None:  # fmt: skip
         self._emit("depth", reqId, position, operation, side, price, size, marketMaker)
 
+    def historicalTicks(self, reqId: int, ticks: ListOfHistoricalTick, done: bool) -> None:
+        self._emit("historical", reqId, list(ticks), done)
+
+    def historicalTicksBidAsk(self, reqId: int, ticks: ListOfHistoricalTickBidAsk, done: bool) -> None:
+        self._emit("historical", reqId, list(ticks), done)
+
+    def historicalTicksLast(self, reqId: int, ticks: ListOfHistoricalTickLast, done: bool) -> None:
+        self._emit("historical", reqId, list(ticks), done)
+
     # --- requests (event loop thread; EClient serialises sends) ------------------------------------------------
 
     def request_details(self, req_id: int, contract: IbContract) -> None:
@@ -158,6 +209,10 @@ class IbConnection(EWrapper, EClient):
 
     def request_depth(self, req_id: int, contract: IbContract, rows: int) -> None:
         self.reqMktDepth(req_id, contract, rows, False, [])
+
+    def request_historical_ticks(self, req_id: int, contract: IbContract, start: str, what: str, count: int) -> None:
+        """reqHistoricalTicks from `start` ("YYYYMMDD HH:MM:SS UTC") forward, all hours, sizes kept."""
+        self.reqHistoricalTicks(req_id, contract, start, "", count, what, 0, False, [])
 
     def cancel(self, req_id: int, method: str) -> None:
         """Cancel a subscription made with method tbt, mkt or depth."""

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.errors import StorageError
+from ib_stream.storage.sqlite_db import SqliteDatabase
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -160,67 +158,17 @@ class ReaderRegistry:
                 self._retired_epoch.pop(path, None)
 
 
-class PartitionIndex:
+class PartitionIndex(SqliteDatabase):
     """SQLite catalog of the archive; safe to use from several threads (one connection each)."""
 
+    schema = _SCHEMA
+
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
-        self.path = path
-        self.readonly = readonly
+        super().__init__(path, readonly=readonly)
         self.readers = ReaderRegistry()
-        self._local = threading.local()
-        self._version_lock = threading.Lock()
         if not readonly:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._db().executescript(_SCHEMA)
-            except sqlite3.Error as e:
-                raise StorageError(f"catalog {path} cannot be created: {e}", details={"path": str(path)}) from e
             with self._tx() as db:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
-    # ---- connection -----------------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                if self.readonly:
-                    db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-                else:
-                    db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as e:
-                raise StorageError(
-                    f"catalog {self.path} cannot be opened: {e}", details={"path": str(self.path)}
-                ) from e
-            self._local.db = db
-        return db
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StorageError(f"catalog {self.path} update failed: {e}") from e
-
-    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._db().execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as e:
-            raise StorageError(f"catalog {self.path} read failed: {e}") from e
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
 
     # ---- writes ---------------------------------------------------------------------------------
     def register(self, files: list[ArchiveFile], archived: dict[StreamKey, int] | None = None) -> None:

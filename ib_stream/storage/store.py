@@ -20,6 +20,7 @@ from ib_stream.settings import StorageConfig
 from ib_stream.storage.archive import Archiver, ArchiveReport
 from ib_stream.storage.buffer import AppendResult, OnError, TickBuffer
 from ib_stream.storage.cache import ChangeTracker, QueryCache
+from ib_stream.storage.gaps import GapLedger
 from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.layout import Layout
@@ -59,6 +60,7 @@ class TickStore:
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_writes, thread_name_prefix="ib-stream-io")
         self._lock_file: IO[str] | None = None
         self.index: PartitionIndex
+        self.gaps: GapLedger
         self.buffer: TickBuffer
         self.archiver: Archiver
         self.engine: QueryEngine
@@ -72,6 +74,7 @@ class TickStore:
         self._lock_file = _lock(self.config.data_root)
         try:
             self.index = PartitionIndex(self.config.index_file)
+            self.gaps = GapLedger(self.config.index_file)
             self.buffer = TickBuffer(self.config, self.layout, self.clock)
             self.buffer.listeners.append(self._track)
             self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
@@ -92,9 +95,9 @@ class TickStore:
         buffer = getattr(self, "buffer", None)
         if buffer is not None:
             buffer.close()
-        index = getattr(self, "index", None)
-        if index is not None:
-            index.close()
+        for db in (getattr(self, "index", None), getattr(self, "gaps", None)):
+            if db is not None:
+                db.close()
         self.executor.shutdown(wait=True)
         self._unlock()
 

@@ -203,8 +203,9 @@ async def test_dropped_connection_reconnects_and_resubscribes(store: TickStore, 
         status = r.source.status()
         assert status["reconnects"] == 1
         assert len(status["subscriptions"][265598]) == 4
-        assert [g["reason"] for g in status["gaps"]] == ["IB connection closed"]
-        assert status["gaps"][0]["end_ns"] is not None
+        gaps = await until(lambda: [g for g in store.gaps.gaps() if g.end_ns is not None], "gaps closed")
+        assert sorted(g.tick_type for g in gaps) == sorted(t.value for t in TBT)  # one per stream
+        assert {(g.reason, g.detail, g.code) for g in gaps} == {("disconnect", "IB connection closed", None)}
 
 
 async def test_connectivity_lost_then_restored_records_gap_and_resubscribes(
@@ -213,18 +214,22 @@ async def test_connectivity_lost_then_restored_records_gap_and_resubscribes(
     async with running(store, clock, [AAPL_C]) as r:
         await subscribed(r.tws, 265598, "reqTickByTickData", "BidAsk")
         r.tws.connectivity_lost()
-        gaps = await until(lambda: r.source.gaps, "gap on 1100")
-        assert gaps[0].reason.startswith("IB 1100: connectivity between TWS and IB lost")
+        gaps = await until(lambda: store.gaps.gaps(), "gap on 1100")
+        assert len(gaps) == len(TBT)
+        assert gaps[0].reason == "disconnect" and gaps[0].code == 1100
+        assert gaps[0].detail.startswith("IB 1100: connectivity between TWS and IB lost")
         assert gaps[0].end_ns is None and gaps[0].start_ns == T0_NS
+        clock.advance(7)
         r.tws.connectivity_restored()
         await subscribed(r.tws, 265598, "reqTickByTickData", "BidAsk", count=2)
         assert len(r.tws.requests_of("cancelTickByTickData")) >= 1
-        await until(lambda: r.source.gaps[0].end_ns is not None, "gap closed on 1102")
+        await until(lambda: store.gaps.gaps()[0].end_ns is not None, "gap closed on 1102")
         r.tws.emit_tick_by_tick(265598, "BidAsk", time=T + 9, bid=1, ask=2, bid_size=3, ask_size=4)
         quotes = await stored(store, 265598, TickType.BID_ASK, 1)
         assert quotes[0]["ts"] == (T + 9) * NS_PER_SECOND
         status = r.source.status()
-        assert status["reconnects"] == 0 and len(status["gaps"]) == 1
+        assert status["reconnects"] == 0 and len(store.gaps.gaps()) == len(TBT)
+        assert {g.end_ns for g in store.gaps.gaps()} == {T0_NS + 7 * NS_PER_SECOND}
         assert len(r.tws.subscriptions(265598, "reqTickByTickData", "BidAsk")) == 1
 
 
@@ -260,7 +265,11 @@ async def test_watchdog_resubscribes_then_reconnects_a_stalled_feed(store: TickS
         assert r.source.status()["stale"] == [265598] and r.source.status()["reconnects"] == 0
         clock.advance(0.5)
         await until(lambda: r.source.status()["reconnects"] == 1, "reconnect after the resubscribe did not help")
-        assert r.source.gaps[0].reason == "stale feed: no data from AAPL (265598) for 0.4s"
+        gaps = await until(lambda: store.gaps.gaps(), "stale feed gap")
+        assert {(g.reason, g.detail) for g in gaps} == {
+            ("stale_feed", "stale feed: no data from AAPL (265598) for 0.4s")
+        }
+        assert {g.start_ns for g in gaps} == {T0_NS}  # the last data, not the resubscribe
         r.tws.resume()
         await subscribed(r.tws, 265598, "reqTickByTickData", "BidAsk", count=3)
         r.tws.emit_tick_by_tick(265598, "BidAsk", time=T, bid=1, ask=2, bid_size=3, ask_size=4)
@@ -276,7 +285,7 @@ async def test_watchdog_stays_quiet_while_the_market_is_closed(store: TickStore,
         checks = r.source.watchdog_checks
         await until(lambda: r.source.watchdog_checks >= checks + 3, "watchdog checks")
         assert len(r.tws.requests_of("reqTickByTickData", tickType="BidAsk")) == 1
-        assert r.source.status()["stale"] == [] and r.source.gaps == []
+        assert r.source.status()["stale"] == [] and store.gaps.gaps() == []
 
 
 async def test_ports_are_tried_in_order(store: TickStore, clock: ManualClock) -> None:

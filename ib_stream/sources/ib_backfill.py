@@ -1,0 +1,199 @@
+"""Backfill a span of a stream from IB's historical ticks (source `ib_hist`), never duplicating stored ticks.
+
+    backfiller = Backfiller(store, fetch)          # fetch(contract, start_ns, what) -> raw ibapi ticks
+    result = await backfiller.fill(contract, TickType.BID_ASK, start_ns, end_ns, progress=bar.update)
+    await backfiller.fill_gap(gap, contract)       # the same, and the outcome goes into the gap ledger
+
+Paging: reqHistoricalTicks returns up to 1,000 ticks from a whole second onwards. The next request
+starts at the second of the last tick received (IB may have cut that second short); the ticks of
+that second already received are not taken twice. A second holding more than a page moves on to
+the next second (IB cannot page inside one second).
+
+No duplicates: ticks already stored for the span — from any source, live or an earlier backfill —
+are matched by (second, prices, sizes) and skipped, counting multiplicity (two identical trades in
+one second stay two). IB tick-by-tick times have 1-second resolution, reqMktData ticks are stamped
+on receipt, so the second is the common key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ib_stream.clock import NS_PER_SECOND, iso
+from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.sources import ib_parsing as parse
+from ib_stream.sources.ib_history import TICKS_PER_REQUEST
+from ib_stream.storage.gaps import BackfillState, Gap
+from ib_stream.storage.schema import table_to_records
+from ib_stream.storage.store import TickStore
+
+log = logging.getLogger(__name__)
+
+WHAT_TO_SHOW: Final[dict[TickType, str]] = {
+    TickType.BID_ASK: "BID_ASK",
+    TickType.LAST: "TRADES",
+    TickType.ALL_LAST: "TRADES",
+    TickType.MID_POINT: "MIDPOINT",
+}
+_CONVERT: Final[dict[str, Callable[[Sequence[Any]], list[dict[str, Any]]]]] = {
+    "BID_ASK": parse.ticks_from_historical_bid_ask,
+    "TRADES": parse.ticks_from_historical_last,
+    "MIDPOINT": parse.ticks_from_historical_midpoint,
+}
+# What makes two ticks of a stream the same tick, besides their second.
+KEY_FIELDS: Final[dict[TickType, tuple[str, ...]]] = {
+    TickType.BID_ASK: ("bid_price", "bid_size", "ask_price", "ask_size"),
+    TickType.LAST: ("price", "size"),
+    TickType.ALL_LAST: ("price", "size"),
+    TickType.MID_POINT: ("mid_point",),
+}
+Fetch = Callable[[Contract, int, str], Awaitable[Sequence[Any]]]
+Progress = Callable[[int], None]  # nanoseconds of the span covered so far
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillResult:
+    """What one backfill did."""
+
+    stream: StreamKey
+    start_ns: int
+    end_ns: int
+    received: int  # ticks IB returned inside the span
+    stored: int  # ticks appended
+    duplicates: int  # ticks skipped: already stored
+    requests: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.stream.tick_type.value} {iso(self.start_ns)} .. {iso(self.end_ns)}: {self.received} received, "
+            f"{self.stored} stored, {self.duplicates} already held, {self.requests} requests"
+        )
+
+
+def backfillable(tick_type: TickType) -> bool:
+    """Whether IB has historical ticks for this tick type (it has none for depth)."""
+    return tick_type in WHAT_TO_SHOW
+
+
+def tick_key(tick_type: TickType, tick: dict[str, Any]) -> tuple[Any, ...]:
+    return (tick["ts"] // NS_PER_SECOND, *(float(tick[f]) for f in KEY_FIELDS[tick_type]))
+
+
+class Backfiller:
+    """Fills spans of streams from IB history into the store (see the module docstring)."""
+
+    def __init__(self, store: TickStore, fetch: Fetch, *, max_seconds: float | None = None) -> None:
+        self.store = store
+        self.fetch = fetch
+        self.max_seconds = max_seconds
+
+    async def fill(
+        self,
+        contract: Contract,
+        tick_type: TickType,
+        start_ns: int,
+        end_ns: int,
+        progress: Progress | None = None,
+    ) -> BackfillResult:
+        """Request [start_ns, end_ns) of one stream from IB and store what is not held yet."""
+        what = WHAT_TO_SHOW.get(tick_type)
+        if what is None:
+            raise ValueError(f"IB has no historical ticks for {tick_type.value}")
+        stream = StreamKey(contract.con_id, tick_type)
+        received, requests = await self._download(contract, what, start_ns, end_ns, progress)
+        fresh = await self._not_held(stream, received, start_ns, end_ns)
+        batch = self.store.config.batch_size
+        for i in range(0, len(fresh), batch):
+            await self.store.append_batch(contract.con_id, tick_type, fresh[i : i + batch], parse.SOURCE_HIST)
+        result = BackfillResult(
+            stream, start_ns, end_ns, len(received), len(fresh), len(received) - len(fresh), requests
+        )
+        log.info("IB backfill %s %s", contract.symbol, result.describe())
+        return result
+
+    async def fill_gap(self, gap: Gap, contract: Contract) -> BackfillResult | None:
+        """Backfill one closed gap and record the outcome in the ledger (None: nothing to request)."""
+        ledger = self.store.gaps
+        if gap.end_ns is None:
+            return None
+        if not backfillable(gap.stream.tick_type):
+            note = f"IB has no history for {gap.tick_type}"
+            await asyncio.to_thread(ledger.set_backfill, gap.id, BackfillState.NOT_POSSIBLE, 0, note)
+            return None
+        end_ns, note = gap.end_ns, ""
+        if self.max_seconds is not None and end_ns - gap.start_ns > self.max_seconds * NS_PER_SECOND:
+            end_ns = gap.start_ns + int(self.max_seconds * NS_PER_SECOND)
+            note = f"filled up to {iso(end_ns)} (ib.backfill_max_seconds); `ib-stream backfill` can do the rest"
+        try:
+            result = await self.fill(contract, gap.stream.tick_type, gap.start_ns, end_ns)
+        except Exception as e:
+            await asyncio.to_thread(ledger.set_backfill, gap.id, BackfillState.FAILED, 0, str(e))
+            raise
+        state = BackfillState.PARTIAL if note else BackfillState.DONE
+        await asyncio.to_thread(ledger.set_backfill, gap.id, state, result.stored, note or result.describe())
+        return result
+
+    async def _download(
+        self, contract: Contract, what: str, start_ns: int, end_ns: int, progress: Progress | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        convert = _CONVERT[what]
+        cursor = start_ns - start_ns % NS_PER_SECOND
+        out: list[dict[str, Any]] = []
+        last_second: list[dict[str, Any]] = []  # ticks already taken in the second the next page starts at
+        requests = 0
+        while cursor < end_ns:
+            raw = await self.fetch(contract, cursor, what)
+            requests += 1
+            page = convert(raw)
+            repeat = collections.Counter(tuple(sorted(t.items())) for t in last_second)
+            new = []
+            for tick in page:
+                key = tuple(sorted(tick.items()))
+                if tick["ts"] < cursor + NS_PER_SECOND and repeat[key] > 0:
+                    repeat[key] -= 1
+                    continue
+                new.append(tick)
+            out += [t for t in new if start_ns <= t["ts"] < end_ns]
+            if len(raw) < TICKS_PER_REQUEST or not page or page[-1]["ts"] >= end_ns:
+                break
+            last_ts = page[-1]["ts"]
+            next_cursor = last_ts - last_ts % NS_PER_SECOND
+            if next_cursor <= cursor:  # a whole page inside one second: IB cannot page further into it
+                next_cursor = cursor + NS_PER_SECOND
+            last_second = [t for t in page if t["ts"] >= next_cursor]
+            cursor = next_cursor
+            if progress is not None:
+                progress(min(cursor, end_ns) - start_ns)
+        if progress is not None:
+            progress(end_ns - start_ns)
+        return out, requests
+
+    async def _not_held(
+        self, stream: StreamKey, ticks: list[dict[str, Any]], start_ns: int, end_ns: int
+    ) -> list[dict[str, Any]]:
+        if not ticks:
+            return []
+        lo = start_ns - start_ns % NS_PER_SECOND
+        hi = end_ns - end_ns % NS_PER_SECOND + NS_PER_SECOND
+        columns = ["ts", *KEY_FIELDS[stream.tick_type]]
+
+        def read() -> list[dict[str, Any]]:
+            return table_to_records(self.store.engine.read_stream(stream, lo, hi, columns))
+
+        held = collections.Counter(
+            tick_key(stream.tick_type, t)
+            for t in await asyncio.get_running_loop().run_in_executor(self.store.executor, read)
+        )
+        fresh = []
+        for tick in ticks:
+            key = tick_key(stream.tick_type, tick)
+            if held[key] > 0:
+                held[key] -= 1
+            else:
+                fresh.append(tick)
+        return fresh
