@@ -107,7 +107,7 @@ class IbSource:
         """Connect, subscribe and store ticks until cancelled, reconnecting whenever the connection drops."""
         self._app = app
         self._ledger = app.store.gaps
-        backfiller = Backfiller(app.store, self._fetch, max_seconds=self.config.backfill_max_seconds)
+        backfiller = Backfiller(app.store, self.fetch_history, max_seconds=self.config.backfill_max_seconds)
         tasks = [
             asyncio.create_task(self._consume(), name="ib-events"),
             asyncio.create_task(self.subs.run_outbox(), name="ib-outbox"),
@@ -119,9 +119,7 @@ class IbSource:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait(tasks, timeout=5)
             if self._conn is not None:
                 self._conn.close()
             await self.ledger_settled()
@@ -295,7 +293,8 @@ class IbSource:
             now = self.clock.now_ns()
             self._ledger_call(self._ledger.open_gaps, streams, now, GapReason.SUBSCRIPTION_REFUSED, why, None)
 
-    async def _fetch(self, contract: Contract, start_ns: int, what: str) -> list[Any]:
+    async def fetch_history(self, contract: Contract, start_ns: int, what: str) -> list[Any]:
+        """Up to 1,000 historical ticks of `contract` from `start_ns` (a Backfiller's fetch)."""
         ib = self.subs.resolved.get(contract.con_id) or ib_contract(contract)
         return await self.history.fetch(ib, start_ns, what)
 
@@ -317,6 +316,9 @@ class IbSource:
                 try:
                     result = await backfiller.fill_gap(gap, contract)
                 except Exception as e:
+                    # Python 3.11's wait_for can turn a cancellation into the request's own error: keep it.
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise asyncio.CancelledError from e
                     log.warning("IB backfill of gap %d (%s %s) failed: %s", gap.id, contract.symbol, gap.tick_type, e)
                     continue
                 if result is not None:

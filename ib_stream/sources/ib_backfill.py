@@ -87,10 +87,13 @@ def tick_key(tick_type: TickType, tick: dict[str, Any]) -> tuple[Any, ...]:
 class Backfiller:
     """Fills spans of streams from IB history into the store (see the module docstring)."""
 
-    def __init__(self, store: TickStore, fetch: Fetch, *, max_seconds: float | None = None) -> None:
+    def __init__(
+        self, store: TickStore, fetch: Fetch, *, max_seconds: float | None = None, page_size: int = TICKS_PER_REQUEST
+    ) -> None:
         self.store = store
         self.fetch = fetch
         self.max_seconds = max_seconds
+        self.page_size = page_size  # ticks one request returns at most (fewer: nothing more to page through)
 
     async def fill(
         self,
@@ -159,7 +162,7 @@ class Backfiller:
                     continue
                 new.append(tick)
             out += [t for t in new if start_ns <= t["ts"] < end_ns]
-            if len(raw) < TICKS_PER_REQUEST or not page or page[-1]["ts"] >= end_ns:
+            if len(raw) < self.page_size or not page or page[-1]["ts"] >= end_ns:
                 break
             last_ts = page[-1]["ts"]
             next_cursor = last_ts - last_ts % NS_PER_SECOND

@@ -90,10 +90,7 @@ async def subscribed(tws: FakeTWS, con_id: int, request: str, kind: str | None =
 
 
 def rows(store: TickStore, con_id: int, tick_type: TickType) -> list[dict[str, Any]]:
-    table = store.engine.read_stream(
-        StreamKey(con_id, tick_type), T0_NS - 86_400 * NS_PER_SECOND, T0_NS + 86_400 * NS_PER_SECOND
-    )
-    return table_to_records(table)
+    return table_to_records(store.engine.read_stream(StreamKey(con_id, tick_type), 0, 2**62))
 
 
 async def stored(store: TickStore, con_id: int, tick_type: TickType, count: int) -> list[dict[str, Any]]:
