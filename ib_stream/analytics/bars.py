@@ -94,9 +94,9 @@ def make_bars(table: pa.Table, tick_type: TickType, start_ns: int, end_ns: int, 
     elif tick_type == TickType.BID_ASK:
         bid_size, ask_size = col("bid_size"), col("ask_size")
         for name in ("bid_price", "ask_price"):
-            out[name] = _carry(_last(col(name), ends, filled))
-        out["bid_size"] = _carry(_last(bid_size, ends, filled))
-        out["ask_size"] = _carry(_last(ask_size, ends, filled))
+            out[name] = carry_forward(_last(col(name), ends, filled))
+        out["bid_size"] = carry_forward(_last(bid_size, ends, filled))
+        out["ask_size"] = carry_forward(_last(ask_size, ends, filled))
         depth = bid_size + ask_size
         with np.errstate(invalid="ignore", divide="ignore"):
             obi = np.where(depth > 0, (bid_size - ask_size) / depth, 0.0)
@@ -126,7 +126,7 @@ def _ohlc(
         closes[filled] = values[ends]
         highs[filled] = np.maximum.reduceat(values, starts)
         lows[filled] = np.minimum.reduceat(values, starts)
-    carried = _carry(closes)
+    carried = carry_forward(closes)
     # An empty bar is flat at the previous close.
     for arr in (opens, highs, lows):
         arr[~filled] = carried[~filled]
@@ -146,8 +146,8 @@ def _last(values: np.ndarray, ends: np.ndarray, filled: np.ndarray) -> np.ndarra
     return result
 
 
-def _carry(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaNs with the last non-NaN value."""
+def carry_forward(values: np.ndarray) -> np.ndarray:
+    """Forward-fill NaNs with the last non-NaN value (leading NaNs stay NaN)."""
     valid = ~np.isnan(values)
     index = np.where(valid, np.arange(len(values)), 0)
     np.maximum.accumulate(index, out=index)

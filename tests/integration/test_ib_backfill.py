@@ -141,9 +141,8 @@ async def test_ib_samples_replay_through_the_source_into_the_store(store: TickSt
         await subscribed(r.tws, 900001, "reqMktData")
         await subscribed(r.tws, 12087792, "reqMktDepth")
         # reqMktData ticks (an HKEX stock): bid/ask and trades from tickPrice/tickSize.
-        hk_rows = json.loads(
-            gzip.open(requires_shared_data("ib_mktdata") / "hk_stock_mktdata_ticks_20220107.json.gz").read()
-        )
+        with gzip.open(requires_shared_data("ib_mktdata") / "hk_stock_mktdata_ticks_20220107.json.gz") as f:
+            hk_rows = json.load(f)
         r.tws.emit_mkt_data_ticks(900001, ib_samples.hk_mktdata_ticks())
         # EUR.USD depth: 271 updateMktDepth rows.
         assert r.tws.emit_depth_updates(12087792, ib_samples.eurusd_depth_updates()) == 271
