@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import tests.e2e.conftest as harness
 from ib_stream.api.app import create_app
 from ib_stream.clock import ManualClock
-from ib_stream.domain import TickType
+from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import TickValidationError
+from ib_stream.storage.gaps import GapReason
 from ib_stream.streaming import Subscription
 from tests.conftest import T0, T0_NS, quote, seconds, trade
 from tests.e2e.conftest import AAPL, ES, LiveServer, start_server
@@ -193,8 +194,19 @@ def test_coverage_merges_intervals_and_reports_gaps(clocked: tuple[LiveServer, M
             "end": "2025-01-10T14:10:00.000000Z",
             "duration_seconds": 481.0,
             "reason": "no data",
+            "recorded_gaps": [],
         }
     ]
+    assert stream["recorded_gaps"] == []
+    # A gap the ledger recorded (here: the service was down) explains the hole.
+    ledger = server.state.store.gaps
+    gap_id = ledger.add(StreamKey(AAPL, TickType.LAST), T0_NS + seconds(150), T0_NS + seconds(590),
+                        GapReason.SERVICE_DOWN, "service was stopped")  # fmt: skip
+    explained = httpx.get(url, params={"tick_types": "last"}, timeout=10).json()["streams"][0]
+    assert [(g["reason"], g["recorded_gaps"]) for g in explained["gaps"]] == [("service_down", [gap_id])]
+    (recorded,) = explained["recorded_gaps"]
+    assert recorded["id"] == gap_id and recorded["start"] == "2025-01-10T14:02:30.000000Z"
+    assert (recorded["reason"], recorded["backfill"], recorded["duration_seconds"]) == ("service_down", "pending", 440)
     # A threshold longer than the hole closes it.
     wide = httpx.get(url, params={"tick_types": "last", "min_gap": "10m"}, timeout=10).json()["streams"][0]
     assert len(wide["intervals"]) == 1 and wide["gaps"] == []
