@@ -7,33 +7,22 @@ root in use, exit 1 a storage problem (or, for `verify`, a mismatch found).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from typer.core import TyperGroup
 
+from ib_stream import cli_recording
+from ib_stream import cli_support as support
 from ib_stream.clock import from_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import (
-    ConfigError,
-    DataRootLockedError,
-    IbStreamError,
     NotFoundError,
-    QueryError,
     ValidationError,
 )
-from ib_stream.settings import StorageConfig, load_settings
+from ib_stream.settings import load_settings
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
 from ib_stream.storage.archive import ArchiveReport
 from ib_stream.storage.readonly import open_readonly_engine
@@ -44,30 +33,8 @@ EXPORT_FORMATS = (".csv", ".parquet")
 DEFAULT_SHOWN_ROWS = 20
 
 
-def exit_code_for(error: type[IbStreamError]) -> int:
-    """The process exit code of an error class: 2 for bad input, configuration or a locked root, else 1."""
-    return 2 if issubclass(error, ConfigError | ValidationError | QueryError | DataRootLockedError) else 1
-
-
-class _Root(TyperGroup):
-    """The root command group; the one place where expected errors become messages and exit codes."""
-
-    def invoke(self, ctx: Any) -> Any:  # a click Context; typer keeps its click private
-        try:
-            return super().invoke(ctx)
-        except IbStreamError as e:
-            typer.echo(f"error: {e.message}", err=True)
-            raise typer.Exit(exit_code_for(type(e))) from None
-
-
-@dataclass(frozen=True, slots=True)
-class _GlobalOptions:
-    config_file: Path | None
-    data_dir: Path | None
-
-
 app = typer.Typer(
-    cls=_Root,
+    cls=support.RootGroup,
     name="ib-stream",
     help="Record, archive, check and query the ib-stream tick store.",
     no_args_is_help=True,
@@ -76,6 +43,8 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Maintain the SQLite catalog of the archive.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.command("coverage")(cli_recording.coverage)
+app.command("backfill")(cli_recording.backfill)
 
 
 @app.callback()
@@ -90,7 +59,7 @@ def _global_options(
     ] = None,
 ) -> None:
     """Record, archive, check and query the ib-stream tick store."""
-    ctx.obj = _GlobalOptions(config, data_dir)
+    ctx.obj = support.GlobalOptions(config, data_dir)
 
 
 # ---- archive ---------------------------------------------------------------------------------------
@@ -105,22 +74,22 @@ def archive(
     ] = False,
 ) -> None:
     """Archive every sealed buffer segment into Parquet (takes the data-root lock)."""
-    config = _storage_config(ctx)
+    config = support.storage_config(ctx)
     store = TickStore(config).open()
     reports: list[tuple[str, ArchiveReport]] = []
     try:
         pending = store.archiver.pending_segments()
-        with _progress("archiving segments", len(pending)) as advance:
+        with support.progress("archiving segments", len(pending)) as advance:
             reports.append(("archive", store.archiver.archive_sealed(progress=lambda ticks: advance(1))))
         if compact:
-            with _progress("compacting partitions", None) as advance:
+            with support.progress("compacting partitions", None) as advance:
                 reports.append(("compact", store.archiver.compact(progress=lambda ticks: advance(1))))
         if retention:
-            with _progress("applying retention", None):
+            with support.progress("applying retention", None):
                 reports.append(("retention", store.run_retention()))
     finally:
         store.close()
-    table = _table("archive", "job", "segments", "ticks", "files written", "files removed", "seconds")
+    table = support.table("archive", "job", "segments", "ticks", "files written", "files removed", "seconds")
     for name, report in reports:
         table.add_row(
             name,
@@ -130,7 +99,7 @@ def archive(
             f"{report.files_removed:,}",
             f"{report.seconds:.2f}",
         )
-    _print_tables(table)
+    support.print_tables(table)
 
 
 # ---- index rebuild / verify ------------------------------------------------------------------------
@@ -139,10 +108,13 @@ def archive(
 @index_app.command("rebuild")
 def index_rebuild(ctx: typer.Context) -> None:
     """Recreate the catalog from the archive files alone (refused while a writer holds the data root)."""
-    config = _storage_config(ctx)
-    with lock_data_root(config.data_root), _progress("reading archive files", count_archive_files(config)) as advance:
+    config = support.storage_config(ctx)
+    with (
+        lock_data_root(config.data_root),
+        support.progress("reading archive files", count_archive_files(config)) as advance,
+    ):
         report = rebuild(config, progress=advance)
-    out = _out()
+    out = support.out()
     out.print(
         f"catalog rebuilt: {report.files:,} files, {report.ticks:,} ticks, "
         f"{len(report.superseded):,} superseded by compaction",
@@ -161,18 +133,20 @@ def verify_command(
     ] = True,
 ) -> None:
     """Compare the catalog with the archive files; exit 1 when any mismatch is found."""
-    config = _storage_config(ctx)
-    _require_catalog(config)
-    with _progress("verifying files", _catalogued_files(config)) as advance:
+    config = support.storage_config(ctx)
+    support.require_catalog(config)
+    with support.progress("verifying files", support.catalogued_files(config)) as advance:
         report = verify(config, checksums=checksums, progress=advance)
-    out = _out()
+    out = support.out()
     if report.ok:
         out.print(f"ok: {report.files_checked:,} catalogued files match the archive", highlight=False)
         return
-    table = _table(f"{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''}", "kind", "path", "detail")
+    table = support.table(
+        f"{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''}", "kind", "path", "detail"
+    )
     for problem in report.problems:
         table.add_row(problem.kind, problem.path, problem.detail)
-    _print_tables(table)
+    support.print_tables(table)
     raise typer.Exit(1)
 
 
@@ -207,12 +181,12 @@ def query(
         raise ValidationError(
             "--output", str(output), f"has an unknown extension (use one of {', '.join(EXPORT_FORMATS)})"
         )
-    start_time = parse_cli_time("--start", start)
-    end_time = parse_cli_time("--end", end) if end is not None else None
+    start_time = support.parse_cli_time("--start", start)
+    end_time = support.parse_cli_time("--end", end) if end is not None else None
     if end_time is not None and end_time <= start_time:
         raise ValidationError("--end", end, f"is not after --start {start}")
-    config = _storage_config(ctx)
-    _require_catalog(config)
+    config = support.storage_config(ctx)
+    support.require_catalog(config)
     engine = open_readonly_engine(config)
     storage_query = StorageQuery(engine)
     try:
@@ -224,22 +198,11 @@ def query(
         _export(frame if limit is None else frame.head(limit), output)
         return
     shown = frame.head(limit or DEFAULT_SHOWN_ROWS)
-    table = _table(None, *[str(c) for c in shown.columns])
+    table = support.table(None, *[str(c) for c in shown.columns])
     for row in shown.itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
-    out = _print_tables(table)
+    out = support.print_tables(table)
     out.print(f"{len(frame):,} rows, {len(shown):,} shown", highlight=False)
-
-
-def parse_cli_time(option: str, value: str) -> datetime:
-    """Parse an ISO-8601 time given on the command line; it must carry an offset or Z."""
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(option, value, "is not an ISO-8601 time (e.g. 2025-01-10T14:30:00Z)") from None
-    if when.tzinfo is None:
-        raise ValidationError(option, value, "has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)")
-    return when
 
 
 def _export(frame: pd.DataFrame, path: Path) -> None:
@@ -270,8 +233,8 @@ def stats(
     contract: Annotated[int | None, typer.Option("--contract", help="Only this contract id.")] = None,
 ) -> None:
     """Show per stream what the archive and the buffer hold, and the daily statistics."""
-    config = _storage_config(ctx)
-    _require_catalog(config)
+    config = support.storage_config(ctx)
+    support.require_catalog(config)
     index = PartitionIndex(config.index_file, readonly=True)
     try:
         files = index.files()
@@ -287,8 +250,8 @@ def stats(
             raise NotFoundError(
                 f"contract {contract} has no data in {config.data_root}", details={"contract_id": contract}
             )
-    archived = _table("archive", "stream", "files", "ticks", "size", "bytes/tick", "vs JSONL")
-    buffered = _table("buffer", "stream", "segments", "size", "from", "to")
+    archived = support.table("archive", "stream", "files", "ticks", "size", "bytes/tick", "vs JSONL")
+    buffered = support.table("buffer", "stream", "segments", "size", "from", "to")
     for stream in sorted(streams):
         name = f"{stream.contract_id} {stream.tick_type.value}"
         mine = [f for f in files if f.stream == stream]
@@ -311,10 +274,10 @@ def stats(
             _minute(segments[0].start_ns) if segments else "",
             _minute(segments[-1].end_ns) if segments else "",
         )
-    _print_tables(archived, buffered)
+    support.print_tables(archived, buffered)
     rows = [d for d in daily if StreamKey(d.contract_id, TickType(d.tick_type)) in streams]
     if rows:
-        days = _table("daily statistics")
+        days = support.table("daily statistics")
         for column in ("date", "stream"):
             days.add_column(column, no_wrap=True)
         for column in ("ticks", "prices", "volume", "vwap", "low", "high"):
@@ -330,7 +293,7 @@ def stats(
                 _number(d.low_price),
                 _number(d.high_price),
             )
-        _print_tables(days)
+        support.print_tables(days)
 
 
 def _size(path: Path) -> int:
@@ -376,7 +339,7 @@ def serve(
 
     from ib_stream.api.app import create_app
 
-    options: _GlobalOptions = ctx.find_root().obj
+    options: support.GlobalOptions = ctx.find_root().obj
     overrides: dict[str, Any] = {}
     root = data_dir or options.data_dir
     if root is not None:
@@ -400,83 +363,6 @@ def serve(
         ws="websockets-sansio",
         timeout_graceful_shutdown=10,
     )
-
-
-# ---- helpers ---------------------------------------------------------------------------------------
-
-
-def _storage_config(ctx: typer.Context) -> StorageConfig:
-    """The storage settings of this invocation (--config, --data-dir); the data root must exist."""
-    options: _GlobalOptions = ctx.find_root().obj
-    config = load_settings(options.config_file).storage
-    if options.data_dir is not None:
-        # Applied after loading, so the option also wins over IB_STREAM_STORAGE__DATA_ROOT.
-        config = StorageConfig.model_validate({**config.model_dump(), "data_root": options.data_dir})
-    if not config.data_root.is_dir():
-        raise ConfigError(
-            f"data root {config.data_root} does not exist (use --data-dir or set storage.data_root)",
-            details={"data_root": str(config.data_root)},
-        )
-    return config
-
-
-def _require_catalog(config: StorageConfig) -> None:
-    if not config.index_file.is_file():
-        raise ConfigError(
-            f"no catalog at {config.index_file}: is the data root {config.data_root} right, and has data been stored?",
-            details={"path": str(config.index_file)},
-        )
-
-
-def _catalogued_files(config: StorageConfig) -> int:
-    index = PartitionIndex(config.index_file, readonly=True)
-    try:
-        return len(index.files())
-    finally:
-        index.close()
-
-
-def _table(title: str | None, *columns: str) -> Table:
-    return Table(*columns, title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
-
-
-def _print_tables(*tables: Table) -> Console:
-    """Print tables at their natural width: a narrow terminal wraps long lines instead of cells turning into "…"."""
-    out = _out()
-    for table in tables:
-        for column in table.columns:
-            column.no_wrap = True
-        out.width = max(out.width, out.measure(table, options=out.options.update_width(10_000)).maximum)
-        out.print(table)
-    return out
-
-
-def _out() -> Console:
-    # Built per call so it follows the current stdout and terminal width (tests swap both).
-    # No markup: a "[...]" in a path, a tick field or an error detail is printed as it is.
-    return Console(highlight=False, markup=False)
-
-
-@contextlib.contextmanager
-def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Show a progress bar on stderr (nothing when stderr is not a terminal); yield `advance(n)`."""
-    console = Console(stderr=True)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: int = 1) -> None:
-            progress.advance(task, n)
-
-        yield advance
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 import ib_stream.errors as errors_module
-from ib_stream.cli import app, exit_code_for
+from ib_stream.cli import app
+from ib_stream.cli_support import exit_code_for
 from ib_stream.clock import ManualClock
 from ib_stream.errors import IbStreamError
 from ib_stream.jobs import job_intervals
