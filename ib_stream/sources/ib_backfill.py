@@ -9,6 +9,9 @@ starts at the second of the last tick received (IB may have cut that second shor
 that second already received are not taken twice. A second holding more than a page moves on to
 the next second (IB cannot page inside one second).
 
+The span's first second is requested whole: IB stamps ticks with whole seconds, so a gap that starts
+at 14:00:00.4 may have missed ticks stamped 14:00:00.
+
 No duplicates: ticks already stored for the span — from any source, live or an earlier backfill —
 are matched by (second, prices, sizes) and skipped, counting multiplicity (two identical trades in
 one second stay two). IB tick-by-tick times have 1-second resolution, reqMktData ticks are stamped
@@ -145,7 +148,8 @@ class Backfiller:
         self, contract: Contract, what: str, start_ns: int, end_ns: int, progress: Progress | None
     ) -> tuple[list[dict[str, Any]], int]:
         convert = _CONVERT[what]
-        cursor = start_ns - start_ns % NS_PER_SECOND
+        # IB stamps ticks with whole seconds: the span's first second counts whole (stored ticks are deduplicated).
+        cursor = cursor_floor = start_ns - start_ns % NS_PER_SECOND
         out: list[dict[str, Any]] = []
         last_second: list[dict[str, Any]] = []  # ticks already taken in the second the next page starts at
         requests = 0
@@ -161,7 +165,7 @@ class Backfiller:
                     repeat[key] -= 1
                     continue
                 new.append(tick)
-            out += [t for t in new if start_ns <= t["ts"] < end_ns]
+            out += [t for t in new if cursor_floor <= t["ts"] < end_ns]
             if len(raw) < self.page_size or not page or page[-1]["ts"] >= end_ns:
                 break
             last_ts = page[-1]["ts"]
