@@ -157,3 +157,55 @@ def fsync_dir(directory: Path) -> None:
 
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
+
+
+# ---- book snapshots (issue 5) -------------------------------------------------------------------
+# <data_root>/snapshots/contract_id=<id>/date=<YYYY-MM-DD>/hour=<HH>.seq=<built_seq>.json: the L2 book of a
+# contract's depth stream at the partition boundary <date>T<HH>:00Z, built from every depth tick with
+# ts before it; built_seq is the highest seq among them (see ib_stream.storage.snapshots).
+SNAPSHOT_SUFFIX = ".json"
+_SNAPSHOT_RE = re.compile(r"^hour=(\d{2})\.seq=(\d+)\.json$")
+_SNAPSHOT_DATE_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+def snapshot_root(data_root: Path) -> Path:
+    """The directory of the book snapshots of a data root."""
+    return data_root / "snapshots"
+
+
+def snapshot_contract_dir(root: Path, contract_id: int) -> Path:
+    return root / f"contract_id={contract_id}"
+
+
+def snapshot_path(root: Path, contract_id: int, boundary_ns: int, built_seq: int) -> Path:
+    """Path of the book snapshot of `contract_id` at the hour boundary `boundary_ns`, built up to `built_seq`."""
+    when = datetime.fromtimestamp(boundary_ns // NS_PER_SECOND, tz=UTC)
+    return (
+        snapshot_contract_dir(root, contract_id)
+        / f"date={when:%Y-%m-%d}"
+        / f"hour={when:%H}.seq={built_seq:012d}{SNAPSHOT_SUFFIX}"
+    )
+
+
+def snapshot_dates(root: Path, contract_id: int) -> list[tuple[int, Path]]:
+    """(UTC midnight ns, directory) of each date holding snapshots of a contract, oldest first."""
+    directory = snapshot_contract_dir(root, contract_id)
+    found: list[tuple[int, Path]] = []
+    if not directory.is_dir():
+        return found
+    for entry in os.scandir(directory):
+        match = _SNAPSHOT_DATE_RE.match(entry.name)
+        if match and entry.is_dir():
+            day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+            found.append((int(day.timestamp()) * NS_PER_SECOND, Path(entry.path)))
+    return sorted(found)
+
+
+def snapshot_files(date_dir: Path, day_ns: int) -> list[tuple[int, int, Path]]:
+    """(boundary ns, built_seq, path) of the snapshot files in one date directory, by boundary then seq."""
+    found: list[tuple[int, int, Path]] = []
+    for entry in os.scandir(date_dir):
+        match = _SNAPSHOT_RE.match(entry.name)
+        if match:
+            found.append((day_ns + int(match.group(1)) * HOUR_NS, int(match.group(2)), Path(entry.path)))
+    return sorted(found)

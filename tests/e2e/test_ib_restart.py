@@ -40,7 +40,7 @@ class Market:
             self.tws.emit_ticks(AAPL, "Last", [tick])
 
     def expected(self) -> list[tuple[int, float]]:
-        return sorted((t.time, t.price) for t in self.tws.historical[(AAPL, "TRADES")])
+        return sorted((t.time, t.price) for t in self.tws.historical[(AAPL, "TRADES")] if isinstance(t, LastTick))
 
 
 def start(config: Path, port: int) -> subprocess.Popen[str]:
