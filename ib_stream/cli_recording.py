@@ -1,10 +1,10 @@
 """`ib-stream coverage` and `ib-stream backfill`: what is recorded of a contract, and filling holes from IB history.
 
-`coverage` reads the data root without locking it (the service may be running). `backfill` writes,
-so it needs the data root to itself: it connects to TWS / IB Gateway with its own client id
-(`ib.client_id + 1` unless `--client-id`), pages through reqHistoricalTicks with IB's pacing, and
-stores what the store does not hold yet (source `ib_hist`); gaps of the ledger that the span covers
-are marked backfilled.
+`coverage` reads the data root without locking it (the service may be running). `backfill` writes:
+when the service holds the data root it asks the service (POST /v2/contracts/{id}/backfill, bearer
+api.token), else it connects to TWS / IB Gateway with its own client id (`ib.client_id + 1` unless
+`--client-id`). Either way it pages through reqHistoricalTicks with IB's pacing, stores what the store
+does not hold yet (source `ib_hist`) and marks the ledger's gaps that the span covers as backfilled.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import httpx
 import orjson
 import typer
+from pydantic import SecretStr
 
 from ib_stream import cli_support as support
 from ib_stream.api.params import parse_duration, parse_tick_types
-from ib_stream.clock import NS_PER_SECOND, SystemClock, iso, to_ns
+from ib_stream.clock import NS_PER_SECOND, SystemClock, to_ns
 from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import ContractNotFoundError, SourceError, ValidationError
+from ib_stream.errors import ContractNotFoundError, DataRootLockedError, SourceError, ValidationError
 from ib_stream.settings import IbConfig
 from ib_stream.sources.ib_backfill import Backfiller, backfillable
 from ib_stream.sources.ib_connection import IbConnection, IbEvent, ib_contract
@@ -32,7 +34,7 @@ from ib_stream.sources.ib_history import HistoryRequests
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.storage import TickStore
 from ib_stream.storage.coverage import stream_coverage
-from ib_stream.storage.gaps import BackfillState, GapLedger
+from ib_stream.storage.gaps import GapLedger
 from ib_stream.storage.readonly import open_readonly_engine
 
 log = logging.getLogger(__name__)
@@ -104,8 +106,16 @@ def backfill(
     client_id: Annotated[
         int | None, typer.Option("--client-id", help="API client id (default: ib.client_id + 1).")
     ] = None,
+    service_url: Annotated[
+        str | None,
+        typer.Option("--url", help="The running service, used when it holds the data root (default: api host:port)."),
+    ] = None,
 ) -> None:
-    """Fill [start, end) of a contract's streams from IB's historical ticks, storing only what is not held."""
+    """Fill [start, end) of a contract's streams from IB's historical ticks, storing only what is not held.
+
+    With the service running on the data root, the service does it (POST /v2/contracts/{id}/backfill,
+    with the api.token); otherwise this command connects to IB itself.
+    """
     settings = support.settings(ctx)
     config = support.storage_config(ctx)
     contract = _contract(ctx, contract_id)
@@ -120,10 +130,47 @@ def backfill(
     if not wanted:
         raise ValidationError("--tick-types", ",".join(t.value for t in asked), "has nothing IB can backfill")
     ib = settings.ib.model_copy(update={"client_id": settings.ib.client_id + 1 if client_id is None else client_id})
-    with TickStore(config, SystemClock()) as store:
-        results = asyncio.run(_backfill(store, ib, contract, wanted, start_ns, end_ns))
-    for line in results:
+    store = TickStore(config, SystemClock())
+    try:
+        store.open()
+    except DataRootLockedError:
+        # The service holds the data root: it backfills through its own IB connection.
+        url = service_url or f"http://{settings.api.host}:{settings.api.port}"
+        typer.echo(f"the service holds the data root: asking it at {url}", err=True)
+        lines = _backfill_through_service(url, settings.api.token, contract_id, wanted, start, end)
+    else:
+        try:
+            lines = asyncio.run(_backfill(store, ib, contract, wanted, start_ns, end_ns))
+        finally:
+            store.close()
+    for line in lines:
         typer.echo(line)
+
+
+def _backfill_through_service(
+    url: str, token: SecretStr | None, contract_id: int, tick_types: list[TickType], start: str, end: str
+) -> list[str]:
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else {}
+    params = {"start_time": start, "end_time": end, "tick_types": ",".join(t.value for t in tick_types)}
+    try:
+        answer = httpx.post(f"{url}/v2/contracts/{contract_id}/backfill", params=params, headers=headers, timeout=None)
+    except httpx.TransportError as e:
+        raise SourceError(f"the data root is locked but no service answers at {url}: {e}") from e
+    if answer.status_code != 200:
+        try:
+            message = answer.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = answer.text
+        raise SourceError(f"the service at {url} refused the backfill (HTTP {answer.status_code}): {message}")
+    lines = []
+    for result in answer.json()["results"]:
+        lines.append(
+            f"{result['tick_type']} {result['start']} .. {result['end']}: {result['received']} received, "
+            f"{result['stored']} stored, {result['duplicates']} already held, {result['requests']} requests"
+        )
+        if result["gaps_marked"]:
+            lines.append(f"  {result['gaps_marked']} recorded gap(s) of {result['tick_type']} marked backfilled")
+    return lines
 
 
 async def _backfill(
@@ -147,18 +194,10 @@ async def _backfill(
                     advance(now - done)
                     done = now
 
-                result = await backfiller.fill(contract, tick_type, start_ns, end_ns, progress)
+                result, marked = await backfiller.fill_span(contract, tick_type, start_ns, end_ns, progress)
             lines.append(result.describe())
-            covered = [
-                g
-                for g in store.gaps.gaps(contract.con_id, start_ns, end_ns, tick_type=tick_type)
-                if g.end_ns is not None and start_ns <= g.start_ns and g.end_ns <= end_ns and g.backfill != "done"
-            ]
-            for gap in covered:
-                note = f"ib-stream backfill {iso(start_ns)} .. {iso(end_ns)}"
-                store.gaps.set_backfill(gap.id, BackfillState.DONE, 0, note)
-            if covered:
-                lines.append(f"  {len(covered)} recorded gap(s) of {tick_type.value} marked backfilled")
+            if marked:
+                lines.append(f"  {marked} recorded gap(s) of {tick_type.value} marked backfilled")
     return lines
 
 

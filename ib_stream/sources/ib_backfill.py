@@ -71,6 +71,17 @@ class BackfillResult:
     duplicates: int  # ticks skipped: already stored
     requests: int
 
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tick_type": self.stream.tick_type.value,
+            "start": iso(self.start_ns),
+            "end": iso(self.end_ns),
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "requests": self.requests,
+        }
+
     def describe(self) -> str:
         return (
             f"{self.stream.tick_type.value} {iso(self.start_ns)} .. {iso(self.end_ns)}: {self.received} received, "
@@ -143,6 +154,33 @@ class Backfiller:
         state = BackfillState.PARTIAL if note else BackfillState.DONE
         await asyncio.to_thread(ledger.set_backfill, gap.id, state, result.stored, note or result.describe())
         return result
+
+    async def fill_span(
+        self,
+        contract: Contract,
+        tick_type: TickType,
+        start_ns: int,
+        end_ns: int,
+        progress: Progress | None = None,
+    ) -> tuple[BackfillResult, int]:
+        """`fill` on demand, then mark the ledger's gaps of the stream inside the span as backfilled.
+
+        Returns the result and how many recorded gaps were marked.
+        """
+        result = await self.fill(contract, tick_type, start_ns, end_ns, progress)
+        ledger, note = self.store.gaps, f"backfilled on demand: {iso(start_ns)} .. {iso(end_ns)}"
+
+        def mark() -> int:
+            covered = [
+                g
+                for g in ledger.gaps(contract.con_id, start_ns, end_ns, tick_type=tick_type)
+                if g.end_ns is not None and start_ns <= g.start_ns and g.end_ns <= end_ns and g.backfill != "done"
+            ]
+            for gap in covered:
+                ledger.set_backfill(gap.id, BackfillState.DONE, 0, note)
+            return len(covered)
+
+        return result, await asyncio.to_thread(mark)
 
     async def _download(
         self, contract: Contract, what: str, start_ns: int, end_ns: int, progress: Progress | None

@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import httpx
+from typer.testing import CliRunner
 
 from ib_stream.api.params import iso
-from tests.e2e.conftest import AAPL, start_server
+from ib_stream.cli import app
+from tests.e2e.conftest import AAPL, REPO, start_server
 from tests.e2e.conftest import test_settings as service_settings
 from tests.support.fake_tws import AAPL as FAKE_AAPL
 from tests.support.fake_tws import ES as FAKE_ES
-from tests.support.fake_tws import FakeTWS
+from tests.support.fake_tws import FakeTWS, LastTick
 
 
 def _wait(predicate: object, seconds: float = 10) -> None:
@@ -65,3 +67,51 @@ def test_auto_with_ib_configured_but_unreachable_records_the_simulated_market(tm
         assert server.state.source_name == "sim"
     finally:
         stop()
+
+
+def test_backfill_through_the_running_service_by_http_and_by_the_cli(tmp_path: Path) -> None:
+    second = int(time.time()) - 120
+    with FakeTWS([FAKE_AAPL, FAKE_ES]) as tws:
+        tws.add_historical_ticks(AAPL, "TRADES", [LastTick(second + s, 230.0 + s, 3) for s in range(6)])
+        settings = service_settings(
+            tmp_path / "storage",
+            source="ib",
+            api={"token": "tok"},
+            ib={"ports": (tws.port,), "client_id": 7, "reconnect_initial_seconds": 0.05},
+        )
+        server, stop = start_server(settings, sources=None)
+        try:
+            tws.wait_subscribed(AAPL, "reqTickByTickData", "Last", timeout=10)
+            url = f"{server.url}/v2/contracts/{AAPL}/backfill"
+            span = {"start_time": iso(second * 10**9), "end_time": iso((second + 3) * 10**9), "tick_types": "last"}
+            assert httpx.post(url, params=span, timeout=30).status_code == 401
+            auth = {"Authorization": "Bearer tok"}
+            bad = httpx.post(url, params={**span, "end_time": span["start_time"]}, headers=auth, timeout=30)
+            assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "end_time"
+            depth_only = httpx.post(url, params={**span, "tick_types": "depth"}, headers=auth, timeout=30)
+            assert depth_only.status_code == 422
+            answer = httpx.post(url, params=span, headers=auth, timeout=30).json()
+            assert [(r["tick_type"], r["received"], r["stored"]) for r in answer["results"]] == [("last", 3, 3)]
+            # The CLI finds the data root locked by the service and asks the service.
+            config = tmp_path / "cli.toml"
+            config.write_text(
+                f'contracts_file = "{REPO / "config" / "contracts.toml"}"\n'
+                f'[storage]\ndata_root = "{tmp_path / "storage"}"\n'
+                f'[api]\nhost = "127.0.0.1"\nport = {server.url.rsplit(":", 1)[1]}\n'
+            )
+            cli = CliRunner().invoke(
+                app,
+                ["--config", str(config), "backfill", "--contract", str(AAPL), "--tick-types", "last",
+                 "--start", iso(second * 10**9), "--end", iso((second + 6) * 10**9)],
+                env={"IB_STREAM_API__TOKEN": "tok"},
+            )  # fmt: skip
+            assert cli.exit_code == 0, cli.output
+            assert "the service holds the data root" in cli.output
+            assert ": 6 received, 3 stored, 3 already held" in cli.output
+            params = {"tick_types": "last", "start_time": iso((second - 60) * 10**9), "format": "json"}
+            rows = httpx.get(f"{server.url}/v2/historical/{AAPL}", params=params, timeout=5).json()["data"]
+            assert [(r["ts"] // 10**9 - second, r["price"], r["source"]) for r in rows] == [
+                (s, 230.0 + s, "ib_hist") for s in range(6)
+            ]
+        finally:
+            stop()

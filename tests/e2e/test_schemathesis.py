@@ -101,4 +101,4 @@ def test_the_schema_covers_the_routes(service: LiveServer) -> None:
     document = httpx.get(f"{service.url}/openapi.json", timeout=10).json()
     paths = set(document["paths"])
     assert {"/v2/historical/{contract_id}", "/v2/contracts", "/v2/contracts/{contract_id}/coverage"} <= paths
-    assert {"/health", "/ready", "/metrics", "/v2/ticks"} <= paths
+    assert {"/health", "/ready", "/metrics", "/v2/ticks", "/v2/contracts/{contract_id}/backfill"} <= paths

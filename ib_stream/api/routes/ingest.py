@@ -85,7 +85,7 @@ async def require_token(
     expected = token.get_secret_value() if token is not None else ""
     if not expected:
         raise IngestDisabledError(
-            "POST /v2/ticks is disabled: no api.token is configured (set IB_STREAM_API__TOKEN to enable it)",
+            "this endpoint is disabled: no api.token is configured (set IB_STREAM_API__TOKEN to enable it)",
             details={"setting": "api.token"},
         )
     if credentials is None:
