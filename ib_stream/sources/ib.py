@@ -33,7 +33,6 @@ and the reconnect loop takes over.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -42,16 +41,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
-from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.domain import Contract, TickType
 from ib_stream.settings import IbConfig
 from ib_stream.sources import ib_parsing as parse
-from ib_stream.sources.ib_backfill import Backfiller, BackfillResult
+from ib_stream.sources.ib_backfill import Backfiller
 from ib_stream.sources.ib_connection import IbConnection, IbEvent, ib_contract
 from ib_stream.sources.ib_errors import Action, classify, format_error
+from ib_stream.sources.ib_gaps import SourceGaps
 from ib_stream.sources.ib_history import HistoryRequests
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.sources.ib_subscriptions import Request, Subscriptions
-from ib_stream.storage.gaps import BackfillState, GapLedger, GapReason
+from ib_stream.storage.gaps import GapReason
 from ib_stream.storage.sessions import MarketSessions
 from ib_stream.streaming import StreamingApp
 
@@ -74,25 +74,18 @@ class IbSource:
         self.clock = clock or SystemClock()
         self.reconnects = 0
         self.watchdog_checks = 0
-        self.backfills: collections.deque[BackfillResult] = collections.deque(maxlen=100)
         self._ids = itertools.count(1)
-        self.subs = Subscriptions(config, self._ids, self._on_refused)
+        self.gaps = SourceGaps(config, self.contracts, self.clock)
+        self.subs = Subscriptions(config, self._ids, self.gaps.refused)
         pacer = Pacer(config.historical_requests_per_window, config.historical_window_seconds)
         self.history = HistoryRequests(
             self._ids, pacer, timeout=config.historical_timeout_seconds, pacing_wait=config.pacing_retry_seconds
         )
-        self._streams = [StreamKey(c.con_id, t) for c in self.contracts for t in c.tick_types]
-        self._by_id = {c.con_id: c for c in self.contracts}
         self._conn: IbConnection | None = None
         self._closed = asyncio.Event()
         self._next_id = asyncio.Event()
         self._events: asyncio.Queue[IbEvent] = asyncio.Queue()
         self._app: StreamingApp | None = None
-        self._ledger: GapLedger | None = None
-        self._ledger_lock = asyncio.Lock()
-        self._ledger_tasks: set[asyncio.Task[Any]] = set()
-        self._backfill_wanted = asyncio.Event()
-        self._refused_open: set[StreamKey] = set()  # streams with an open subscription_refused gap
         self._last_data: dict[int, int] = {}  # con_id -> receive time of its latest callback (or subscribe time)
         self._stale: dict[int, int] = {}  # con_ids resubscribed by the watchdog -> their last data before it
 
@@ -106,14 +99,15 @@ class IbSource:
     async def run(self, app: StreamingApp) -> None:
         """Connect, subscribe and store ticks until cancelled, reconnecting whenever the connection drops."""
         self._app = app
-        self._ledger = app.store.gaps
+        self.gaps.bind(app.store.gaps)
         backfiller = Backfiller(app.store, self.fetch_history, max_seconds=self.config.backfill_max_seconds)
         tasks = [
             asyncio.create_task(self._consume(), name="ib-events"),
             asyncio.create_task(self.subs.run_outbox(), name="ib-outbox"),
-            asyncio.create_task(self._backfill_loop(backfiller), name="ib-backfill"),
+            asyncio.create_task(
+                self.gaps.backfill_forever(backfiller, lambda: self.history.conn is not None), name="ib-backfill"
+            ),
         ]
-        self._backfill_wanted.set()  # gaps left pending by an earlier run (service down, crash)
         try:
             await self._connection_loop()
         finally:
@@ -122,7 +116,7 @@ class IbSource:
             await asyncio.wait(tasks, timeout=5)
             if self._conn is not None:
                 self._conn.close()
-            await self.ledger_settled()
+            await self.gaps.settled()
 
     def status(self) -> dict[str, Any]:
         """Connection, subscriptions per contract and tick type (method tbt|mkt|depth), refusals, backfills."""
@@ -136,7 +130,7 @@ class IbSource:
             "stale": sorted(self._stale),
             "historical_requests": self.history.requests,
             "pacing_violations": self.history.pacing_violations,
-            "backfills": [r.describe() for r in self.backfills],
+            "backfills": [r.describe() for r in self.gaps.backfills],
         }
 
     # --- connection ----------------------------------------------------------------------------------------------
@@ -149,7 +143,7 @@ class IbSource:
                     self.reconnects += 1
                 ever_connected, attempt = True, 0
                 await self._session()
-                self._open_gap(GapReason.DISCONNECT, "IB connection closed")
+                self.gaps.open(GapReason.DISCONNECT, "IB connection closed")
             delay = min(self.config.reconnect_max_seconds, self.config.reconnect_initial_seconds * 2**attempt)
             attempt += 1
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -180,7 +174,7 @@ class IbSource:
         self.history.conn = self._conn
         await self._resolve_all()
         self.subs.subscribe_all(self.contracts)
-        self._close_gaps(CONNECTION_GAPS)
+        self.gaps.close(CONNECTION_GAPS)
         now = self.clock.now_ns()
         self._last_data = {c.con_id: now for c in self.contracts}
         self._stale.clear()
@@ -221,7 +215,7 @@ class IbSource:
                     self.subs.resubscribe(self.contracts, con_id)
                     continue
                 log.error("IB stale feed: %s after a resubscribe: reconnecting", silent)
-                self._open_gap(GapReason.STALE_FEED, f"stale feed: {silent}", start_ns=self._stale[con_id])
+                self.gaps.open(GapReason.STALE_FEED, f"stale feed: {silent}", start_ns=self._stale[con_id])
                 if self._conn is not None:
                     self._conn.close()
                 return
@@ -243,86 +237,12 @@ class IbSource:
                 self.subs.resolved[contract.con_id] = resolved
         self.subs.drop_details()
 
-    # --- gap ledger and backfill ---------------------------------------------------------------------------------
-
-    def _ledger_call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a ledger write on a worker thread, after every earlier one (the lock's waiters are FIFO)."""
-
-        async def call() -> None:
-            async with self._ledger_lock:
-                try:
-                    await asyncio.to_thread(fn, *args)
-                except Exception:
-                    log.exception("gap ledger update %s failed", getattr(fn, "__name__", fn))
-
-        task = asyncio.get_running_loop().create_task(call())
-        self._ledger_tasks.add(task)
-        task.add_done_callback(self._ledger_tasks.discard)
-
-    async def ledger_settled(self) -> None:
-        """Wait until every ledger write queued so far is done."""
-        while self._ledger_tasks:
-            await asyncio.gather(*list(self._ledger_tasks), return_exceptions=True)
-
-    def _open_gap(self, reason: GapReason, detail: str, code: int | None = None, start_ns: int | None = None) -> None:
-        if self._ledger is not None:
-            start = self.clock.now_ns() if start_ns is None else start_ns
-            self._ledger_call(self._ledger.open_gaps, self._streams, start, reason, detail, code)
-
-    def _close_gaps(self, reasons: Sequence[GapReason], streams: Sequence[StreamKey] | None = None) -> None:
-        if self._ledger is None:
-            return
-        ledger, now = self._ledger, self.clock.now_ns()
-        wanted = list(self._streams if streams is None else streams)
-
-        def close() -> None:
-            closed = ledger.close_gaps(wanted, now, reasons)
-            if not self.config.backfill_after_reconnect:
-                for gap in closed:
-                    ledger.set_backfill(gap.id, BackfillState.OFF, note="ib.backfill_after_reconnect is off")
-
-        self._ledger_call(close)
-        self._backfill_wanted.set()
-
-    def _on_refused(self, contract: Contract, what: TickType | str, why: str) -> None:
-        streams = [StreamKey(contract.con_id, t) for t in contract.tick_types] if what == "contract" else []
-        if isinstance(what, TickType):
-            streams = [StreamKey(contract.con_id, what)]
-        if self._ledger is not None and streams:
-            self._refused_open.update(streams)
-            now = self.clock.now_ns()
-            self._ledger_call(self._ledger.open_gaps, streams, now, GapReason.SUBSCRIPTION_REFUSED, why, None)
+    # --- history ---------------------------------------------------------------------------------------------------
 
     async def fetch_history(self, contract: Contract, start_ns: int, what: str) -> list[Any]:
         """Up to 1,000 historical ticks of `contract` from `start_ns` (a Backfiller's fetch)."""
         ib = self.subs.resolved.get(contract.con_id) or ib_contract(contract)
         return await self.history.fetch(ib, start_ns, what)
-
-    async def _backfill_loop(self, backfiller: Backfiller) -> None:
-        """Backfill every closed, pending gap of the configured streams while connected."""
-        while True:
-            await self._backfill_wanted.wait()
-            self._backfill_wanted.clear()
-            if not self.config.backfill_after_reconnect or self._ledger is None:
-                continue
-            await self.ledger_settled()
-            gaps = await asyncio.to_thread(self._ledger.gaps, backfill=[BackfillState.PENDING])
-            for gap in gaps:
-                contract = self._by_id.get(gap.contract_id)
-                if contract is None or gap.end_ns is None or gap.stream not in self._streams:
-                    continue
-                if self.history.conn is None:
-                    break  # not connected: the next session sets _backfill_wanted again
-                try:
-                    result = await backfiller.fill_gap(gap, contract)
-                except Exception as e:
-                    # Python 3.11's wait_for can turn a cancellation into the request's own error: keep it.
-                    if (task := asyncio.current_task()) is not None and task.cancelling():
-                        raise asyncio.CancelledError from e
-                    log.warning("IB backfill of gap %d (%s %s) failed: %s", gap.id, contract.symbol, gap.tick_type, e)
-                    continue
-                if result is not None:
-                    self.backfills.append(result)
 
     # --- events (event loop) -------------------------------------------------------------------------------------
 
@@ -351,10 +271,7 @@ class IbSource:
             con_id = request.contract.con_id
             self._last_data[con_id] = event.recv_ns
             self._stale.pop(con_id, None)
-            flowing = [s for s in (StreamKey(con_id, t) for t in request.tick_types) if s in self._refused_open]
-            if flowing:
-                self._refused_open.difference_update(flowing)
-                self._close_gaps([GapReason.SUBSCRIPTION_REFUSED], flowing)
+            self.gaps.data_flowed(con_id, request.tick_types)
         handler = _EVENTS.get(event.name)
         if handler is not None:
             handler(self, event, batch)
@@ -456,10 +373,10 @@ class IbSource:
     # Error actions: (code, message, the request it concerns or None, reqId).
 
     def _gap(self, code: int, message: str, request: Request | None, req_id: int) -> None:
-        self._open_gap(GapReason.DISCONNECT, f"IB {code}: {classify(code, message).description}", code)
+        self.gaps.open(GapReason.DISCONNECT, f"IB {code}: {classify(code, message).description}", code)
 
     def _restored(self, code: int, message: str, request: Request | None, req_id: int) -> None:
-        self._close_gaps(CONNECTION_GAPS)
+        self.gaps.close(CONNECTION_GAPS)
         self.subs.resubscribe(self.contracts)
 
     def _refused(self, code: int, message: str, request: Request | None, req_id: int) -> None:
