@@ -5,6 +5,7 @@
     compact       run_compaction      5 minutes
     retention     run_retention       1 hour
     maintenance   run_maintenance     10 minutes
+    snapshots     run_snapshots       1 minute
 
 Each run goes through `run_job`: the work happens on the store's worker threads (never on the
 event loop), a failure is logged and the job simply runs again at its next interval, at most one
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 COMPACTION_INTERVAL_SECONDS = 5 * 60
 RETENTION_INTERVAL_SECONDS = 60 * 60
 MAINTENANCE_INTERVAL_SECONDS = 10 * 60
+SNAPSHOT_INTERVAL_SECONDS = 60
 
 
 def job_intervals(settings: StorageConfig) -> dict[str, int]:
@@ -38,6 +40,7 @@ def job_intervals(settings: StorageConfig) -> dict[str, int]:
         "compact": COMPACTION_INTERVAL_SECONDS,
         "retention": RETENTION_INTERVAL_SECONDS,
         "maintenance": MAINTENANCE_INTERVAL_SECONDS,
+        "snapshots": SNAPSHOT_INTERVAL_SECONDS,
     }
 
 

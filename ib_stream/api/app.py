@@ -16,7 +16,20 @@ from fastapi import FastAPI
 from ib_stream import __version__
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
-from ib_stream.api.routes import backfill, buffer, contracts, historical, ingest, live, replay, sessions, system, ws
+from ib_stream.api.routes import (
+    backfill,
+    bars,
+    buffer,
+    contracts,
+    depth,
+    historical,
+    ingest,
+    live,
+    replay,
+    sessions,
+    system,
+    ws,
+)
 from ib_stream.api.state import ServiceState
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.contracts import load_contracts
@@ -30,7 +43,7 @@ from ib_stream.storage.gaps import BackfillState
 from ib_stream.streaming import StreamingApp, TickSource
 
 log = logging.getLogger(__name__)
-ROUTERS = (system, historical, contracts, sessions, live, buffer, ws, ingest, replay, backfill)
+ROUTERS = (system, historical, bars, depth, contracts, sessions, live, buffer, ws, ingest, replay, backfill)
 
 
 def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) -> tuple[str, list[TickSource]]:

@@ -209,3 +209,11 @@ def snapshot_files(date_dir: Path, day_ns: int) -> list[tuple[int, int, Path]]:
         if match:
             found.append((day_ns + int(match.group(1)) * HOUR_NS, int(match.group(2)), Path(entry.path)))
     return sorted(found)
+
+
+def snapshot_contracts(root: Path) -> list[int]:
+    """Contract ids that have a snapshot directory."""
+    if not root.is_dir():
+        return []
+    names = (entry.name.removeprefix("contract_id=") for entry in os.scandir(root) if entry.is_dir())
+    return sorted(int(name) for name in names if _is_int(name))

@@ -10,7 +10,7 @@ import os
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.layout import Layout
 from ib_stream.storage.schema import arrow_schema, read_parquet_range, sort_table
+
+if TYPE_CHECKING:
+    from ib_stream.storage.snapshots import BookAt
 
 TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
 
@@ -127,6 +130,7 @@ class StorageQuery:
 
             engine = open_readonly_engine(config)
         self.engine = engine
+        self.config = config
         self._executor = executor or ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ib-stream-query"
         )
@@ -172,6 +176,18 @@ class StorageQuery:
                 details={"field": "end_time", "value": _iso(end), "start_time": _iso(start)},
             )
         return int(contract_id), types, start, end, parse_resolution(resolution)
+
+    async def book_at(self, contract_id: int, at: TimeLike | None = None, levels: int | None = None) -> BookAt:
+        """The L2 book of a contract at `at` (default now): the latest valid snapshot plus at most an hour of deltas."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: self.book_at_sync(contract_id, at, levels)
+        )
+
+    def book_at_sync(self, contract_id: int, at: TimeLike | None = None, levels: int | None = None) -> BookAt:
+        """The same as `book_at`, for code without an event loop."""
+        from ib_stream.storage.snapshots import book_at  # snapshots imports this module
+
+        return book_at(self, contract_id, at, levels)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -23,8 +23,9 @@ from ib_stream.storage.cache import ChangeTracker, QueryCache
 from ib_stream.storage.gaps import GapLedger
 from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
-from ib_stream.storage.layout import Layout
+from ib_stream.storage.layout import DAY_NS, Layout
 from ib_stream.storage.query import QueryEngine, StorageQuery
+from ib_stream.storage.snapshots import SnapshotReport, SnapshotWriter
 
 log = logging.getLogger(__name__)
 _EVERYTHING_ARCHIVED = 1 << 62
@@ -81,7 +82,8 @@ class TickStore:
             self.temp_files_removed = self.archiver.cleanup_temp_files()
             self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
             self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
-            self.query = StorageQuery(self.engine, executor=self.executor)
+            self.query = StorageQuery(self.engine, config=self.config, executor=self.executor)
+            self.snapshots = SnapshotWriter.for_store(self)
         except BaseException:
             self._unlock()
             raise
@@ -142,7 +144,14 @@ class TickStore:
         return self.archiver.compact()
 
     def run_retention(self) -> ArchiveReport:
-        return self.archiver.apply_retention()
+        report = self.archiver.apply_retention()
+        cutoff = self.clock.now_ns() - int(self.config.archive_retention_days * DAY_NS)
+        report.files_removed += self.snapshots.remove_before(cutoff)
+        return report
+
+    def run_snapshots(self) -> SnapshotReport:
+        """Write the missing and stale L2 book snapshots at partition boundaries (idempotent)."""
+        return self.snapshots.update()
 
     def run_maintenance(self) -> int:
         """Delete files retired by compaction/retention once no reader needs them; refresh statistics."""
@@ -161,6 +170,7 @@ class TickStore:
             "compact": self.run_compaction,
             "retention": self.run_retention,
             "maintenance": self.run_maintenance,
+            "snapshots": self.run_snapshots,
         }[job]
         return await asyncio.get_running_loop().run_in_executor(self.executor, method)
 

@@ -217,6 +217,25 @@ def expected_ticks(published: pd.DataFrame, start: str, end: str) -> pd.DataFram
     return inside.sort_values(["ts", "order", "seq"], kind="stable", ignore_index=True)
 
 
+def test_session_with_order_flow_bars(client: httpx.Client, published: pd.DataFrame) -> None:
+    body = get(client, f"/v2/sessions/{AAPL}/2025-07-03", bars="ohlc,cvd", resolution="15m")
+    bars = body["bars"]
+    assert (bars["kinds"], bars["resolution"], bars["count"]) == (["ohlc", "cvd"], "15m", len(bars["data"]))
+    # 09:30-13:00 New York on the early close: 14 quarter hours, every one a row (empty ones flagged).
+    assert bars["count"] == 14 and ns(bars["data"][0]["timestamp"]) == ns(body["start"])
+    inside = window(published, AAPL, body["start"], body["end"])
+    trades = inside[inside["tick_type"] == "last"]
+    trades = trades.set_index(pd.to_datetime(trades["ts"], utc=True))
+    expected = trades["price"].resample("15min").ohlc().join(trades["size"].resample("15min").sum())
+    full = [row for row in bars["data"] if not row["empty"]]
+    assert [(r["open"], r["high"], r["low"], r["close"], r["volume"]) for r in full] == [
+        tuple(row) for row in expected.dropna().itertuples(index=False)
+    ]
+    # The same bars as /v2/bars for the session window.
+    direct = get(client, f"/v2/bars/{AAPL}", kinds="ohlc,cvd", resolution="15m", date="2025-07-03")
+    assert direct["data"] == bars["data"]
+
+
 def test_include_ticks_all_and_truncated(client: httpx.Client, published: pd.DataFrame) -> None:
     expected = expected_ticks(published, "2025-07-03T13:30Z", "2025-07-03T17:00Z")
     body = get(client, f"/v2/sessions/{AAPL}/2025-07-03", include="ticks")
@@ -348,6 +367,8 @@ def test_session_in_progress_counts_ticks_up_to_now(
         (f"/v2/sessions/{AAPL}/2025-07-03", {"include": "ticks", "limit": 1_000_001}, 422, "limit", 1_000_001),
         (f"/v2/sessions/{AAPL}/2025-07-03", {"limit": "ten"}, 422, "limit", "ten"),
         (f"/v2/sessions/{AAPL}/previous", {"include": "bars"}, 422, "include", "bars"),
+        (f"/v2/sessions/{AAPL}/2025-07-03", {"bars": "ohlc,volume"}, 422, "bars", "ohlc,volume"),
+        (f"/v2/sessions/{AAPL}/2025-07-03", {"bars": "ohlc", "resolution": "tick"}, 422, "resolution", "tick"),
         (f"/v2/sessions/{AAPL}/2025-07-03", {"tick_types": "trades"}, 422, "tick_types", "trades"),
         ("/v2/sessions/AAPL/current", {}, 422, "contract_id", "AAPL"),
         ("/v2/sessions/569672385446665781248/previous", {}, 422, "contract_id", "569672385446665781248"),

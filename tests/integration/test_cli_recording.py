@@ -68,7 +68,9 @@ def test_backfill_fills_a_span_once_and_marks_the_gap(tmp_path: Path) -> None:
             (4, 104.0, "ib_hist"),
         ]
         (marked,) = store.gaps.by_ids([gap])
-        assert marked.backfill == "done" and marked.backfill_note.startswith("backfilled on demand: 2025-01-10T14:00:00")
+        assert marked.backfill == "done" and marked.backfill_note.startswith(
+            "backfilled on demand: 2025-01-10T14:00:00"
+        )
 
     report = run(config, "coverage", "--contract", "265598")
     assert report.exit_code == 0, report.output

@@ -16,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, Path, Query
 
+from ib_stream.analytics.request import KINDS, BarsRequest, parse_bar_resolution, parse_kinds
+from ib_stream.analytics.service import OrderFlow
+from ib_stream.api.formats import json_rows
 from ib_stream.api.params import iso, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import Contract, StreamKey, TickType
@@ -47,6 +50,8 @@ class SessionOptions:
     tick_types: str | None
     include_ticks: bool
     limit: int
+    bars: tuple[str, ...] = ()
+    resolution: str = "1m"
 
 
 def session_options(
@@ -62,13 +67,24 @@ def session_options(
     ] = None,
     include: Annotated[str | None, Query(description="`ticks` to include the session's ticks.")] = None,
     limit: Annotated[int, Query(ge=1, description="Most ticks returned with include=ticks.")] = DEFAULT_LIMIT,
+    bars: Annotated[
+        str | None, Query(description="Order-flow bars of the session: comma list of ohlc, cvd, obi.")
+    ] = None,
+    resolution: Annotated[
+        str, Query(description="Bar size of `bars` (1s … 1h, or 1d = the session as one bar).")
+    ] = "1m",
 ) -> SessionOptions:
     check_session_type(session, "session")
     wanted = [part.strip() for part in (include or "").split(",") if part.strip()]
     for part in wanted:
         if part != "ticks":
             raise ValidationError("include", include, "may only be 'ticks'")
-    return SessionOptions(session, tick_types, bool(wanted), limit)
+    asked = [k.strip() for k in (bars or "").split(",") if k.strip()]
+    if any(k not in KINDS for k in asked):
+        raise ValidationError("bars", bars, f"may only list {', '.join(KINDS)}")
+    kinds = parse_kinds(asked) if asked else ()
+    parse_bar_resolution(resolution)
+    return SessionOptions(session, tick_types, bool(wanted), limit, kinds, resolution)
 
 
 Options = Annotated[SessionOptions, Depends(session_options)]
@@ -124,7 +140,33 @@ async def _answer(
         state.store.executor,
         lambda: _read(engine, contract.con_id, tick_types, session.start_ns, data_end, options),
     )
-    return {**_describe(contract, session, now, data_end, tick_types), **read}
+    answer = {**_describe(contract, session, now, data_end, tick_types), **read}
+    if options.bars:
+        answer["bars"] = await loop.run_in_executor(
+            state.store.executor, lambda: _bars(engine, contract, session, data_end, options)
+        )
+    return answer
+
+
+def _bars(
+    engine: QueryEngine, contract: Contract, session: Session, end: int, options: SessionOptions
+) -> dict[str, Any]:
+    """The session's order-flow bars (ib_stream.analytics), up to `end` for a session in progress."""
+    header: dict[str, Any] = {"kinds": list(options.bars), "resolution": options.resolution}
+    if end <= session.start_ns:
+        return {**header, "obi_source": None, "side_methods": {}, "count": 0, "data": []}
+    request = BarsRequest(
+        contract.con_id, session.start_ns, end, options.resolution, options.bars, session=options.session
+    )
+    result = OrderFlow(engine, contract).bars(request)
+    rows = [row for batch in result.table.to_batches() for row in json_rows(batch)]
+    return {
+        **header,
+        "obi_source": result.obi_source,
+        "side_methods": result.side_methods,
+        "count": len(rows),
+        "data": rows,
+    }
 
 
 def _describe(
