@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from ib_stream.analytics.book import OrderBook
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, TickType
 from ib_stream.sources.ib_backfill import Backfiller
-from ib_stream.sources.ib_parsing import DepthBook
 from ib_stream.storage import TickStore
 from tests.conftest import T0_NS, requires_shared_data
 from tests.integration.test_ib_source import rows, running, stored, subscribed, until
@@ -147,7 +147,7 @@ async def test_ib_samples_replay_through_the_source_into_the_store(store: TickSt
         # EUR.USD depth: 271 updateMktDepth rows.
         assert r.tws.emit_depth_updates(12087792, ib_samples.eurusd_depth_updates()) == 271
         depth = await stored(store, 12087792, TickType.DEPTH, 271)
-        book = DepthBook()
+        book = OrderBook()
         for tick in depth:
             book.apply(tick)
         final = {(0 if side == "ask" else 1, pos): (row[0], int(row[1]))

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from ibapi.common import HistoricalTick, HistoricalTickBidAsk, HistoricalTickLast, TickAttribBidAsk, TickAttribLast
 
+from ib_stream.analytics.book import OrderBook
 from ib_stream.clock import NS_PER_SECOND, to_ns
 from ib_stream.domain import TickType, TickValidator
 from ib_stream.errors import SourceError
 from ib_stream.sources.ib_parsing import (
-    DepthBook,
     MarketDataAssembler,
     bid_ask_from_tbt,
     depth_from_mkt_depth,
@@ -208,7 +208,7 @@ def test_eurusd_depth_sample_ends_in_the_recorded_final_book() -> None:
     records = valid(TickType.DEPTH, ticks)
     assert {r["operation"] for r in records} == {"update"}
     assert sum(r["side"] == "ask" for r in records) == 161 and sum(r["side"] == "bid" for r in records) == 110
-    book = DepthBook(max_rows=5)
+    book = OrderBook(max_rows=5)
     for tick in ticks:
         book.apply(tick)
     assert book.complete and book.anomalies == 0
@@ -239,7 +239,7 @@ def test_depth_l2_insert_update_delete_shift_rows_by_position() -> None:
         ("bid", "delete"),
     ]
     valid(TickType.DEPTH, ticks)
-    book = DepthBook()
+    book = OrderBook()
     for tick in ticks:
         book.apply(tick)
     assert book.rows("bid") == [(185.50, 250.0, "NSDQ"), (185.49, 500.0, "BATS")]
@@ -251,7 +251,7 @@ def test_depth_l2_insert_update_delete_shift_rows_by_position() -> None:
 
 
 def test_depth_joined_mid_stream_leaves_unknown_rows_until_updated() -> None:
-    book = DepthBook(max_rows=3)
+    book = OrderBook(max_rows=3)
     book.apply(depth_from_mkt_depth(2, 1, 1, 1.1, 10, T * NS_PER_SECOND))
     assert book.rows("bid") == [None, None, (1.1, 10.0, "")] and not book.complete
     book.apply(depth_from_mkt_depth(0, 0, 1, 1.3, 5, T * NS_PER_SECOND))  # insert; row 3 falls off
