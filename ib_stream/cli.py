@@ -1,7 +1,8 @@
-"""Command line: thin commands over the store — archive, index rebuild, verify, query, stats, serve.
+"""Command line: thin commands over the store — archive, index rebuild, verify, query, stats, serve, and
+(from their own modules) coverage, backfill and import.
 
 Every expected error (`ib_stream.errors.IbStreamError`) is turned into one line on stderr and an
-exit code in exactly one place (`_Root.invoke`); exit 2 means bad input, configuration or a data
+exit code in exactly one place (`cli_support.RootGroup.invoke`); exit 2 means bad input, configuration or a data
 root in use, exit 1 a storage problem (or, for `verify`, a mismatch found).
 """
 
@@ -22,6 +23,7 @@ from ib_stream.errors import (
     NotFoundError,
     ValidationError,
 )
+from ib_stream.importers.cli import import_app
 from ib_stream.settings import load_settings
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
 from ib_stream.storage.archive import ArchiveReport
@@ -45,6 +47,7 @@ index_app = typer.Typer(help="Maintain the SQLite catalog of the archive.", no_a
 app.add_typer(index_app, name="index")
 app.command("coverage")(cli_recording.coverage)
 app.command("backfill")(cli_recording.backfill)
+app.add_typer(import_app, name="import")
 
 
 @app.callback()
