@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ib_stream.alerts.config import AlertsConfig
 from ib_stream.errors import ConfigError
+from ib_stream.sinks.config import JsonSinkConfig
 
 DEFAULT_CONFIG_FILE = Path("config/ib-stream.toml")
 _ROTATIONS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
@@ -183,6 +185,12 @@ class Settings(BaseSettings):
     sim: SimConfig = Field(default_factory=lambda: SimConfig(), description="The simulated market.")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(), description="The replay source.")
     contracts_file: Path = Field(Path("config/contracts.toml"), description="The contracts to record.")
+    alerts: AlertsConfig = Field(
+        default_factory=lambda: AlertsConfig(), description="Alert rules on live bars and the alert history."
+    )
+    json_sink: JsonSinkConfig = Field(
+        default_factory=lambda: JsonSinkConfig(), description="JSON files kept current for external visualizers."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -14,8 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import FastAPI
 
 from ib_stream import __version__
+from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, stop_task
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
+from ib_stream.api.routes import (
+    alerts as alerts_routes,
+)
 from ib_stream.api.routes import (
     backfill,
     bars,
@@ -25,6 +29,7 @@ from ib_stream.api.routes import (
     historical,
     ingest,
     live,
+    live_bars,
     replay,
     sessions,
     system,
@@ -36,6 +41,7 @@ from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract
 from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
+from ib_stream.sinks.json_sink import JsonSink
 from ib_stream.sources.sim import SimSource
 from ib_stream.storage import MarketSessions, TickStore
 from ib_stream.storage.downtime import record_downtime
@@ -43,7 +49,22 @@ from ib_stream.storage.gaps import BackfillState
 from ib_stream.streaming import StreamingApp, TickSource
 
 log = logging.getLogger(__name__)
-ROUTERS = (system, historical, bars, depth, contracts, sessions, live, buffer, ws, ingest, replay, backfill)
+ROUTERS = (
+    system,
+    historical,
+    bars,
+    depth,
+    contracts,
+    sessions,
+    live,
+    buffer,
+    ws,
+    ingest,
+    replay,
+    backfill,
+    live_bars,
+    alerts_routes,
+)
 
 
 def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) -> tuple[str, list[TickSource]]:
@@ -131,8 +152,18 @@ def create_app(
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
         app.state.service = state
         scheduler = build_scheduler(store, settings.storage) if run_scheduler else None
+        consumers: list[asyncio.Task[None]] = []
+        engine: AlertEngine | None = None
         try:
             await streaming.start(chosen)
+            if settings.alerts.enabled:
+                engine = await asyncio.to_thread(AlertEngine.open, settings.alerts, settings.storage.data_root)
+                state.extras[ALERT_ENGINE_KEY] = engine
+                consumers.append(asyncio.create_task(engine.run(streaming), name="alerts"))
+            if settings.json_sink.enabled:
+                sink = JsonSink.from_settings(settings.json_sink, settings.storage.data_root)
+                sink.contract(streaming)  # an unknown json_sink.contract_id is a ConfigError at start-up
+                consumers.append(asyncio.create_task(sink.run(streaming), name="json-sink"))
             if scheduler is not None:
                 scheduler.start()
             state.ready = True
@@ -148,7 +179,11 @@ def create_app(
             state.ready = False
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
+            for task in consumers:  # before the sources stop: the sink writes its last state
+                await stop_task(task)
             await streaming.stop()
+            if engine is not None:
+                await asyncio.to_thread(engine.close)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat

@@ -101,8 +101,10 @@ def start_server(
 
 
 def test_settings(data_root: Path, **overrides: Any) -> Settings:
-    """Settings for a test service: its own data root, the repository's contracts, fast fsync."""
+    """Settings for a test service: its own data root, the repository's contracts, fast fsync, no alert engine."""
     storage = {"data_root": str(data_root), "fsync_interval_ms": 1, **overrides.pop("storage", {})}
+    # The alert engine is a live subscriber of its own: tests that count subscribers turn it on themselves.
+    overrides.setdefault("alerts", {"enabled": False})
     return load_settings(
         REPO / "config" / "ib-stream.toml",
         storage=storage,

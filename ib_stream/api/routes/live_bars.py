@@ -22,7 +22,6 @@ from fastapi import APIRouter, Query, WebSocket
 from sse_starlette import EventSourceResponse
 
 from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, AlertListener
-from ib_stream.analytics.live_bars import builder_for
 from ib_stream.analytics.request import DEFAULT_LEVELS, OBI_SOURCES, parse_kinds, parse_levels, parse_trades
 from ib_stream.api.protocol import (
     complete_message,
@@ -126,22 +125,13 @@ def _request(
         check_limit(limit, state.settings),
         timeout,
     )
-    builder = builder_for(
+    feed = LiveBarFeed.create(
+        state.streaming,
         contract,
         resolution,
-        window=2,
         session_type=session,
         trade_type=parse_trades(trades),
         obi_source=obi_source,
-        levels=request.levels,
-    )
-    feed = LiveBarFeed(
-        state.streaming,
-        contract,
-        builder,
-        resolution=resolution,
-        session_type=session,
-        obi_source="depth" if builder.book is not None else "quotes",
         levels=request.levels,
         history_bars=history,
     )
@@ -156,6 +146,7 @@ async def bar_messages(
     listener: AlertListener | None = engine.listen(request.contract_id) if engine and request.alerts else None
     started = time.monotonic()
     total = 0
+    got: asyncio.Future[list[LiveItem] | None] | None = None
 
     def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nonlocal total
@@ -188,35 +179,37 @@ async def bar_messages(
             )
         ]
         first = bars(await feed.open())
-        yield [*first, info_message(stream_id, "live_start", contract_id=request.contract_id, after_ts=feed.anchor_ns)]
-        if first and first[-1]["type"] == "complete":
+        if first and first[-1]["type"] == "complete":  # the limit was reached by the bars already held
+            yield first
             return
+        yield [*first, info_message(stream_id, "live_start", contract_id=request.contract_id, after_ts=feed.anchor_ns)]
         assert feed.sub is not None
         deadline = started + request.timeout if request.timeout is not None else None
+        # The pending get stays pending across alerts: cancelling it could lose items it already took.
         while True:
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                yield [complete_message(stream_id, "timeout", total, started)]
-                return
-            got = asyncio.ensure_future(shutdown.get(feed.sub, wait) if shutdown else feed.sub.get(wait))
-            waiters: set[asyncio.Future[Any]] = {got}
-            if listener is not None:
-                waiters.add(asyncio.ensure_future(listener.wait()))
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            if got is None:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    yield [complete_message(stream_id, "timeout", total, started)]
+                    return
+                got = asyncio.ensure_future(shutdown.get(feed.sub, wait) if shutdown else feed.sub.get(wait))
             out: list[dict[str, Any]] = []
             if listener is not None:
+                alert_wait = asyncio.ensure_future(listener.wait())
+                waiters: set[asyncio.Future[Any]] = {got, alert_wait}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                alert_wait.cancel()
                 stamp = now_iso()
                 out += [envelope("alert", stream_id, {**a.to_dict(), "timestamp": iso_ns(a.ts)}, stamp) for a in listener.drain()]  # fmt: skip
-            if got.cancelled():
+            else:
+                await asyncio.wait({got})
+            if not got.done():
                 if out:
                     yield out
                 continue
+            done, got = got, None
             try:
-                items: list[LiveItem] | None = got.result()
+                items = done.result()
             except SlowConsumerError as e:
                 yield [*out, error_from_exception(stream_id, e)]
                 return
@@ -229,6 +222,8 @@ async def bar_messages(
             if out and out[-1]["type"] == "complete":
                 return
     finally:
+        if got is not None:
+            got.cancel()
         feed.close()
         if listener is not None and engine is not None:
             engine.unlisten(listener)
