@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Annotated, Final
 
 import pandas as pd
+from fastapi import Path
 
 from ib_stream.clock import NS_PER_SECOND, iso
 from ib_stream.domain import TickType
@@ -57,3 +59,9 @@ def parse_duration(value: str, field: str = "buffer_duration") -> int:
 def now_iso() -> str:
     """The server's current UTC time, ISO-8601 with Z."""
     return iso(time.time_ns())
+
+
+MAX_CONTRACT_ID: Final = 2**63 - 1  # a conId is a positive 64-bit integer at most
+ContractIdPath = Annotated[
+    int, Path(ge=1, le=MAX_CONTRACT_ID, description="IB contract id (conId) of a configured contract.")
+]

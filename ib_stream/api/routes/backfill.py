@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from ib_stream.api.params import parse_tick_types, parse_time
-from ib_stream.api.routes.historical import ContractIdPath
+from ib_stream.api.params import ContractIdPath, parse_tick_types, parse_time
 from ib_stream.api.routes.ingest import require_token
 from ib_stream.api.state import State
 from ib_stream.errors import IbStreamError, ValidationError

@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any, Final
 
 import pandas as pd
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.bars import BAR_SIZES
@@ -31,16 +31,13 @@ from ib_stream.analytics.request import (
 from ib_stream.analytics.service import OrderFlow
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, iso_ns, streaming_response
 from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import parse_time
+from ib_stream.api.params import ContractIdPath, parse_time
 from ib_stream.api.state import ServiceState, State
 from ib_stream.errors import ValidationError
 from ib_stream.storage.sessions import SESSION_TYPES, check_session_type, parse_date
 
 router = APIRouter(prefix="/v2/bars", tags=["bars"])
 
-ContractIdPath = Annotated[
-    int, Path(ge=1, le=2**63 - 1, description="IB contract id (conId) of a configured contract.")
-]
 StartTime = Annotated[
     str | None,
     Query(description="Range start, ISO-8601 with Z or an offset (inclusive); default: the session's start."),

@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from ib_stream.api.params import parse_duration, parse_tick_types
-from ib_stream.api.routes.historical import ContractIdPath
+from ib_stream.api.params import ContractIdPath, parse_duration, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey

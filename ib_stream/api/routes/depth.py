@@ -6,21 +6,18 @@ import asyncio
 import time
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from ib_stream.analytics.book import Level
 from ib_stream.analytics.request import DEFAULT_LEVELS, MAX_LEVELS, parse_levels
 from ib_stream.api.formats import iso_ns
 from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import parse_time
+from ib_stream.api.params import ContractIdPath, parse_time
 from ib_stream.api.state import State
 from ib_stream.storage.snapshots import BookAt, book_at
 
 router = APIRouter(tags=["depth"])
 
-ContractIdPath = Annotated[
-    int, Path(ge=1, le=2**63 - 1, description="IB contract id (conId) of a configured contract.")
-]
 _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {"description": "The book: bids and asks best first, cumulative depth, and how it was rebuilt."},
     404: {"description": "Unknown contract"},

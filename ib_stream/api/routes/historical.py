@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.bars import BAR_INPUTS, BAR_SIZES, MAX_BARS, RESOLUTIONS, parse_resolution
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, iso_ns, streaming_response
 from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import iso, parse_tick_types, parse_time
+from ib_stream.api.params import ContractIdPath, iso, parse_tick_types, parse_time
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
@@ -22,10 +22,6 @@ from ib_stream.errors import QueryError, ValidationError
 
 router = APIRouter(tags=["historical"])
 DAY_NS = 86_400 * NS_PER_SECOND
-MAX_CONTRACT_ID = 2**63 - 1
-ContractIdPath = Annotated[
-    int, Path(ge=1, le=MAX_CONTRACT_ID, description="IB contract id (conId) of a configured contract.")
-]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ib_stream.api.metrics import count_ingest
-from ib_stream.api.routes.historical import MAX_CONTRACT_ID
+from ib_stream.api.params import MAX_CONTRACT_ID
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import TickType
 from ib_stream.errors import IbStreamError, TickValidationError

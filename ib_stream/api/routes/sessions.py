@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from ib_stream.analytics.request import KINDS, BarsRequest, parse_bar_resolution, parse_kinds
 from ib_stream.analytics.service import OrderFlow
 from ib_stream.api.formats import json_rows
-from ib_stream.api.params import iso, parse_tick_types
+from ib_stream.api.params import ContractIdPath, iso, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ValidationError
@@ -88,29 +88,27 @@ def session_options(
 
 
 Options = Annotated[SessionOptions, Depends(session_options)]
-# A conId is a positive 64-bit integer at most (larger values could not even be echoed back in an error).
-ContractId = Annotated[int, Path(ge=1, le=2**63 - 1, description="IB contract id (conId) of a configured contract.")]
 TradingDate = Annotated[
     str, Path(pattern=r"^\d{4}-\d{2}-\d{2}$", description="Trading date, YYYY-MM-DD.", examples=["2025-07-03"])
 ]
 
 
 @router.get("/{contract_id}/current", summary="The session in progress, or the most recent one")
-async def current_session(state: State, contract_id: ContractId, options: Options) -> dict[str, Any]:
+async def current_session(state: State, contract_id: ContractIdPath, options: Options) -> dict[str, Any]:
     """The session in progress now (service clock), or on a weekend / holiday / between sessions the most recent one."""
     now = state.clock.now_ns()
     return await _answer(state, contract_id, options, lambda s: s.current(now, options.session), now)
 
 
 @router.get("/{contract_id}/previous", summary="The session before the current one")
-async def previous_session(state: State, contract_id: ContractId, options: Options) -> dict[str, Any]:
+async def previous_session(state: State, contract_id: ContractIdPath, options: Options) -> dict[str, Any]:
     """The session before `/current`."""
     now = state.clock.now_ns()
     return await _answer(state, contract_id, options, lambda s: s.previous(now, options.session), now)
 
 
 @router.get("/{contract_id}/{date}", summary="The session of a trading date")
-async def session_on(state: State, contract_id: ContractId, date: TradingDate, options: Options) -> dict[str, Any]:
+async def session_on(state: State, contract_id: ContractIdPath, date: TradingDate, options: Options) -> dict[str, Any]:
     """The session of trading date `date` (YYYY-MM-DD); 404 when the exchange is closed that day."""
     day = parse_date(date, "date")
     now = state.clock.now_ns()
