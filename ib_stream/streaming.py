@@ -163,6 +163,15 @@ class StreamingApp:
         """Fan out records without storing them (the replay source)."""
         self._fanout(stream, list(records))
 
+    def source_status(self) -> dict[str, dict[str, Any]]:
+        """`status()` of every running source that reports one (the IB source), by source name."""
+        out = {}
+        for source in self.sources:
+            status = getattr(source, "status", None)
+            if callable(status):
+                out[source.name] = status()
+        return out
+
     @property
     def started(self) -> bool:
         """Whether `start` ran (and `stop` has not): durable ticks reach the subscribers."""

@@ -157,10 +157,33 @@ class StatsCollector(Collector):
             durations.add_metric([job], seconds)
         yield durations
 
+        # Live sources that report their state (the IB source): connection, reconnects, pacing.
+        sources = state.streaming.source_status().items()
+        for name, documentation, key, family in _SOURCE_METRICS:
+            metric = family(name, documentation, labels=["source"])
+            for source, status in sources:
+                if key in status:
+                    metric.add_metric([source], float(len(status[key]) if key == "stale" else status[key]))
+            yield metric
+
         # Query cache.
         yield _counter("ib_stream_query_cache_hits", "Query results served from the cache.", cache.hits)
         yield _counter("ib_stream_query_cache_misses", "Queries computed (cache miss).", cache.misses)
         yield GaugeMetricFamily("ib_stream_query_cache_hit_ratio", "Cache hits / lookups since start.", cache.hit_ratio)
+
+
+_SOURCE_METRICS: Final = (
+    ("ib_stream_source_connected", "1 while the source is connected to its broker.", "connected", GaugeMetricFamily),
+    ("ib_stream_source_reconnects", "Reconnects of the source since start.", "reconnects", CounterMetricFamily),
+    ("ib_stream_source_stale_contracts", "Contracts the watchdog found silent while open.", "stale", GaugeMetricFamily),
+    (
+        "ib_stream_source_historical_requests",
+        "Historical requests (backfill).",
+        "historical_requests",
+        CounterMetricFamily,
+    ),
+    ("ib_stream_source_pacing_violations", "Pacing violations IB reported.", "pacing_violations", CounterMetricFamily),
+)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -54,6 +54,13 @@ def test_source_ib_records_the_ticks_tws_sends(tmp_path: Path) -> None:
             assert [(r["ts"] // 10**9, r["price"], r["size"]) for r in rows] == sent
             assert {r["source"] for r in rows} == {"ib_tbt"}
             assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+            # The source's state in /health and /metrics.
+            ib = httpx.get(f"{server.url}/health", timeout=5).json()["sources"]["ib"]
+            assert ib["connected"] is True and ib["port"] == tws.port
+            assert ib["subscriptions"][str(AAPL)]["last"] == "tbt"
+            metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+            assert 'ib_stream_source_connected{source="ib"} 1.0' in metrics
+            assert 'ib_stream_source_reconnects_total{source="ib"} 0.0' in metrics
         finally:
             stop()
 

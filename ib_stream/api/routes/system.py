@@ -26,6 +26,7 @@ async def health(state: State) -> dict[str, Any]:
         "source": state.source_name,
         "uptime_seconds": round(time.time() - state.started_at, 3),
         "time": now_iso(),
+        "sources": state.streaming.source_status(),
     }
 
 
