@@ -94,7 +94,10 @@ def coverage(
                 str(gap["backfilled_ticks"]),
                 gap["backfill_note"] or gap["detail"],
             )
-    support.print_tables(streams, gaps)
+    if gaps.row_count:
+        support.print_tables(streams, gaps)
+    else:
+        support.print_tables(streams).print("no recorded gaps: the gap ledger has nothing for these streams")
 
 
 def backfill(
