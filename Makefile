@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest test-slow bench clean
+.PHONY: setup run test lint typecheck pytest test-slow bench bench-orderflow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python bench/store_bench.py $(ARGS)
+
+bench-orderflow: setup
+	$(BIN)/python bench/orderflow_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@
     retention     run_retention       1 hour
     maintenance   run_maintenance     10 minutes
     snapshots     run_snapshots       1 minute
+    rollups       run_rollups         5 minutes
 
 Each run goes through `run_job`: the work happens on the store's worker threads (never on the
 event loop), a failure is logged and the job simply runs again at its next interval, at most one
@@ -31,6 +32,7 @@ COMPACTION_INTERVAL_SECONDS = 5 * 60
 RETENTION_INTERVAL_SECONDS = 60 * 60
 MAINTENANCE_INTERVAL_SECONDS = 10 * 60
 SNAPSHOT_INTERVAL_SECONDS = 60
+ROLLUP_INTERVAL_SECONDS = 5 * 60
 
 
 def job_intervals(settings: StorageConfig) -> dict[str, int]:
@@ -41,6 +43,7 @@ def job_intervals(settings: StorageConfig) -> dict[str, int]:
         "retention": RETENTION_INTERVAL_SECONDS,
         "maintenance": MAINTENANCE_INTERVAL_SECONDS,
         "snapshots": SNAPSHOT_INTERVAL_SECONDS,
+        "rollups": ROLLUP_INTERVAL_SECONDS,
     }
 
 

@@ -28,11 +28,13 @@ from ib_stream.analytics.obi import OBI_COLUMNS, VOLUMES_SCHEMA, obi_bars, time_
 from ib_stream.analytics.orderflow import CVD_COLUMNS, OHLC_COLUMNS, SESSION_RESOLUTION, BarGrid, cvd_bars, trade_bars
 from ib_stream.analytics.profile import volume_profile
 from ib_stream.analytics.request import BarsRequest, BarsResult, iso
+from ib_stream.analytics.rollups import rollup_bars
 from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
 from ib_stream.storage.query import QueryEngine
+from ib_stream.storage.rollups import load_rows
 from ib_stream.storage.sessions import MarketSessions, Session
 from ib_stream.storage.snapshots import book_at
 
@@ -88,6 +90,7 @@ class OrderFlow:
         quote_lookback_ns: int = 300 * NS_PER_SECOND,
         max_quote_age_ns: int | None = None,
         quote_inclusive: bool = False,
+        use_rollups: bool = True,
     ) -> None:
         self.engine = engine
         self.contract = contract
@@ -96,6 +99,7 @@ class OrderFlow:
         self.quote_lookback_ns = quote_lookback_ns
         self.max_quote_age_ns = max_quote_age_ns
         self.quote_inclusive = quote_inclusive
+        self.use_rollups = use_rollups
 
     # ---- windows ---------------------------------------------------------------------------------------------
     def session_window(self, session_type: str, now_ns: int, date: dt.date | str | None = None) -> tuple[int, int]:
@@ -121,7 +125,59 @@ class OrderFlow:
         """The requested kinds of bars, one row per bar of the grid (columns in OHLC, CVD, OBI order)."""
         self._check(request)
         grid = self.grid(request)
-        return self._compute(request, grid)
+        rolled = self._from_rollups(request, grid) if self.use_rollups else None
+        return rolled if rolled is not None else self._compute(request, grid)
+
+    def _from_rollups(self, request: BarsRequest, grid: BarGrid) -> BarsResult | None:
+        """The bars from 1-second rollups (`ib_stream.storage.rollups`), equal to the tick path; None when
+        they do not apply (non-default classification settings, bounds off whole seconds, no valid stored
+        rollup in the range, a side that depends on earlier ticks, or OBI asked from depth that exists)."""
+        if (
+            not request.use_recorded_side
+            or self.max_quote_age_ns is not None
+            or self.quote_inclusive
+            or self.quote_lookback_ns % NS_PER_SECOND
+            or self.quote_lookback_ns > self.engine.layout.partition_ns
+            or request.obi_source == "depth"
+            or len(grid) == 0
+            or request.start_ns % NS_PER_SECOND
+            or request.end_ns % NS_PER_SECOND
+            or (grid.starts % NS_PER_SECOND).any()
+            or (grid.ends % NS_PER_SECOND).any()
+        ):
+            return None
+        context = self._context_start(request)
+        resets = np.asarray(self._resets(request, context), dtype=np.int64)
+        if context % NS_PER_SECOND or (resets % NS_PER_SECOND).any():
+            return None
+        kinds = list(request.kinds)
+        columns: dict[str, Any] = {"timestamp": pa.array(grid.labels, pa.int64()).cast(TS_TYPE)}
+        obi_source = None
+        if "obi" in kinds:
+            obi_source = "quotes"
+            if request.obi_source == "auto" and self.depth_volumes is not None:
+                stream = StreamKey(request.contract_id, TickType.DEPTH)
+                volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
+                if volumes is not None and volumes.num_rows:
+                    obi_source = "depth"
+                    columns.update(obi_bars(grid, volumes))
+                    kinds.remove("obi")
+        obi_from = request.start_ns - self.quote_lookback_ns
+        rows = load_rows(
+            self.engine,
+            StreamKey(request.contract_id, request.trades),
+            context,
+            obi_from if "obi" in kinds else context,
+            request.end_ns,
+            self.quote_lookback_ns,
+        )
+        if rows is None:
+            return None
+        rolled, methods = rollup_bars(grid, rows, kinds, resets, obi_from, context, (request.start_ns, request.end_ns))
+        columns.update(rolled)
+        order = ["timestamp", *OHLC_COLUMNS, *CVD_COLUMNS, *OBI_COLUMNS]
+        table = pa.table({name: columns[name] for name in order if name in columns})
+        return BarsResult(table, obi_source, methods)
 
     def trades(self, request: BarsRequest) -> pa.Table:
         """The trades of [start, end) with the side each was given and the method that decided it."""

@@ -217,3 +217,27 @@ def snapshot_contracts(root: Path) -> list[int]:
         return []
     names = (entry.name.removeprefix("contract_id=") for entry in os.scandir(root) if entry.is_dir())
     return sorted(int(name) for name in names if _is_int(name))
+
+
+# ---- 1-second order-flow rollups (issue 5) ------------------------------------------------------
+# <data_root>/rollups/contract_id=<id>/tick_type=<last|all_last>/date=<YYYY-MM-DD>/hour=<HH>.parquet: the
+# 1-second rows of one trade partition (see ib_stream.storage.rollups), outside the archive so archive scans
+# never see them.
+ROLLUP_SUFFIX = ".parquet"
+
+
+def rollup_root(data_root: Path) -> Path:
+    """The directory of the 1-second rollups of a data root."""
+    return data_root / "rollups"
+
+
+def rollup_path(root: Path, stream: StreamKey, partition_start_ns: int) -> Path:
+    """Path of the rollup of the trade stream `stream` for the partition starting at `partition_start_ns`."""
+    when = datetime.fromtimestamp(partition_start_ns // NS_PER_SECOND, tz=UTC)
+    return (
+        root
+        / f"contract_id={stream.contract_id}"
+        / f"tick_type={stream.tick_type.value}"
+        / f"date={when:%Y-%m-%d}"
+        / f"hour={when:%H}{ROLLUP_SUFFIX}"
+    )

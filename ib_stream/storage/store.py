@@ -25,6 +25,7 @@ from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.layout import DAY_NS, Layout
 from ib_stream.storage.query import QueryEngine, StorageQuery
+from ib_stream.storage.rollups import update_rollups
 from ib_stream.storage.snapshots import SnapshotReport, SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class TickStore:
         report.files_removed += self.snapshots.remove_before(cutoff)
         return report
 
+    def run_rollups(self) -> int:
+        """Write the missing and stale 1-second order-flow rollups of closed partitions (idempotent)."""
+        return update_rollups(self)
+
     def run_snapshots(self) -> SnapshotReport:
         """Write the missing and stale L2 book snapshots at partition boundaries (idempotent)."""
         return self.snapshots.update()
@@ -171,6 +176,7 @@ class TickStore:
             "retention": self.run_retention,
             "maintenance": self.run_maintenance,
             "snapshots": self.run_snapshots,
+            "rollups": self.run_rollups,
         }[job]
         return await asyncio.get_running_loop().run_in_executor(self.executor, method)
 

@@ -16,6 +16,7 @@ from ib_stream.jobs import (
     COMPACTION_INTERVAL_SECONDS,
     MAINTENANCE_INTERVAL_SECONDS,
     RETENTION_INTERVAL_SECONDS,
+    ROLLUP_INTERVAL_SECONDS,
     SNAPSHOT_INTERVAL_SECONDS,
     build_scheduler,
 )
@@ -34,6 +35,7 @@ def test_jobs_and_intervals_follow_the_settings(store: TickStore, config: Storag
         "retention": RETENTION_INTERVAL_SECONDS,
         "maintenance": MAINTENANCE_INTERVAL_SECONDS,
         "snapshots": SNAPSHOT_INTERVAL_SECONDS,
+        "rollups": ROLLUP_INTERVAL_SECONDS,
     }
     assert set(jobs) == set(expected)
     for job_id, interval in expected.items():
