@@ -221,3 +221,28 @@ def rollups_key(store: TickStore, start: int) -> str:
 
     catalog = _Catalog.of(store.engine, StreamKey(CONTRACT, TickType.LAST), DEFAULT_LOOKBACK_NS, start, start + HOUR)
     return catalog.key(start)
+
+
+def test_a_flat_hour_carries_the_direction_of_its_price_change_from_the_hour_before(
+    store: TickStore, clock: ManualClock
+) -> None:
+    # No quotes, no recorded sides: the tick rule alone, within the regular session (from 14:30Z, when CVD and
+    # the classification context start). 15:00 rises (direction +1); every trade of 16:00 is at 99 — a fall
+    # from 15:00's last price, seen only across the boundary (direction -1); 17:00 stays at 99, so its zero
+    # ticks inherit -1: sells. A carry that missed 16:00's boundary change would keep +1 and call them buys.
+    def hour(h: int, prices: list[float]) -> list[int]:
+        return [T0_NS + (h + 1) * HOUR + (i + 1) * MINUTE for i in range(len(prices))]
+
+    prices = [[100.0, 100.5, 101.0], [99.0, 99.0, 99.0], [99.0, 99.0]]
+    ts = [t for h, p in enumerate(prices) for t in hour(h, p)]
+    flat = [p for ps in prices for p in ps]
+    store.append_batch_sync(
+        CONTRACT, "last", [{"ts": t, "price": p, "size": 1.0} for t, p in zip(ts, flat, strict=True)]
+    )
+    archive_all(store, clock, T0_NS + 6 * HOUR)
+    assert update_rollups(store) == 3
+    request = BarsRequest(CONTRACT, T0_NS + 3 * HOUR, T0_NS + 4 * HOUR, resolution="1h", kinds=("ohlc", "cvd"))
+    rolled = OrderFlow(store.engine, AAPL, depth_volumes=None).bars(request).table.to_pydict()
+    ticks = OrderFlow(store.engine, AAPL, depth_volumes=None, use_rollups=False).bars(request).table.to_pydict()
+    assert ticks["sell_volume"] == [2.0] and ticks["buy_volume"] == [0.0]  # the tick rule, worked out by hand
+    assert_same(rolled, ticks)
