@@ -131,13 +131,15 @@ def open_store(root: Path, clock: Any) -> Any:
     return TickStore(config, clock).open()
 
 
-def flows(store: Any) -> tuple[Any, Any]:
+def flows(store: Any) -> tuple[Any, Any, Any]:
+    """Tick path and rollup path without the result cache (so every call computes), and the cached service."""
     from ib_stream.analytics.service import OrderFlow
     from ib_stream.domain import Contract
 
     contract = Contract(CONTRACT, "SYN", calendar="XNYS", min_tick=0.01)
     return (
-        OrderFlow(store.engine, contract, depth_volumes=None, use_rollups=False),
+        OrderFlow(store.engine, contract, depth_volumes=None, use_rollups=False, use_cache=False),
+        OrderFlow(store.engine, contract, depth_volumes=None, use_cache=False),
         OrderFlow(store.engine, contract, depth_volumes=None),
     )
 
@@ -183,7 +185,7 @@ def main() -> int:
     store.close()
     log(f"day: {n} ticks ingested+archived in {time.perf_counter() - t:.1f}s")
     store = open_store(work / "day", clock)
-    ticks_flow, rollup_flow = flows(store)
+    ticks_flow, rollup_flow, service_flow = flows(store)
     request = BarsRequest(CONTRACT, day.t0, day.t1 + (-day.t1) % 60_000_000_000, "1m")
     cold, _, want = timed(lambda: ticks_flow.bars(request), 1)
     warm, warm_times, _ = timed(lambda: ticks_flow.bars(request), args.reps)
@@ -191,6 +193,9 @@ def main() -> int:
     rolled, rolled_times, got = timed(lambda: rollup_flow.bars(request), args.reps)
     same(got.table, want.table)
     assert got.side_methods == want.side_methods, (got.side_methods, want.side_methods)
+    service_flow.bars(request)  # fills the query cache
+    cached, cached_times, hit = timed(lambda: service_flow.bars(request), args.reps)
+    same(hit.table, want.table)
     result["day"] = {
         "trades": day.n_trades,
         "quotes": day.n_quotes,
@@ -203,6 +208,8 @@ def main() -> int:
         "rollups_written": written,
         "rollups_median_s": rolled,
         "rollups_times": rolled_times,
+        "cached_median_s": cached,
+        "cached_times": cached_times,
     }
     store.close()
     log(f"day: {json.dumps(result['day'])}")
@@ -224,7 +231,7 @@ def main() -> int:
         build_m, _, written_m = timed(lambda: update_rollups(store), 1)
         store.close()
         store = open_store(work / "month", clock)
-        ticks_flow, rollup_flow = flows(store)
+        ticks_flow, rollup_flow, service_flow = flows(store)
         assert first is not None and last is not None
         req = BarsRequest(CONTRACT, first, last + (-last) % 60_000_000_000, "1m")
         m_cold, _, _ = timed(lambda: rollup_flow.bars(req), 1)

@@ -91,6 +91,7 @@ class OrderFlow:
         max_quote_age_ns: int | None = None,
         quote_inclusive: bool = False,
         use_rollups: bool = True,
+        use_cache: bool = True,
     ) -> None:
         self.engine = engine
         self.contract = contract
@@ -100,6 +101,7 @@ class OrderFlow:
         self.max_quote_age_ns = max_quote_age_ns
         self.quote_inclusive = quote_inclusive
         self.use_rollups = use_rollups
+        self.use_cache = use_cache
 
     # ---- windows ---------------------------------------------------------------------------------------------
     def session_window(self, session_type: str, now_ns: int, date: dt.date | str | None = None) -> tuple[int, int]:
@@ -122,11 +124,35 @@ class OrderFlow:
 
     # ---- bars ------------------------------------------------------------------------------------------------
     def bars(self, request: BarsRequest) -> BarsResult:
-        """The requested kinds of bars, one row per bar of the grid (columns in OHLC, CVD, OBI order)."""
+        """The requested kinds of bars, one row per bar of the grid (columns in OHLC, CVD, OBI order).
+
+        Results are kept in the engine's query cache, never stale: any change to the contract's trades,
+        quotes or depth at or before the range end (live ticks after it do not count) invalidates them.
+        """
         self._check(request)
+        cache = self.engine.cache if self.use_cache else None
+        streams = [StreamKey(request.contract_id, t) for t in (request.trades, TickType.BID_ASK, TickType.DEPTH)]
+        key = (
+            "order_flow",
+            request,
+            self.use_rollups,
+            self.quote_lookback_ns,
+            self.max_quote_age_ns,
+            self.quote_inclusive,
+            self.depth_volumes is None,
+            self.engine.hot.token(streams),
+        )
+        if cache is not None:
+            version = cache.tracker.version
+            cached: BarsResult | None = cache.get(key, streams, 0, request.end_ns)
+            if cached is not None:
+                return cached
         grid = self.grid(request)
         rolled = self._from_rollups(request, grid) if self.use_rollups else None
-        return rolled if rolled is not None else self._compute(request, grid)
+        result = rolled if rolled is not None else self._compute(request, grid)
+        if cache is not None:
+            cache.put(key, version, result)
+        return result
 
     def _from_rollups(self, request: BarsRequest, grid: BarGrid) -> BarsResult | None:
         """The bars from 1-second rollups (`ib_stream.storage.rollups`), equal to the tick path; None when

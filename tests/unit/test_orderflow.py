@@ -436,3 +436,21 @@ async def test_service_obi_from_price_level_depth_equals_a_dict_replay(store: Ti
         columns = ("obi_open", "obi_high", "obi_low", "obi_close")
         np.testing.assert_allclose([got[c][i] for c in columns], expected, rtol=1e-12, err_msg=str(i))
         assert got["obi_count"][i] == len(inside)
+
+
+async def test_service_results_are_cached_and_never_stale(store: TickStore) -> None:
+    frame = random_trades(300, 2 * HOUR, seed=3)
+    await store.append_batch(CONTRACT, "last", frame_ticks(frame))
+    flow = OrderFlow(store.engine, AAPL)
+    request = BarsRequest(CONTRACT, T0_NS + HOUR, T0_NS + 2 * HOUR, "5m", kinds=("ohlc", "cvd"))
+    first = flow.bars(request)
+    assert flow.bars(request) is first  # served from the query cache
+    # A live tick after the range end changes nothing before it: still cached.
+    await store.append_batch(CONTRACT, "last", [trade(T0_NS + 3 * HOUR, price=999.0)])
+    assert flow.bars(request) is first
+    # A late trade before the range (inside the session's CVD context) changes the answer: recomputed.
+    await store.append_batch(CONTRACT, "last", [trade(SESSION_OPEN + MINUTE, side=1, size=50.0)])
+    second = flow.bars(request)
+    assert second is not first
+    assert second.table["cvd_open"][0].as_py() == first.table["cvd_open"][0].as_py() + 50.0
+    assert OrderFlow(store.engine, AAPL, use_cache=False).bars(request) is not second
