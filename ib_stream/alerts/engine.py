@@ -19,7 +19,7 @@ from ib_stream.alerts.config import AlertsConfig
 from ib_stream.alerts.history import AlertHistory
 from ib_stream.alerts.rules import Alert, RuleSet
 from ib_stream.clock import Clock, SystemClock
-from ib_stream.domain import Contract, TickType
+from ib_stream.domain import Contract
 from ib_stream.errors import SlowConsumerError
 from ib_stream.sinks.live_feed import LiveBarFeed
 from ib_stream.streaming import StreamingApp
@@ -115,16 +115,7 @@ class AlertEngine:
             await asyncio.sleep(RESUBSCRIBE_SECONDS)
 
     def _feed(self, app: StreamingApp, contract: Contract) -> LiveBarFeed:
-        config = self.config
-        return LiveBarFeed.create(
-            app,
-            contract,
-            config.resolution,
-            session_type=config.session_type,
-            trade_type=TickType(config.trade_type),
-            obi_source=config.obi_source,
-            levels=config.levels,
-        )
+        return LiveBarFeed.from_settings(app, contract, self.config)
 
     async def _judge(self, rules: RuleSet, rows: list[dict[str, Any]]) -> None:
         alerts = rules.on_bars(rows)

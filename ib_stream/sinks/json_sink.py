@@ -169,17 +169,8 @@ class JsonSink:
                 await self.flush()
 
     def _feed(self, app: StreamingApp, contract: Contract) -> LiveBarFeed:
-        c = self.config
-        return LiveBarFeed.create(
-            app,
-            contract,
-            c.resolution,
-            session_type=c.session_type,
-            trade_type=TickType(c.trade_type),
-            obi_source=c.obi_source,
-            levels=c.levels,
-            history_bars=c.window - 1,  # the sink keeps its own window of bars
-        )
+        # The sink keeps its own window of bars: the feed starts with the window's history.
+        return LiveBarFeed.from_settings(app, contract, self.config, history_bars=self.config.window - 1)
 
     def _update(self, rows: list[dict[str, Any]], items: Iterable[LiveItem], book: OrderBook | None) -> None:
         self.window.upsert(rows)

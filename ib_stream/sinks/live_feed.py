@@ -17,7 +17,7 @@ import asyncio
 import heapq
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ib_stream.analytics.bars import BAR_SIZES
 from ib_stream.analytics.book import OrderBook
@@ -88,6 +88,21 @@ def builder_for(
     )
 
 
+class FeedSettings(Protocol):
+    """The fields of a settings section that say how to build live bars."""
+
+    @property
+    def resolution(self) -> str: ...
+    @property
+    def session_type(self) -> str: ...
+    @property
+    def trade_type(self) -> str: ...
+    @property
+    def obi_source(self) -> str: ...
+    @property
+    def levels(self) -> int: ...
+
+
 class LiveBarFeed:
     """One contract's live bars: `open()` returns the first rows, `apply(items)` the upserts of live items."""
 
@@ -116,6 +131,22 @@ class LiveBarFeed:
         self.sub: Subscription | None = None
         self.through: dict[StreamKey, int] = {}
         self.anchor_ns = 0  # where the builder's own ticks start (the start of the bar in progress at open)
+
+    @classmethod
+    def from_settings(
+        cls, app: StreamingApp, contract: Contract, settings: FeedSettings, history_bars: int = 0
+    ) -> LiveBarFeed:
+        """A feed built as a settings section says (`[alerts]` and `[json_sink]` share these fields)."""
+        return cls.create(
+            app,
+            contract,
+            settings.resolution,
+            session_type=settings.session_type,
+            trade_type=TickType(settings.trade_type),
+            obi_source=settings.obi_source,
+            levels=settings.levels,
+            history_bars=history_bars,
+        )
 
     @classmethod
     def create(
