@@ -24,6 +24,7 @@ import httpx
 import pandas as pd
 import pyarrow as pa
 
+from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import CorruptFileError, IbStreamError, ValidationError
 from ib_stream.storage.query import TimeLike, to_utc_ns
@@ -52,11 +53,11 @@ def range_params(
     """The query string of a range request in Arrow format."""
     params = {
         "tick_types": _types(tick_types),
-        "start_time": iso_z(to_utc_ns(start_time, "start_time")),
+        "start_time": iso_ns(to_utc_ns(start_time, "start_time")),
         "format": "arrow",
     }
     if end_time is not None:
-        params["end_time"] = iso_z(to_utc_ns(end_time, "end_time"))
+        params["end_time"] = iso_ns(to_utc_ns(end_time, "end_time"))
     if resolution is not None:
         params["resolution"] = resolution
     if limit is not None:
@@ -143,11 +144,6 @@ def error_classes() -> dict[str, type[IbStreamError]]:
             found.setdefault(cls.code, cls)
         pending.extend(cls.__subclasses__())
     return found
-
-
-def iso_z(ns: int) -> str:
-    """UTC ISO-8601 with nanoseconds and Z."""
-    return pd.Timestamp(ns, unit="ns", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
 
 
 def _session_params(session_type: str, tick_types: TickTypes | None) -> dict[str, str]:

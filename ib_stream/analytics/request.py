@@ -5,7 +5,6 @@ Parsing is shared by Python callers and the HTTP routes; every failure names the
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -14,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ib_stream.analytics.bars import BAR_SIZES, parse_resolution
-from ib_stream.clock import NS_PER_SECOND
+from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
 
@@ -45,8 +44,8 @@ class BarsRequest:
     def __post_init__(self) -> None:
         if self.end_ns <= self.start_ns:
             raise QueryError(
-                f"end_time {iso(self.end_ns)} is not after start_time {iso(self.start_ns)}",
-                details={"field": "end_time", "value": iso(self.end_ns), "start_time": iso(self.start_ns)},
+                f"end_time {iso_ns(self.end_ns)} is not after start_time {iso_ns(self.start_ns)}",
+                details={"field": "end_time", "value": iso_ns(self.end_ns), "start_time": iso_ns(self.start_ns)},
             )
         parse_bar_resolution(self.resolution)
         parse_kinds(self.kinds)
@@ -109,10 +108,3 @@ def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValidationError(name, value, f"is not one of {', '.join(allowed)}")
     return value
-
-
-def iso(ns: int) -> str:
-    """UTC ISO-8601 with nanoseconds and Z."""
-    seconds, nanos = divmod(ns, NS_PER_SECOND)
-    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos:09d}Z"

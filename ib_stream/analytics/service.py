@@ -27,10 +27,10 @@ from ib_stream.analytics.book import top_volumes
 from ib_stream.analytics.obi import OBI_COLUMNS, VOLUMES_SCHEMA, obi_bars, time_weighted_obi, top_of_book_volumes
 from ib_stream.analytics.orderflow import CVD_COLUMNS, OHLC_COLUMNS, SESSION_RESOLUTION, BarGrid, cvd_bars, trade_bars
 from ib_stream.analytics.profile import volume_profile
-from ib_stream.analytics.request import BarsRequest, BarsResult, iso
+from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.analytics.rollups import rollup_bars
 from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
-from ib_stream.clock import NS_PER_SECOND
+from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
 from ib_stream.storage.query import QueryEngine
@@ -235,8 +235,8 @@ class OrderFlow:
         }
         out: dict[str, Any] = {
             "contract_id": request.contract_id,
-            "start_time": iso(request.start_ns),
-            "end_time": iso(request.end_ns),
+            "start_time": iso_ns(request.start_ns),
+            "end_time": iso_ns(request.end_ns),
             "session": request.session,
             "anchor": request.anchor,
             "trades": request.trades.value,
@@ -361,7 +361,7 @@ class OrderFlow:
         if request.obi_source == "depth":
             raise QueryError(
                 f"obi_source depth: no depth is recorded for contract {request.contract_id} before "
-                f"{iso(request.end_ns)} (use obi_source=quotes or auto)",
+                f"{iso_ns(request.end_ns)} (use obi_source=quotes or auto)",
                 details={"field": "obi_source", "value": "depth", "contract_id": request.contract_id},
             )
         quotes = self.engine.read_stream(

@@ -34,11 +34,6 @@ TEXT_BATCH_ROWS: Final = 8_192  # rows per chunk for JSON and CSV (Python object
 BINARY_BATCH_ROWS: Final = 65_536  # rows per record batch / row group for Arrow and Parquet
 
 
-def iso_ns(ns: int) -> str:
-    """UTC ISO-8601 with nanoseconds and Z (the time format of query results)."""
-    return pd.Timestamp(ns, unit="ns", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
-
-
 def frame_to_table(frame: pd.DataFrame, limit: int | None = None) -> pa.Table:
     """Convert a query result to Arrow (first `limit` rows), keeping pandas dtypes in the schema metadata."""
     if limit is not None and len(frame) > limit:

@@ -123,14 +123,14 @@ def _second_iso(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-def iso_ns(ns: int) -> str:
+def iso_us(ns: int) -> str:
     """UTC ISO-8601 with microseconds and Z (the same text as `params.iso`, computed faster)."""
     seconds, rest = divmod(ns, NS_PER_SECOND)
     return f"{_second_iso(seconds)}.{rest // 1000:06d}Z"
 
 
 def now_iso() -> str:
-    return iso_ns(time.time_ns())
+    return iso_us(time.time_ns())
 
 
 _STREAM_NUMBERS = itertools.count(1)
@@ -154,7 +154,7 @@ def tick_data(stream: StreamKey, record: dict[str, Any]) -> dict[str, Any]:
         "contract_id": stream.contract_id,
         "tick_type": stream.tick_type.value,
         "type": TICK_KIND[stream.tick_type],
-        "timestamp": iso_ns(ts),
+        "timestamp": iso_us(ts),
         "unix_time": ts // NS_PER_SECOND,
         "seq": record["seq"],
         "ts": ts,
@@ -241,9 +241,9 @@ def v3_message(stream: StreamKey, record: dict[str, Any], raw: bool) -> dict[str
         "contract_id": stream.contract_id,
         "tick_type": stream.tick_type.value,
         "ib_timestamp": ts_us,
-        "ib_timestamp_iso": iso_ns(record["ts"]),
+        "ib_timestamp_iso": iso_us(record["ts"]),
         "system_timestamp": st_us,
-        "system_timestamp_iso": iso_ns(record["recv_ts"]),
+        "system_timestamp_iso": iso_us(record["recv_ts"]),
         "request_id": record["seq"],
     }
     for name, long, _ in fields:

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ib_stream.api.formats import iso_ns
 from ib_stream.api.routes import depth
+from ib_stream.clock import iso_ns
 from ib_stream.storage.layout import HOUR_NS
 from ib_stream.storage.snapshots import SnapshotWriter
 from tests.e2e.conftest import AAPL, LiveServer

@@ -84,7 +84,7 @@ def test_unix_time_is_whole_seconds_of_the_event_time() -> None:
 
 @given(st.integers(min_value=MIN_TS_NS, max_value=MAX_TS_NS - 1))
 def test_iso_ns_matches_params_iso(ns: int) -> None:
-    assert protocol.iso_ns(ns) == iso(ns)
+    assert protocol.iso_us(ns) == iso(ns)
 
 
 def test_envelope_and_messages() -> None:

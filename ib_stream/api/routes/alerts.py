@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine
 from ib_stream.api.params import parse_time
-from ib_stream.api.protocol import iso_ns
+from ib_stream.api.protocol import iso_us
 from ib_stream.api.state import State
 
 router = APIRouter(tags=["alerts"])
@@ -29,14 +29,14 @@ async def alerts(
     return {
         "enabled": engine is not None,
         "contract_id": contract_id,
-        "since": iso_ns(since_ns) if since_ns is not None else None,
+        "since": iso_us(since_ns) if since_ns is not None else None,
         "count": len(found),
         "alerts": [
             {
                 **row,
-                "timestamp": iso_ns(row["ts"]),
-                "bar_timestamp": iso_ns(row["bar_ts"]),
-                "fired_at": iso_ns(row["fired_ns"]),
+                "timestamp": iso_us(row["ts"]),
+                "bar_timestamp": iso_us(row["bar_ts"]),
+                "fired_at": iso_us(row["fired_ns"]),
             }
             for row in found
         ],

@@ -20,7 +20,7 @@ from ib_stream.api.protocol import (
     V3_FIELD_MAPPING,
     contract_info,
     info_message,
-    iso_ns,
+    iso_us,
     new_stream_id,
     parse_stream_tick_types,
     protocol_description,
@@ -81,9 +81,9 @@ def check_range(state: ServiceState, start_ns: int, end_ns: int, field: str = "s
     days = (end_ns - start_ns) / NS_PER_SECOND / 86400
     if days > state.settings.api.max_range_days:
         raise QueryError(
-            f"{field} {iso_ns(start_ns)} asks for {days:.1f} days; at most {state.settings.api.max_range_days:g} "
+            f"{field} {iso_us(start_ns)} asks for {days:.1f} days; at most {state.settings.api.max_range_days:g} "
             "days per request (api.max_range_days)",
-            details={"field": field, "value": iso_ns(start_ns), "max_range_days": state.settings.api.max_range_days},
+            details={"field": field, "value": iso_us(start_ns), "max_range_days": state.settings.api.max_range_days},
         )
 
 
@@ -155,12 +155,12 @@ async def buffer_stream(
                     tick_types=[t.value for t in types],
                     contract_info=contract_info(contract),
                     buffer_duration=None if start_time is not None else buffer_duration,
-                    start_time=iso_ns(start_ns),
+                    start_time=iso_us(start_ns),
                     buffer_message_count=len(items),
                 )
             )
             for i in range(0, len(items), _HISTORY_CHUNK):
-                stamp = iso_ns(state.clock.now_ns())
+                stamp = iso_us(state.clock.now_ns())
                 part = items[i : i + _HISTORY_CHUNK]
                 yield b"".join(frame(tick_message(stream_id, s, r, stamp)) for s, r in part)
             last_seqs = {s.tick_type.value: seq for s, seq in through.items()}
@@ -235,8 +235,8 @@ async def v3_buffer_query(
             start_ns = end_ns - duration
     if end_ns <= start_ns:
         raise QueryError(
-            f"end_time {iso_ns(end_ns)} is not after start_time {iso_ns(start_ns)}",
-            details={"field": "end_time", "value": iso_ns(end_ns), "start_time": iso_ns(start_ns)},
+            f"end_time {iso_us(end_ns)} is not after start_time {iso_us(start_ns)}",
+            details={"field": "end_time", "value": iso_us(end_ns), "start_time": iso_us(start_ns)},
         )
     check_range(state, start_ns, end_ns)
     limit = check_limit(limit, state.settings) or state.settings.api.max_limit
@@ -247,7 +247,7 @@ async def v3_buffer_query(
         "contract_id": contract_id,
         "tick_types": [t.value for t in types],
         "format": "json",
-        "time_range": {"start": iso_ns(start_ns), "end": iso_ns(end_ns)},
+        "time_range": {"start": iso_us(start_ns), "end": iso_us(end_ns)},
         "total_messages": len(messages),
         "raw_format": raw,
         "messages": messages,
@@ -281,8 +281,8 @@ def holdings(store: TickStore, streams: Sequence[StreamKey]) -> list[dict[str, A
                 "archived_ticks": archived,
                 "archive_files": len(files),
                 "hot_ticks": sum(c.table.num_rows for c in chunks),
-                "first_time": iso_ns(min(firsts)),
-                "last_time": iso_ns(max(lasts)),
+                "first_time": iso_us(min(firsts)),
+                "last_time": iso_us(max(lasts)),
                 "last_seq": max([f.last_seq for f in files] + [c.last_seq for c in chunks]),
             }
         )
@@ -307,7 +307,7 @@ async def v3_buffer_info(state: State, contract_id: int) -> dict[str, Any]:
         "contract_info": contract_info(contract) if contract is not None else None,
         "configured": contract is not None,
         "tick_types": [t.value for t in types],
-        "timestamp": iso_ns(state.clock.now_ns()),
+        "timestamp": iso_us(state.clock.now_ns()),
         "streams": await held_streams(state, contract_id),
     }
 
@@ -325,7 +325,7 @@ async def v2_info(state: State) -> dict[str, Any]:
     api = state.settings.api
     return {
         **protocol_description(),
-        "server_time": iso_ns(state.clock.now_ns()),
+        "server_time": iso_us(state.clock.now_ns()),
         "heartbeat_seconds": api.heartbeat_seconds,
         "limits": {
             "max_limit": api.max_limit,
@@ -365,7 +365,7 @@ async def v3_info(state: State) -> dict[str, Any]:
             "/v3/buffer/{contract_id}/query": "history merged in time order (raw=true: compact names)",
             "/v3/buffer/{contract_id}/info": "what is held for a contract",
         },
-        "server_time": iso_ns(state.clock.now_ns()),
+        "server_time": iso_us(state.clock.now_ns()),
         "contracts": _contracts(state),
         "streams": await held_streams(state),
     }

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query
 
 from ib_stream.analytics.book import Level
 from ib_stream.analytics.request import DEFAULT_LEVELS, MAX_LEVELS, parse_levels
-from ib_stream.api.formats import iso_ns
 from ib_stream.api.metrics import observe_query
 from ib_stream.api.params import ContractIdPath, parse_time
 from ib_stream.api.state import State
+from ib_stream.clock import iso_ns
 from ib_stream.storage.snapshots import BookAt, book_at
 
 router = APIRouter(tags=["depth"])

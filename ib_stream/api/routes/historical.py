@@ -12,11 +12,11 @@ from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.bars import BAR_INPUTS, BAR_SIZES, MAX_BARS, RESOLUTIONS, parse_resolution
-from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, iso_ns, streaming_response
+from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, streaming_response
 from ib_stream.api.metrics import observe_query
 from ib_stream.api.params import ContractIdPath, iso, parse_tick_types, parse_time
 from ib_stream.api.state import ServiceState, State
-from ib_stream.clock import NS_PER_SECOND
+from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
 

@@ -29,7 +29,7 @@ from ib_stream.api.protocol import (
     envelope,
     error_from_exception,
     info_message,
-    iso_ns,
+    iso_us,
     new_stream_id,
     now_iso,
 )
@@ -81,7 +81,7 @@ def bar_data(contract_id: int, resolution: str, row: dict[str, Any], kinds: Sequ
     data: dict[str, Any] = {
         "contract_id": contract_id,
         "resolution": resolution,
-        "timestamp": iso_ns(row["ts"]),
+        "timestamp": iso_us(row["ts"]),
         "ts": row["ts"],
         "final": row["final"],
         "empty": bool(row["empty"]),
@@ -200,7 +200,7 @@ async def bar_messages(
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 alert_wait.cancel()
                 stamp = now_iso()
-                out += [envelope("alert", stream_id, {**a.to_dict(), "timestamp": iso_ns(a.ts)}, stamp) for a in listener.drain()]  # fmt: skip
+                out += [envelope("alert", stream_id, {**a.to_dict(), "timestamp": iso_us(a.ts)}, stamp) for a in listener.drain()]  # fmt: skip
             else:
                 await asyncio.wait({got})
             if not got.done():

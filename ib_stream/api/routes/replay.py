@@ -17,7 +17,7 @@ from ib_stream.api.params import parse_time
 from ib_stream.api.protocol import (
     complete_message,
     info_message,
-    iso_ns,
+    iso_us,
     new_stream_id,
     now_iso,
     parse_stream_tick_types,
@@ -146,8 +146,8 @@ async def replay(
                 "replay_start",
                 contract_id=contract_id,
                 tick_types=[t.value for t in types],
-                start_time=iso_ns(start_ns),
-                end_time=iso_ns(end_ns),
+                start_time=iso_us(start_ns),
+                end_time=iso_us(end_ns),
                 speed=speed,
                 limit=limit,
             )
