@@ -66,13 +66,16 @@ def settings(ctx: typer.Context) -> Settings:
     return load_settings(options.config_file)
 
 
-def storage_config(ctx: typer.Context) -> StorageConfig:
-    """The storage settings of this invocation (--config, --data-dir); the data root must exist."""
+def storage_config(ctx: typer.Context, create: bool = False) -> StorageConfig:
+    """The storage settings of this invocation (--config, --data-dir); the data root must exist unless `create`
+    (commands that write, like imports, start a new data root)."""
     options: GlobalOptions = ctx.find_root().obj
     config = settings(ctx).storage
     if options.data_dir is not None:
         # Applied after loading, so the option also wins over IB_STREAM_STORAGE__DATA_ROOT.
         config = StorageConfig.model_validate({**config.model_dump(), "data_root": options.data_dir})
+    if create:
+        config.data_root.mkdir(parents=True, exist_ok=True)
     if not config.data_root.is_dir():
         raise ConfigError(
             f"data root {config.data_root} does not exist (use --data-dir or set storage.data_root)",

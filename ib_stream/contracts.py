@@ -9,7 +9,18 @@ from typing import Any
 from ib_stream.domain import Contract, TickType
 from ib_stream.errors import ConfigError, ValidationError
 
-_KNOWN = {"con_id", "symbol", "sec_type", "exchange", "currency", "calendar", "tick_types", "depth_rows", "min_tick"}
+_KNOWN = {
+    "con_id",
+    "symbol",
+    "sec_type",
+    "exchange",
+    "currency",
+    "calendar",
+    "tick_types",
+    "depth_rows",
+    "min_tick",
+    "record",
+}
 
 
 def load_contracts(path: Path) -> list[Contract]:
@@ -48,6 +59,9 @@ def _contract(table: dict[str, Any], index: int, path: Path) -> Contract:
     min_tick = float(table.get("min_tick", 0.01))
     if min_tick <= 0:
         raise ConfigError(f"{where}: min_tick {min_tick} must be positive")
+    record = table.get("record", True)
+    if not isinstance(record, bool):
+        raise ConfigError(f"{where}: record {record!r} must be true or false")
     return Contract(
         con_id=con_id,
         symbol=str(symbol),
@@ -58,5 +72,6 @@ def _contract(table: dict[str, Any], index: int, path: Path) -> Contract:
         tick_types=tick_types,
         depth_rows=int(table.get("depth_rows", 0)),
         min_tick=min_tick,
+        record=record,
         extra={k: v for k, v in table.items() if k not in _KNOWN},
     )

@@ -150,6 +150,7 @@ class Contract:
     tick_types: tuple[TickType, ...] = (TickType.BID_ASK, TickType.LAST)
     depth_rows: int = 0
     min_tick: float = 0.01
+    record: bool = True  # False: served (queries, bars, sessions) but not recorded live, e.g. imported data
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 

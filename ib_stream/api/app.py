@@ -143,11 +143,12 @@ def create_app(
         await asyncio.to_thread(lambda: [MarketSessions.for_contract(c) for c in contract_list])
         store = await TickStore(settings.storage, clock).aopen()
         streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size)
+        recorded = [c for c in contract_list if c.record]  # the others are only served (e.g. imported data)
         if sources is None:  # probing for IB may take a moment: off the event loop
-            source_name, chosen = await asyncio.to_thread(choose_sources, settings, contract_list, clock)
+            source_name, chosen = await asyncio.to_thread(choose_sources, settings, recorded, clock)
         else:
             source_name, chosen = ",".join(s.name for s in sources) or "none", list(sources)
-        await asyncio.to_thread(_begin_run, store, clock, contract_list, source_name, settings)
+        await asyncio.to_thread(_begin_run, store, clock, recorded, source_name, settings)
         heartbeat = asyncio.create_task(_heartbeat(store, clock, settings.storage.heartbeat_seconds), name="heartbeat")
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
         app.state.service = state

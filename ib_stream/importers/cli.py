@@ -45,7 +45,8 @@ def orderflow_command(
     ctx: typer.Context,
     file: _FileArgument,
     contract_id: Annotated[
-        int | None, typer.Option("--contract-id", help="Contract id of the file's only (or only chosen) instrument.")
+        int | None,
+        typer.Option("--contract", "--contract-id", help="Contract id of the file's only (or only chosen) instrument."),
     ] = None,
     mapping: Annotated[
         list[str] | None,
@@ -70,7 +71,7 @@ def orderflow_command(
     )
     recording = inspect_recording(file)
     total = selected_rows(recording, resolve_contracts(recording, options), options)
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, create=True)
     store = _open_store(config)
     try:
         with support.progress(f"importing {file.name}", total) as advance:
@@ -86,7 +87,9 @@ def orderflow_command(
 def file_command(
     ctx: typer.Context,
     file: _FileArgument,
-    contract_id: Annotated[int, typer.Option("--contract-id", help="Contract id the ticks are stored under.")],
+    contract_id: Annotated[
+        int, typer.Option("--contract", "--contract-id", help="Contract id the ticks are stored under.")
+    ],
     preset_name: Annotated[
         str | None, typer.Option("--preset", help="A named layout (see `ib-stream import presets`).")
     ] = None,
@@ -140,7 +143,7 @@ def file_command(
     if not file.is_file():
         raise ValidationError("FILE", str(file), "does not exist")
     _, total, _ = scan_file(file, recipe)
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, create=True)
     store = _open_store(config)
     try:
         with support.progress(f"importing {file.name}", total) as advance:

@@ -58,7 +58,7 @@ class OrderflowOptions:
     """How to read a recording: contract id per instrument, which instruments, what a book row is."""
 
     contract_ids: Mapping[str, int] = field(default_factory=dict)  # instrument -> contract id (--map)
-    contract_id: int | None = None  # the contract of the only (selected) instrument (--contract-id)
+    contract_id: int | None = None  # the contract of the only (selected) instrument (--contract)
     instruments: tuple[str, ...] = ()  # only these instruments (empty: all)
     book_rows: BookRows = "full"
 
@@ -99,9 +99,9 @@ def resolve_contracts(recording: Recording, options: OrderflowOptions) -> dict[s
     if rest and options.contract_id is not None and len(rest) == 1:
         contracts[rest[0]] = options.contract_id
     elif rest:
-        how = "give --contract-id N for a file of one instrument, else --map INSTRUMENT=ID for each"
+        how = "give --contract N for a file of one instrument, else --map INSTRUMENT=ID for each"
         verb = "needs" if len(rest) == 1 else "need"
-        option = "--contract-id" if len(rest) == 1 else "--map"
+        option = "--contract" if len(rest) == 1 else "--map"
         raise ValidationError(option, ", ".join(rest), f"{verb} a contract id: {how} (or choose with --instrument)")
     shared = [c for c in set(contracts.values()) if list(contracts.values()).count(c) > 1]
     if shared:

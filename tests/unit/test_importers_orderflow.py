@@ -410,7 +410,7 @@ def test_cli_imports_a_recording_and_reports(config: StorageConfig, two_instrume
 
 
 def test_cli_reports_skipped_rows_by_reason(config: StorageConfig, btc_file: Path) -> None:
-    result = run(config, "import", "orderflow", str(btc_file), "--contract-id", "11", "--batch-size", "5")
+    result = run(config, "import", "orderflow", str(btc_file), "--contract", "11", "--batch-size", "5")
     assert result.exit_code == 0, result.output
     for reason in EXPECTED_SKIPPED:
         assert reason in result.stdout
@@ -420,7 +420,7 @@ def test_cli_reports_skipped_rows_by_reason(config: StorageConfig, btc_file: Pat
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--contract-id", "11"], "error: --map BTC, ETH need a contract id"),
+        (["--contract", "11"], "error: --map BTC, ETH need a contract id"),
         (["--map", "BTC"], "error: --map BTC is not INSTRUMENT=CONTRACT_ID"),
         (["--map", "BTC=x"], "error: --map BTC=x has a contract id that is not an integer"),
         (["--map", "BTC=1,ETH=2", "--book-rows", "some"], "error: --book-rows some is not one of full, delta"),

@@ -258,7 +258,7 @@ def cli(config: StorageConfig, *args: str) -> Result:
 
 def test_cli_file_with_a_mapping(config: StorageConfig, tmp_path: Path) -> None:
     path = write(tmp_path / "trades.csv", TRADES_CSV)
-    args = ["file", str(path), "--contract-id", "42", "--map", TRADES_MAP, "--tick-type", "last"]
+    args = ["file", str(path), "--contract", "42", "--map", TRADES_MAP, "--tick-type", "last"]
     result = cli(config, *args, "--time-unit", "ms", "--where", "kind=T")
     assert result.exit_code == 0, result.output
     assert "10 rows read, 4 ticks stored, 0 already stored, 5 rows skipped" in result.stdout
@@ -271,7 +271,7 @@ def test_cli_only_some_streams_of_a_preset(config: StorageConfig, tmp_path: Path
     header = "ts_recv,ts_event,action,side,price,size,bid_px_00,ask_px_00,bid_sz_00,ask_sz_00\n"
     rows = "x,2024-07-01T23:58:01.218218853Z,T,B,5528.75,2,5528.5,5528.75,29,6\n"
     path = write(tmp_path / "mbp.csv", header + rows)
-    result = cli(config, "file", str(path), "--contract-id", "42", "--preset", "databento-mbp1", "--only", "bid_ask")
+    result = cli(config, "file", str(path), "--contract", "42", "--preset", "databento-mbp1", "--only", "bid_ask")
     assert result.exit_code == 0, result.output
     assert "42 bid_ask" in result.stdout and "42 last" not in result.stdout
     with TickStore(config) as store:
@@ -299,14 +299,14 @@ def test_cli_only_some_streams_of_a_preset(config: StorageConfig, tmp_path: Path
 )
 def test_cli_bad_options_exit_2(config: StorageConfig, tmp_path: Path, args: list[str], fragment: str) -> None:
     path = write(tmp_path / "trades.csv", TRADES_CSV)
-    result = cli(config, "file", str(path), "--contract-id", "42", *args)
+    result = cli(config, "file", str(path), "--contract", "42", *args)
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr
     assert "Traceback" not in result.output
 
 
 def test_cli_missing_file_exits_2(config: StorageConfig, tmp_path: Path) -> None:
-    result = cli(config, "file", str(tmp_path / "nope.csv"), "--contract-id", "1", "--preset", "truefx")
+    result = cli(config, "file", str(tmp_path / "nope.csv"), "--contract", "1", "--preset", "truefx")
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 

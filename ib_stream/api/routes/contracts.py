@@ -41,6 +41,7 @@ def describe_contract(contract: Contract) -> dict[str, Any]:
         "tick_types": [t.value for t in contract.tick_types],
         "depth_rows": contract.depth_rows,
         "min_tick": contract.min_tick,
+        "record": contract.record,
         "extra": dict(contract.extra),
     }
 
