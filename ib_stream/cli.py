@@ -358,14 +358,15 @@ def serve(
     typer.echo(
         f"ib-stream: serving on http://{settings.api.host}:{settings.api.port} (data root {settings.storage.data_root})"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api.host,
-        port=settings.api.port,
-        log_level="info",
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=10,
-    )
+    with support.announce_service(settings.storage, settings.api.host, settings.api.port):
+        uvicorn.run(
+            create_app(settings),
+            host=settings.api.host,
+            port=settings.api.port,
+            log_level="info",
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=10,
+        )
 
 
 def main() -> None:

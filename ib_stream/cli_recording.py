@@ -111,7 +111,11 @@ def backfill(
     ] = None,
     service_url: Annotated[
         str | None,
-        typer.Option("--url", help="The running service, used when it holds the data root (default: api host:port)."),
+        typer.Option(
+            "--url",
+            help="The running service, used when it holds the data root (default: where `ib-stream serve` "
+            "says it listens, else api host:port).",
+        ),
     ] = None,
 ) -> None:
     """Fill [start, end) of a contract's streams from IB's historical ticks, storing only what is not held.
@@ -138,7 +142,7 @@ def backfill(
         store.open()
     except DataRootLockedError:
         # The service holds the data root: it backfills through its own IB connection.
-        url = service_url or f"http://{settings.api.host}:{settings.api.port}"
+        url = service_url or support.announced_service_url(config) or f"http://{settings.api.host}:{settings.api.port}"
         typer.echo(f"the service holds the data root: asking it at {url}", err=True)
         lines = _backfill_through_service(url, settings.api.token, contract_id, wanted, start, end)
     else:
@@ -158,7 +162,9 @@ def _backfill_through_service(
     try:
         answer = httpx.post(f"{url}/v2/contracts/{contract_id}/backfill", params=params, headers=headers, timeout=None)
     except httpx.TransportError as e:
-        raise SourceError(f"the data root is locked but no service answers at {url}: {e}") from e
+        raise SourceError(
+            f"the data root is locked but no service answers at {url} (give the service's address with --url): {e}"
+        ) from e
     if answer.status_code != 200:
         try:
             message = answer.json()["error"]["message"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import typer
 from rich import box
 from rich.console import Console
@@ -141,3 +143,36 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
             bar.advance(task, n)
 
         yield advance
+
+
+@contextlib.contextmanager
+def announce_service(config: StorageConfig, host: str, port: int) -> Iterator[None]:
+    """Write the service's URL and pid into the data root while it runs, so commands that find the data root
+    locked (`backfill`) know whom to ask; a file left by a killed service is ignored (its pid is gone)."""
+    config.data_root.mkdir(parents=True, exist_ok=True)
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    client_host = f"[{client_host}]" if ":" in client_host else client_host  # an IPv6 address
+    path = config.service_file
+    temp = path.with_suffix(".tmp")
+    temp.write_bytes(orjson.dumps({"url": f"http://{client_host}:{port}", "pid": os.getpid()}))
+    temp.replace(path)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def announced_service_url(config: StorageConfig) -> str | None:
+    """The URL `announce_service` wrote, when its process still runs; else None."""
+    try:
+        announced = orjson.loads(config.service_file.read_bytes())
+        url, pid = str(announced["url"]), int(announced["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return url

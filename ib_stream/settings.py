@@ -88,6 +88,11 @@ class StorageConfig(BaseModel):
     def index_file(self) -> Path:
         return self.index_path or self.data_root / "index.db"
 
+    @property
+    def service_file(self) -> Path:
+        """Where `ib-stream serve` writes its URL and pid while it runs (read by commands that find the root locked)."""
+        return self.data_root / ".service.json"
+
 
 class ApiConfig(BaseModel):
     """The HTTP service and its live streams."""

@@ -3,6 +3,7 @@ recorded, the API answers, SIGTERM shuts down cleanly and everything acknowledge
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,7 +88,7 @@ def test_ticks_acknowledged_before_sigterm_are_all_there_after_restart(tmp_path:
 def test_serve_records_the_simulated_market_and_shuts_down_cleanly(tmp_path: Path) -> None:
     data_root = tmp_path / "storage"
     port = free_port()
-    env = {**os.environ, "IB_STREAM_SIM__BATCH_MS": "20"}
+    env = {**os.environ, "IB_STREAM_SIM__BATCH_MS": "20", "IB_STREAM_API__TOKEN": "tok"}
     process = subprocess.Popen(
         [sys.executable, "-m", "ib_stream.cli", "serve", "--port", str(port), "--data-dir", str(data_root)],
         cwd=REPO,
@@ -98,7 +99,19 @@ def test_serve_records_the_simulated_market_and_shuts_down_cleanly(tmp_path: Pat
     )
     try:
         _wait_until_up(f"http://127.0.0.1:{port}", process)
-        time.sleep(2)  # let the simulator record a little
+        announced = json.loads((data_root / ".service.json").read_text())
+        assert announced == {"url": f"http://127.0.0.1:{port}", "pid": process.pid}
+        # A command that finds the data root locked asks the service where it says it listens.
+        span = ["--start", iso(time.time_ns() - 60 * 10**9), "--end", iso(time.time_ns())]
+        backfill = subprocess.run(
+            [sys.executable, "-m", "ib_stream.cli", "--data-dir", str(data_root), "backfill", "--contract", str(AAPL),
+             *span],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert backfill.returncode != 0
+        assert f"asking it at http://127.0.0.1:{port}" in backfill.stderr, backfill.stderr
+        assert "records from sim, not IB: backfill needs the IB source" in backfill.stderr, backfill.stderr
+        time.sleep(1)  # let the simulator record a little
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)

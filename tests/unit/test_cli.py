@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ib_stream.cli import app
+from ib_stream.cli_support import announce_service, announced_service_url
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
@@ -332,3 +333,25 @@ def test_console_script_entry_point(data_root: StorageConfig) -> None:
         naive.stderr.strip()
         == "error: --start 2025-01-10 has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)"
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8123"), ("0.0.0.0", "http://127.0.0.1:8123"), ("::1", "http://[::1]:8123")],
+)
+def test_serve_announces_its_url_in_the_data_root_while_it_runs(tmp_path: Path, host: str, url: str) -> None:
+    config = StorageConfig(data_root=tmp_path / "new-root")
+    assert announced_service_url(config) is None
+    with announce_service(config, host, 8123):
+        assert announced_service_url(config) == url
+    assert not config.service_file.exists()
+    assert announced_service_url(config) is None
+
+
+def test_an_announcement_left_by_a_killed_service_is_ignored(tmp_path: Path) -> None:
+    config = StorageConfig(data_root=tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    config.service_file.write_text(f'{{"url": "http://127.0.0.1:1", "pid": {int(dead.stdout)}}}')
+    assert announced_service_url(config) is None
+    config.service_file.write_text("{not json")
+    assert announced_service_url(config) is None
