@@ -6,7 +6,7 @@
 * `depth_data.json` — `{"bids": [[price, size], ...], "asks": [[price, size], ...]}`, best first
 
 `ts_ms` is the bar start in epoch milliseconds (UTC); a value not known yet is `null`. The files
-hold the last `window` bars, the forming bar last (upserted in place as ticks arrive). Every write
+hold the last `window` bars (none from before the first trade or quote), the forming bar last (upserted in place as ticks arrive). Every write
 is atomic — a temporary file in the same directory, flush, fsync, `os.replace`, fsync of the
 directory — so a reader polling the files never sees partial JSON. Writes are coalesced to at most
 one per `min_write_interval_ms` and run in a worker thread, off the event loop.
@@ -98,7 +98,14 @@ class BarWindow:
                 self.bars.popitem(last=False)
 
     def rows(self) -> list[dict[str, Any]]:
-        return list(self.bars.values())
+        """The bars held, oldest first, without the leading ones from before any data (no price, no OBI)."""
+        rows = list(self.bars.values())
+        first = next((i for i, r in enumerate(rows) if not (_missing(r["close"]) and _missing(r["obi_close"]))), None)
+        return [] if first is None else rows[first:]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value != value  # None or NaN
 
 
 class JsonSink:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import subprocess
@@ -73,15 +74,27 @@ def test_a_polling_reader_process_never_reads_partial_json(tmp_path: Path) -> No
     assert target.stat().st_mode & 0o777 == 0o644  # readable by a viewer running as another user
 
 
+def bar(ts: int, v: float = 1.0, close: float | None = 1.0, obi: float | None = None) -> dict[str, Any]:
+    return {"ts": ts, "v": v, "close": close, "obi_close": obi}
+
+
 def test_the_window_replaces_known_bars_appends_new_ones_and_caps_at_the_limit() -> None:
     window = BarWindow(3)
-    window.upsert([{"ts": t, "v": t} for t in (1, 2)])
-    window.upsert([{"ts": 2, "v": 20}, {"ts": 3, "v": 3}, {"ts": 4, "v": 4}])
+    window.upsert([bar(t, t) for t in (1, 2)])
+    window.upsert([bar(2, 20), bar(3, 3), bar(4, 4)])
     assert [(r["ts"], r["v"]) for r in window.rows()] == [(2, 20), (3, 3), (4, 4)]
-    window.upsert([{"ts": 1, "v": 99}])  # left the window: not resurrected
+    window.upsert([bar(1, 99)])  # left the window: not resurrected
     assert [r["ts"] for r in window.rows()] == [2, 3, 4]
-    window.upsert([{"ts": t, "v": t} for t in range(5, 50)])
+    window.upsert([bar(t, t) for t in range(5, 50)])
     assert [r["ts"] for r in window.rows()] == [47, 48, 49]
+
+
+def test_the_window_leaves_out_the_bars_from_before_any_data() -> None:
+    window = BarWindow(10)
+    window.upsert([bar(1, close=None), bar(2, close=math.nan, obi=math.nan)])
+    assert window.rows() == []
+    window.upsert([bar(3, close=None, obi=0.5), bar(4, close=None), bar(5, close=2.0)])
+    assert [r["ts"] for r in window.rows()] == [3, 4, 5]  # quotes came first: OBI; empty bars after data stay
 
 
 # ---- the sink on a real store and StreamingApp ------------------------------------------------------------
