@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ib_stream.clock import ManualClock
@@ -236,6 +239,37 @@ def test_session_with_order_flow_bars(client: httpx.Client, published: pd.DataFr
     assert direct["data"] == bars["data"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "arrow", "parquet"])
+def test_session_bars_as_a_table(client: httpx.Client, fmt: str) -> None:
+    params = {"bars": "ohlc,cvd", "resolution": "15m"}
+    body = get(client, f"/v2/sessions/{AAPL}/2025-07-03", **params)
+    response = client.get(f"/v2/sessions/{AAPL}/2025-07-03", params={**params, "format": fmt})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-session-start"] == body["start"] and response.headers["x-session-end"] == body["end"]
+    assert response.headers["x-session-date"] == "2025-07-03" and response.headers["x-total-count"] == "14"
+    assert f"{AAPL}_session_2025-07-03_regular_bars_ohlc-cvd_15m" in response.headers["content-disposition"]
+    if fmt == "csv":
+        table = pd.read_csv(io.BytesIO(response.content))
+    elif fmt == "arrow":
+        table = pa.ipc.open_stream(response.content).read_all().to_pandas()
+    else:
+        table = pq.read_table(io.BytesIO(response.content)).to_pandas()
+    expected = pd.DataFrame(body["bars"]["data"])
+    assert list(table.columns) == [c for c in expected.columns if c != "ts"]  # JSON rows add `ts` (ns)
+    assert pd.to_datetime(table["timestamp"], utc=True).astype("int64").tolist() == expected["ts"].tolist()
+    for column in ("open", "close", "volume", "buy_volume", "sell_volume", "delta", "cvd_close", "empty"):
+        assert table[column].tolist() == pytest.approx(expected[column].tolist(), nan_ok=True), column
+
+
+def test_a_session_not_started_has_an_empty_bars_table(client: httpx.Client) -> None:
+    response = client.get(f"/v2/sessions/{AAPL}/2030-01-02", params={"bars": "ohlc", "format": "arrow"})
+    assert response.status_code == 200, response.text
+    table = pa.ipc.open_stream(response.content).read_all()
+    assert table.num_rows == 0 and "open" in table.column_names and response.headers["x-total-count"] == "0"
+    body = get(client, f"/v2/sessions/{AAPL}/2030-01-02", bars="ohlc")
+    assert (body["bars"]["count"], body["bars"]["data"], body["bars"]["side_methods"]) == (0, [], {})
+
+
 def test_include_ticks_all_and_truncated(client: httpx.Client, published: pd.DataFrame) -> None:
     expected = expected_ticks(published, "2025-07-03T13:30Z", "2025-07-03T17:00Z")
     body = get(client, f"/v2/sessions/{AAPL}/2025-07-03", include="ticks")
@@ -368,6 +402,8 @@ def test_session_in_progress_counts_ticks_up_to_now(
         (f"/v2/sessions/{AAPL}/2025-07-03", {"limit": "ten"}, 422, "limit", "ten"),
         (f"/v2/sessions/{AAPL}/previous", {"include": "bars"}, 422, "include", "bars"),
         (f"/v2/sessions/{AAPL}/2025-07-03", {"bars": "ohlc,volume"}, 422, "bars", "ohlc,volume"),
+        (f"/v2/sessions/{AAPL}/2025-07-03", {"format": "csv"}, 422, "format", "csv"),
+        (f"/v2/sessions/{AAPL}/2025-07-03", {"bars": "ohlc", "format": "xlsx"}, 422, "format", "xlsx"),
         (f"/v2/sessions/{AAPL}/2025-07-03", {"bars": "ohlc", "resolution": "tick"}, 422, "resolution", "tick"),
         (f"/v2/sessions/{AAPL}/2025-07-03", {"tick_types": "trades"}, 422, "tick_types", "trades"),
         ("/v2/sessions/AAPL/current", {}, 422, "contract_id", "AAPL"),

@@ -1,7 +1,9 @@
 """Routes: trading sessions of a contract — boundaries, whether open now, tick counts and an OHLC summary.
 
 `GET /v2/sessions/{contract_id}/current`, `/previous` and `/{date}`; `/current` and `/previous` are
-declared before `/{date}` so they are never read as a date.
+declared before `/{date}` so they are never read as a date. With `bars=` the answer carries the
+session's order-flow bars; `format=csv|arrow|parquet` returns those bars as the body (the formats of
+`/v2/historical`), the session window in `X-Session-*` headers.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, Path, Query
+from starlette.responses import StreamingResponse
 
-from ib_stream.analytics.request import KINDS, BarsRequest, parse_bar_resolution, parse_kinds
+from ib_stream.analytics.request import KINDS, BarsRequest, BarsResult, parse_bar_resolution, parse_kinds
 from ib_stream.analytics.service import OrderFlow
-from ib_stream.api.formats import json_rows
+from ib_stream.api.formats import ResultFormat, json_rows, streaming_response
 from ib_stream.api.params import ContractIdPath, iso, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import Contract, StreamKey, TickType
@@ -52,6 +55,7 @@ class SessionOptions:
     limit: int
     bars: tuple[str, ...] = ()
     resolution: str = "1m"
+    fmt: str = "json"
 
 
 def session_options(
@@ -73,6 +77,14 @@ def session_options(
     resolution: Annotated[
         str, Query(description="Bar size of `bars` (1s … 1h, or 1d = the session as one bar).")
     ] = "1m",
+    fmt: Annotated[
+        ResultFormat,
+        Query(
+            alias="format",
+            description="json: the session with its bars; csv, arrow, parquet: the bars as a table (needs `bars`), "
+            "the session in X-Session-* headers.",
+        ),
+    ] = "json",
 ) -> SessionOptions:
     check_session_type(session, "session")
     wanted = [part.strip() for part in (include or "").split(",") if part.strip()]
@@ -84,7 +96,9 @@ def session_options(
         raise ValidationError("bars", bars, f"may only list {', '.join(KINDS)}")
     kinds = parse_kinds(asked) if asked else ()
     parse_bar_resolution(resolution)
-    return SessionOptions(session, tick_types, bool(wanted), limit, kinds, resolution)
+    if fmt != "json" and not kinds:
+        raise ValidationError("format", fmt, "needs bars= (a table format returns the session's order-flow bars)")
+    return SessionOptions(session, tick_types, bool(wanted), limit, kinds, resolution, fmt)
 
 
 Options = Annotated[SessionOptions, Depends(session_options)]
@@ -93,22 +107,25 @@ TradingDate = Annotated[
 ]
 
 
-@router.get("/{contract_id}/current", summary="The session in progress, or the most recent one")
-async def current_session(state: State, contract_id: ContractIdPath, options: Options) -> dict[str, Any]:
+Answer = dict[str, Any] | StreamingResponse
+
+
+@router.get("/{contract_id}/current", summary="The session in progress, or the most recent one", response_model=None)
+async def current_session(state: State, contract_id: ContractIdPath, options: Options) -> Answer:
     """The session in progress now (service clock), or on a weekend / holiday / between sessions the most recent one."""
     now = state.clock.now_ns()
     return await _answer(state, contract_id, options, lambda s: s.current(now, options.session), now)
 
 
-@router.get("/{contract_id}/previous", summary="The session before the current one")
-async def previous_session(state: State, contract_id: ContractIdPath, options: Options) -> dict[str, Any]:
+@router.get("/{contract_id}/previous", summary="The session before the current one", response_model=None)
+async def previous_session(state: State, contract_id: ContractIdPath, options: Options) -> Answer:
     """The session before `/current`."""
     now = state.clock.now_ns()
     return await _answer(state, contract_id, options, lambda s: s.previous(now, options.session), now)
 
 
-@router.get("/{contract_id}/{date}", summary="The session of a trading date")
-async def session_on(state: State, contract_id: ContractIdPath, date: TradingDate, options: Options) -> dict[str, Any]:
+@router.get("/{contract_id}/{date}", summary="The session of a trading date", response_model=None)
+async def session_on(state: State, contract_id: ContractIdPath, date: TradingDate, options: Options) -> Answer:
     """The session of trading date `date` (YYYY-MM-DD); 404 when the exchange is closed that day."""
     day = parse_date(date, "date")
     now = state.clock.now_ns()
@@ -117,7 +134,7 @@ async def session_on(state: State, contract_id: ContractIdPath, date: TradingDat
 
 async def _answer(
     state: ServiceState, contract_id: int, options: SessionOptions, pick: Callable[[MarketSessions], Session], now: int
-) -> dict[str, Any]:
+) -> Answer:
     contract = state.streaming.require_contract(contract_id)
     tick_types = parse_tick_types(options.tick_types, "tick_types", default=contract.tick_types)
     max_limit = state.settings.api.max_limit
@@ -134,6 +151,11 @@ async def _answer(
     data_end = max(session.start_ns, min(session.end_ns, now))  # a session in progress ends now
     engine = state.store.engine
     loop = asyncio.get_running_loop()
+    if options.fmt != "json":
+        result = await loop.run_in_executor(
+            state.store.executor, lambda: _bars_result(engine, contract, session, data_end, options)
+        )
+        return _bars_table(contract, session, data_end, options, result)
     read = await loop.run_in_executor(
         state.store.executor,
         lambda: _read(engine, contract.con_id, tick_types, session.start_ns, data_end, options),
@@ -146,17 +168,49 @@ async def _answer(
     return answer
 
 
+def _bars_result(
+    engine: QueryEngine, contract: Contract, session: Session, end: int, options: SessionOptions
+) -> BarsResult:
+    """The session's order-flow bars (ib_stream.analytics), up to `end` for a session in progress; a session
+    that has not started has none (the columns of a one-nanosecond request, no rows)."""
+    started = end > session.start_ns
+    request = BarsRequest(
+        contract.con_id,
+        session.start_ns,
+        end if started else session.start_ns + 1,
+        options.resolution,
+        options.bars,
+        session=options.session,
+    )
+    result = OrderFlow(engine, contract).bars(request)
+    return result if started else BarsResult(result.table.slice(0, 0), None, {})
+
+
+def _bars_table(
+    contract: Contract, session: Session, data_end: int, options: SessionOptions, result: BarsResult
+) -> StreamingResponse:
+    headers = {
+        "X-Session-Date": session.date.isoformat(),
+        "X-Session-Start": iso(session.start_ns),
+        "X-Session-End": iso(session.end_ns),
+        "X-Data-End": iso(data_end),
+        "X-Total-Count": str(result.table.num_rows),
+    }
+    if result.obi_source is not None:
+        headers["X-OBI-Source"] = result.obi_source
+    filename = (
+        f"{contract.con_id}_session_{session.date.isoformat()}_{options.session}_bars_"
+        f"{'-'.join(options.bars)}_{options.resolution}"
+    )
+    return streaming_response(options.fmt, result.table, json_header={}, filename=filename, headers=headers)
+
+
 def _bars(
     engine: QueryEngine, contract: Contract, session: Session, end: int, options: SessionOptions
 ) -> dict[str, Any]:
-    """The session's order-flow bars (ib_stream.analytics), up to `end` for a session in progress."""
+    """The session's order-flow bars as the `bars` member of the JSON answer."""
     header: dict[str, Any] = {"kinds": list(options.bars), "resolution": options.resolution}
-    if end <= session.start_ns:
-        return {**header, "obi_source": None, "side_methods": {}, "count": 0, "data": []}
-    request = BarsRequest(
-        contract.con_id, session.start_ns, end, options.resolution, options.bars, session=options.session
-    )
-    result = OrderFlow(engine, contract).bars(request)
+    result = _bars_result(engine, contract, session, end, options)
     rows = [row for batch in result.table.to_batches() for row in json_rows(batch)]
     return {
         **header,
