@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from ib_stream.analytics.bars import carry_forward
-from ib_stream.analytics.obi import obi_series, top_of_book_volumes
+from ib_stream.analytics.obi import imbalance, obi_series, top_of_book_volumes
 from ib_stream.analytics.orderflow import BarGrid, Segments, segment_reduce
 from ib_stream.analytics.side import (
     QUOTE,
@@ -360,6 +360,42 @@ def _cvd(
         "cvd_low": lows,
         "cvd_close": closes,
     }
+
+
+DEPTH_ROLLUP_SCHEMA: Final = pa.schema(
+    [("second", _I)]
+    + [(name, _F) for name in ("obi_first", "obi_high", "obi_low", "obi_last", "obi_end")]
+    + [("obi_count", _I), ("events", _I)]
+)
+
+
+def depth_rows(volumes: pa.Table) -> Rows:
+    """Per-second OBI rows of a (ts, bid_volume, ask_volume) series of depth events, sorted by ts: the OBI columns
+    of `second_rows` (events with no volume skipped), plus `obi_end` = the imbalance after the second's last
+    event (NaN when no volume is left) and `events` = all depth events of the second."""
+    ts = ts_ns(volumes)
+    values = imbalance(floats(volumes, "bid_volume"), floats(volumes, "ask_volume"))
+    keep = ~np.isnan(values)
+    base = second_rows(ts[:0], ts[:0], ts[:0], ts[:0], ts[:0], ts[keep], values[keep])
+    seconds, starts = _groups(ts)
+    ends = np.append(starts[1:], len(ts)).astype(np.intp)
+    rows: Rows = {
+        f.name: np.zeros(len(seconds), dtype=np.int64 if f.type == _I else np.float64) for f in DEPTH_ROLLUP_SCHEMA
+    }
+    rows["second"] = seconds
+    for name in ("obi_first", "obi_high", "obi_low", "obi_last"):
+        rows[name][:] = np.nan
+    at = np.searchsorted(seconds, base["second"])
+    for name in ("obi_first", "obi_high", "obi_low", "obi_last", "obi_count"):
+        rows[name][at] = base[name]
+    rows["obi_end"] = values[ends - 1] if len(ts) else np.zeros(0)
+    rows["events"] = (ends - starts).astype(np.int64)
+    return rows
+
+
+def obi_bars_from_rows(grid: BarGrid, rows: Rows, obi_from_ns: int | None = None) -> dict[str, np.ndarray]:
+    """OBI bars (the columns of `obi.obi_bars`) from per-second rows with OBI columns, events from `obi_from_ns`."""
+    return _obi(grid, rows, obi_from_ns)
 
 
 def _obi(grid: BarGrid, rows: Rows, obi_from_ns: int | None) -> dict[str, np.ndarray]:

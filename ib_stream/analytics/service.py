@@ -28,11 +28,12 @@ from ib_stream.analytics.obi import OBI_COLUMNS, VOLUMES_SCHEMA, obi_bars, time_
 from ib_stream.analytics.orderflow import CVD_COLUMNS, OHLC_COLUMNS, SESSION_RESOLUTION, BarGrid, cvd_bars, trade_bars
 from ib_stream.analytics.profile import volume_profile
 from ib_stream.analytics.request import BarsRequest, BarsResult
-from ib_stream.analytics.rollups import rollup_bars
+from ib_stream.analytics.rollups import obi_bars_from_rows, rollup_bars
 from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
 from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
+from ib_stream.storage.depth_rollups import depth_obi_rows
 from ib_stream.storage.query import QueryEngine
 from ib_stream.storage.rollups import load_rows
 from ib_stream.storage.sessions import MarketSessions, Session
@@ -157,14 +158,14 @@ class OrderFlow:
     def _from_rollups(self, request: BarsRequest, grid: BarGrid) -> BarsResult | None:
         """The bars from 1-second rollups (`ib_stream.storage.rollups`), equal to the tick path; None when
         they do not apply (non-default classification settings, bounds off whole seconds, no valid stored
-        rollup in the range, a side that depends on earlier ticks, or OBI asked from depth that exists)."""
+        rollup in the range, a side that depends on earlier ticks). OBI from depth comes from the depth rollups
+        where they serve the range, else from the book replay."""
         if (
             not request.use_recorded_side
             or self.max_quote_age_ns is not None
             or self.quote_inclusive
             or self.quote_lookback_ns % NS_PER_SECOND
             or self.quote_lookback_ns > self.engine.layout.partition_ns
-            or request.obi_source == "depth"
             or len(grid) == 0
             or request.start_ns % NS_PER_SECOND
             or request.end_ns % NS_PER_SECOND
@@ -181,29 +182,50 @@ class OrderFlow:
         obi_source = None
         if "obi" in kinds:
             obi_source = "quotes"
-            if request.obi_source == "auto" and self.depth_volumes is not None:
-                stream = StreamKey(request.contract_id, TickType.DEPTH)
-                volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
-                if volumes is not None and volumes.num_rows:
+            if request.obi_source in ("auto", "depth") and self.depth_volumes is not None:
+                depth = self._depth_obi(request, grid)
+                if depth is not None:
                     obi_source = "depth"
-                    columns.update(obi_bars(grid, volumes))
+                    columns.update(depth)
                     kinds.remove("obi")
-        obi_from = request.start_ns - self.quote_lookback_ns
-        rows = load_rows(
-            self.engine,
-            StreamKey(request.contract_id, request.trades),
-            context,
-            obi_from if "obi" in kinds else context,
-            request.end_ns,
-            self.quote_lookback_ns,
-        )
-        if rows is None:
-            return None
-        rolled, methods = rollup_bars(grid, rows, kinds, resets, obi_from, context, (request.start_ns, request.end_ns))
-        columns.update(rolled)
+                elif request.obi_source == "depth":
+                    return None  # no depth: the tick path says so
+        methods: dict[str, int] = {}
+        if kinds:  # what is left after OBI from depth
+            obi_from = request.start_ns - self.quote_lookback_ns
+            rows = load_rows(
+                self.engine,
+                StreamKey(request.contract_id, request.trades),
+                context,
+                obi_from if "obi" in kinds else context,
+                request.end_ns,
+                self.quote_lookback_ns,
+            )
+            if rows is None:
+                return None
+            span = (request.start_ns, request.end_ns)
+            rolled, methods = rollup_bars(grid, rows, kinds, resets, obi_from, context, span)
+            columns.update(rolled)
         order = ["timestamp", *OHLC_COLUMNS, *CVD_COLUMNS, *OBI_COLUMNS]
         table = pa.table({name: columns[name] for name in order if name in columns})
         return BarsResult(table, obi_source, methods)
+
+    def _depth_obi(self, request: BarsRequest, grid: BarGrid) -> dict[str, np.ndarray] | None:
+        """OBI bars from depth — from the depth rollups when they serve the range, else from the book replay
+        of `depth_volumes`; None when the contract has no depth up to the range end."""
+        if self.depth_volumes is book_top_volumes:
+            found = depth_obi_rows(self.engine, request.contract_id, request.start_ns, request.end_ns, request.levels)
+            if found is not None:
+                rows, in_force = found
+                if not np.isnan(in_force):  # the book in force at the start opens the first bar, as in the replay
+                    rows = _with_opening(rows, request.start_ns - NS_PER_SECOND, in_force)
+                return obi_bars_from_rows(grid, rows)
+        stream = StreamKey(request.contract_id, TickType.DEPTH)
+        assert self.depth_volumes is not None
+        volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
+        if volumes is None or not volumes.num_rows:
+            return None
+        return obi_bars(grid, volumes)
 
     def trades(self, request: BarsRequest) -> pa.Table:
         """The trades of [start, end) with the side each was given and the method that decided it."""
@@ -371,6 +393,13 @@ class OrderFlow:
             ["ts", "bid_size", "ask_size"],
         )
         return "quotes", top_of_book_volumes(quotes)
+
+
+def _with_opening(rows: dict[str, np.ndarray], second: int, value: float) -> dict[str, np.ndarray]:
+    """Depth OBI rows with a leading row at `second` holding one event of `value` (the OBI in force)."""
+    lead = {"second": second, "obi_first": value, "obi_high": value, "obi_low": value, "obi_last": value}
+    lead |= {"obi_end": value, "obi_count": 1, "events": 1}
+    return {name: np.concatenate(([lead[name]], values)).astype(values.dtype) for name, values in rows.items()}
 
 
 def _scalar(value: Any) -> Any:

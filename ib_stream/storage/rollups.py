@@ -84,8 +84,9 @@ class RollupStore:
         value = metadata.get(KEY_META)
         return value.decode() if value else None
 
-    def read(self, stream: StreamKey, partition_start: int, key: str) -> HourRows | None:
-        """The rows of a rollup whose key is `key`; None when missing, stale or unreadable."""
+    def read_table(self, stream: StreamKey, partition_start: int, key: str, schema: pa.Schema) -> pa.Table | None:
+        """A rollup table whose key is `key` and whose columns are `schema`'s; None when missing, stale or
+        unreadable."""
         path = rollup_path(self.root, stream, partition_start)
         try:
             table = pq.read_table(path)
@@ -95,22 +96,15 @@ class RollupStore:
             log.warning("rollup %s is unreadable and is ignored: %s", path, e)
             return None
         metadata = table.schema.metadata or {}
-        if metadata.get(KEY_META, b"").decode() != key or not table.schema.equals(ROLLUP_SCHEMA, check_metadata=False):
+        if metadata.get(KEY_META, b"").decode() != key or not table.schema.equals(schema, check_metadata=False):
             return None
-        summary = json.loads(metadata.get(SUMMARY_META, b"null"))
-        if not isinstance(summary, dict):
-            return None
-        return HourRows(table_rows(table), metadata.get(SENSITIVE_META) == b"1", summary)
+        return table
 
-    def write(self, stream: StreamKey, partition_start: int, rolled: HourRows, key: str) -> Path:
+    def write_table(self, stream: StreamKey, partition_start: int, table: pa.Table, key: str) -> Path:
+        """Write a rollup table with its key atomically (temp → fsync → rename → fsync dir)."""
         final = rollup_path(self.root, stream, partition_start)
         final.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            KEY_META: key.encode(),
-            SENSITIVE_META: b"1" if rolled.sensitive else b"0",
-            SUMMARY_META: json.dumps(rolled.summary).encode(),
-        }
-        table = rows_table(rolled.rows).replace_schema_metadata(metadata)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_META: key.encode()})
         temp = temp_path(final)
         try:
             with open(temp, "wb") as handle:
@@ -123,6 +117,24 @@ class RollupStore:
             temp.unlink(missing_ok=True)
             raise StorageError(f"rollup {final} cannot be written: {e}", details={"path": str(final)}) from e
         return final
+
+    def read(self, stream: StreamKey, partition_start: int, key: str) -> HourRows | None:
+        """The rows of a trade-stream rollup whose key is `key`; None when missing, stale or unreadable."""
+        table = self.read_table(stream, partition_start, key, ROLLUP_SCHEMA)
+        if table is None:
+            return None
+        metadata = table.schema.metadata or {}
+        summary = json.loads(metadata.get(SUMMARY_META, b"null"))
+        if not isinstance(summary, dict):
+            return None
+        return HourRows(table_rows(table), metadata.get(SENSITIVE_META) == b"1", summary)
+
+    def write(self, stream: StreamKey, partition_start: int, rolled: HourRows, key: str) -> Path:
+        metadata = {
+            SENSITIVE_META: b"1" if rolled.sensitive else b"0",
+            SUMMARY_META: json.dumps(rolled.summary).encode(),
+        }
+        return self.write_table(stream, partition_start, rows_table(rolled.rows).replace_schema_metadata(metadata), key)
 
     def remove_except(self, stream: StreamKey, keep: set[int]) -> int:
         """Delete the rollups of a stream whose partition is not in `keep` (e.g. removed by retention)."""
@@ -156,8 +168,8 @@ class _Catalog:
             engine,
             trades,
             lookback_ns,
-            _by_partition(engine.index.plan(trades, start, end)),
-            _by_partition(engine.index.plan(quotes, start - pn, end)),
+            by_partition(engine.index.plan(trades, start, end)),
+            by_partition(engine.index.plan(quotes, start - pn, end)),
             engine.index.archived_seqs(),
         )
 
@@ -261,8 +273,8 @@ def update_rollups(
             engine,
             stream,
             lookback_ns,
-            _by_partition(engine.index.files(stream)),
-            _by_partition(engine.index.files(quotes)),
+            by_partition(engine.index.files(stream)),
+            by_partition(engine.index.files(quotes)),
             engine.index.archived_seqs(),
         )
         partitions = set(catalog.trade_files) | set(catalog.quote_files)
@@ -279,7 +291,8 @@ def update_rollups(
     return written
 
 
-def _by_partition(files: list[ArchiveFile]) -> dict[int, list[ArchiveFile]]:
+def by_partition(files: list[ArchiveFile]) -> dict[int, list[ArchiveFile]]:
+    """Archive files grouped by the partition they belong to."""
     grouped: dict[int, list[ArchiveFile]] = defaultdict(list)
     for f in files:
         grouped[f.partition_start].append(f)

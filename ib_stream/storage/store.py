@@ -25,7 +25,6 @@ from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
 from ib_stream.storage.layout import DAY_NS, Layout
 from ib_stream.storage.query import QueryEngine, StorageQuery
-from ib_stream.storage.rollups import update_rollups
 from ib_stream.storage.snapshots import SnapshotReport, SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -151,8 +150,13 @@ class TickStore:
         return report
 
     def run_rollups(self) -> int:
-        """Write the missing and stale 1-second order-flow rollups of closed partitions (idempotent)."""
-        return update_rollups(self)
+        """Write the missing and stale 1-second order-flow rollups (trades and quotes, and OBI from depth) of
+        closed partitions (idempotent); return how many were written."""
+        # Rollups are computed by ib_stream.analytics, which imports the storage package: import them here.
+        from ib_stream.storage.depth_rollups import update_depth_rollups
+        from ib_stream.storage.rollups import update_rollups
+
+        return update_rollups(self) + update_depth_rollups(self)
 
     def run_snapshots(self) -> SnapshotReport:
         """Write the missing and stale L2 book snapshots at partition boundaries (idempotent)."""
