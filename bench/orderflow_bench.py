@@ -8,6 +8,8 @@ trade side, so every trade is classified by the quote rule / tick rule against t
   freshly reopened store, tick path), warm (repeats, page cache warm, tick path), `update_rollups` (the
   archiver hook), then from rollups (repeats); the rollup answer is asserted equal to the tick answer;
 * a month: `--month-days` weekdays of `--month-ticks` each, 1m bars of the whole month, ticks vs rollups;
+  with `--month-depth`, also price-level depth derived from the quotes (a level update per quote side, a
+  delete when the price moves), and the month's bars with OBI from depth: book replay vs depth rollups;
 * ArcticDB (LMDB) in the same run, from `bench/.bench-venv` (this file re-run with `peer`): `lib.write` of the
   day, then `QueryBuilder.resample('1min')` of the trades (OHLC, volume, notional, count) and of the quotes
   (OBI OHLC, count) — ArcticDB has no trade-side classification or CVD, so its figure is a lower bound.
@@ -121,6 +123,25 @@ def ingest(store: Any, clock: Any, day: Any, window_ns: int = 60 * 1_000_000_000
     return n
 
 
+def depth_events(day: Any) -> list[dict[str, Any]]:
+    """Price-level depth from the quotes: each side's level set to the quoted size, the old level deleted when
+    the quoted price moves."""
+    q = day.quotes
+    out: list[dict[str, Any]] = []
+    for side, price_col, size_col in (("bid", "bid_price", "bid_size"), ("ask", "ask_price", "ask_size")):
+        ts, price, size = q["ts"], q[price_col], q[size_col]
+        moved = np.flatnonzero(np.diff(price) != 0) + 1
+        base = {"side": side, "position": 0, "market_maker": "", "by_price": True}
+        for i in moved:
+            out.append({**base, "ts": int(ts[i]), "operation": "delete", "price": float(price[i - 1]), "size": 0.0})
+        for i in range(len(ts)):
+            out.append(
+                {**base, "ts": int(ts[i]), "operation": "update", "price": float(price[i]), "size": float(size[i])}
+            )
+    out.sort(key=lambda e: e["ts"])
+    return out
+
+
 def open_store(root: Path, clock: Any) -> Any:
     from ib_stream.settings import StorageConfig
     from ib_stream.storage import TickStore
@@ -162,6 +183,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--month-days", type=int, default=21)
     parser.add_argument("--month-ticks", type=int, default=250_000)
+    parser.add_argument("--month-depth", action="store_true", help="also depth, and the month's OBI from depth")
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
     if args.mode == "peer":
@@ -217,12 +239,17 @@ def main() -> int:
     if args.month_days:
         clock = ManualClock(day.t0)
         store = open_store(work / "month", clock)
-        date, first, last, total = dt.date.fromisoformat(args.date), None, None, 0
+        date, first, last, total, depth_total = dt.date.fromisoformat(args.date), None, None, 0, 0
         for i in range(args.month_days):
             while date.weekday() >= 5:
                 date += dt.timedelta(days=1)
             d = generate(args.month_ticks, args.seed + i, date.isoformat())
             total += ingest(store, clock, d, 15 * 60 * 1_000_000_000)
+            if args.month_depth:
+                events = depth_events(d)
+                for s in range(0, len(events), 50_000):
+                    store.append_batch_sync(CONTRACT, "depth", events[s : s + 50_000], source="bench")
+                depth_total += len(events)
             first, last = first or d.t0, d.t1
             date += dt.timedelta(days=1)
         clock.set(last + 3 * 3600 * 1_000_000_000)
@@ -250,6 +277,30 @@ def main() -> int:
             "ticks_median_s": m_ticks,
             "ticks_times": m_tick_times,
         }
+        if args.month_depth:
+            from ib_stream.analytics.service import OrderFlow
+            from ib_stream.domain import Contract
+            from ib_stream.storage.depth_rollups import update_depth_rollups
+
+            snapshots_s, _, _ = timed(store.run_snapshots, 1)
+            build_d, _, written_d = timed(lambda: update_depth_rollups(store), 1)
+            contract = Contract(CONTRACT, "SYN", calendar="XNYS", min_tick=0.01)
+            replay = OrderFlow(store.engine, contract, use_rollups=False, use_cache=False)
+            rolled_d = OrderFlow(store.engine, contract, use_cache=False)
+            d_roll, d_roll_times, got = timed(lambda: rolled_d.bars(req), args.reps)
+            d_replay, d_replay_times, want = timed(lambda: replay.bars(req), max(1, args.reps // 2))
+            assert got.obi_source == want.obi_source == "depth"
+            same(got.table, want.table)
+            result["month"] |= {
+                "depth_events": depth_total,
+                "snapshots_s": snapshots_s,
+                "update_depth_rollups_s": build_d,
+                "depth_rollups_written": written_d,
+                "depth_obi_rollups_median_s": d_roll,
+                "depth_obi_rollups_times": d_roll_times,
+                "depth_obi_replay_median_s": d_replay,
+                "depth_obi_replay_times": d_replay_times,
+            }
         store.close()
         log(f"month: {json.dumps(result['month'])}")
 
