@@ -238,5 +238,11 @@ def _print_report(report: ImportReport) -> None:
             skipped.add_row(reason, f"{count:,}", report.examples.get(reason, ""))
         tables.append(skipped)
     support.print_tables(*tables)
+    for stream, upto in sorted(report.grown.items()):
+        out.print(
+            f"{stream.contract_id} {stream.tick_type.value}: the file grew since an earlier import; its first "
+            f"{upto:,} ticks were stored then",
+            highlight=False,
+        )
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)

@@ -12,12 +12,18 @@ them again (the crash may have come after the append was durable, or in the midd
 
 The key is (content hash of the file, stream, recipe digest, first_tick): batches are located by
 tick index rather than by batch number, so a re-run with another batch size still lines up.
+
+A file that grew since it was imported (a recorder still writing to it) has another content hash. Each
+done batch therefore also keeps `prefix_sha256`, a digest of the stream's ticks of the file from the first
+up to the batch's end: when a new content's ticks give the same digest at an earlier content's batch end,
+those ticks are the ones stored then, and only what follows is appended.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ib_stream.domain import StreamKey
 from ib_stream.storage.sqlite_db import SqliteDatabase
@@ -39,6 +45,7 @@ CREATE TABLE IF NOT EXISTS import_batches (
     state       TEXT    NOT NULL,   -- pending | done
     file_path   TEXT    NOT NULL,
     updated_ns  INTEGER NOT NULL,
+    prefix_sha256 TEXT,             -- digest of the stream's ticks [0, end_tick) of the file (NULL: older rows)
     PRIMARY KEY (file_sha256, contract_id, tick_type, recipe, first_tick)
 );
 """
@@ -78,6 +85,13 @@ class ImportLedger(SqliteDatabase):
     schema = _SCHEMA
     what = "import ledger"
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        columns = {row[1] for row in self._query("PRAGMA table_info(import_batches)")}
+        if "prefix_sha256" not in columns:  # a ledger written before grown files were recognised
+            with self._tx() as db:
+                db.execute("ALTER TABLE import_batches ADD COLUMN prefix_sha256 TEXT")
+
     def batches(self, key: BatchKey) -> list[BatchRow]:
         """Every batch recorded for `key`, by first tick."""
         rows = self._query(
@@ -97,6 +111,19 @@ class ImportLedger(SqliteDatabase):
         )
         return [r[0] for r in rows]
 
+    def earlier_ends(self, key: BatchKey, file_path: str) -> dict[int, set[str]]:
+        """For the done batches of other contents of the same file (path), stream and recipe: their end ticks
+        and the digests of the ticks up to them."""
+        rows = self._query(
+            "SELECT end_tick, prefix_sha256 FROM import_batches WHERE file_path=? AND contract_id=? AND tick_type=? "
+            "AND recipe=? AND file_sha256<>? AND state=? AND prefix_sha256 IS NOT NULL",
+            (file_path, key.stream.contract_id, key.stream.tick_type.value, key.recipe, key.file_sha256, DONE),
+        )
+        ends: dict[int, set[str]] = {}
+        for end, digest in rows:
+            ends.setdefault(end, set()).add(digest)
+        return ends
+
     def begin(
         self,
         key: BatchKey,
@@ -105,6 +132,7 @@ class ImportLedger(SqliteDatabase):
         stored: int,
         ts_range: tuple[int, int] | None,
         file_path: str,
+        prefix_sha256: str | None = None,
     ) -> None:
         """Record a batch covering ticks [span) as pending, before its ticks are appended.
 
@@ -113,8 +141,10 @@ class ImportLedger(SqliteDatabase):
         min_ts, max_ts = ts_range if ts_range is not None else (None, None)
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO import_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
-                (*_key(key), *span, batch, stored, min_ts, max_ts, PENDING, file_path, time.time_ns()),
+                "INSERT OR REPLACE INTO import_batches (file_sha256, contract_id, tick_type, recipe, first_tick, "
+                "end_tick, batch, stored, min_ts, max_ts, state, file_path, updated_ns, prefix_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_key(key), *span, batch, stored, min_ts, max_ts, PENDING, file_path, time.time_ns(), prefix_sha256),
             )
 
     def commit(self, key: BatchKey, first_tick: int, seqs: tuple[int, int] | None) -> None:

@@ -3,16 +3,22 @@
 A parser hands each tick to the `StreamSink` of its stream and each unusable row to `skip`; the
 sink validates the tick, numbers it (its index among the stream's ticks of this file), leaves out
 what the ledger says is already stored and appends the rest in batches (see `ledger` for the
-protocol that survives a crash between an append and its ledger entry).
+protocol that survives a crash between an append and its ledger entry). It also keeps a running
+digest of the stream's ticks, so that a file that grew since an earlier import is recognised: its
+ticks are held back up to each end of an earlier import's batches and dropped there when the digests
+agree (at most one earlier batch is held in memory).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import orjson
 
 from ib_stream.domain import MAX_TS_NS, MIN_TS_NS, StreamKey, TickValidator
 from ib_stream.errors import TickValidationError
@@ -40,6 +46,9 @@ class ImportReport:
     duplicates: collections.Counter[StreamKey] = field(default_factory=collections.Counter)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first row skipped for it
+    grown: dict[StreamKey, int] = field(
+        default_factory=dict
+    )  # ticks found stored by an import of the file before it grew
     batches: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -149,6 +158,11 @@ class StreamSink:
         self.ticks: list[dict[str, Any]] = []
         self.min_ts = MAX_TS_NS
         self.max_ts = MIN_TS_NS
+        self.digest = hashlib.sha256()  # of the stream's ticks [0, next_index)
+        # Ends of the batches of an earlier content of this file (it grew): ticks are held until one is reached.
+        fresh = not done  # no batch of this content is done yet (a pending one may be)
+        self.earlier = writer.ledger.earlier_ends(key, writer.file_path) if fresh else {}
+        self.held: list[dict[str, Any]] = []
 
     def check(self, tick: dict[str, Any]) -> dict[str, Any]:
         """Validate a tick as the store will; raise BadValue naming the field otherwise."""
@@ -168,21 +182,55 @@ class StreamSink:
             self.check(tick)
         index = self.next_index
         self.next_index += 1
-        if index < self.done_upto:
-            self.writer.report.duplicates[self.stream] += 1
+        self.digest.update(orjson.dumps(tick, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+        if self.earlier:
+            self._match_earlier(tick)
             return
-        if index < self.pending_end and self._stored_already(self.check(tick)):
+        self._route(index, tick)
+        if len(self.ticks) >= self.writer.batch_size and self.next_index >= self.pending_end:
+            self.flush()
+
+    def _route(self, index: int, tick: dict[str, Any]) -> None:
+        """Count the tick as already stored (by a done batch, or found in the store for a pending one), or take it."""
+        if index < self.done_upto or (index < self.pending_end and self._stored_already(self.check(tick))):
             self.writer.report.duplicates[self.stream] += 1
             return
         self.ticks.append(tick)
         ts = tick["ts"]
         self.min_ts = min(self.min_ts, ts)
         self.max_ts = max(self.max_ts, ts)
+
+    def _match_earlier(self, tick: dict[str, Any]) -> None:
+        """Hold the tick until the next end of an earlier content's batch; there, drop what is held when the
+        digests agree (those ticks were stored by that import), else stop matching and route it all."""
+        self.held.append(tick)
+        digests = self.earlier.get(self.next_index)
+        if digests is None:
+            return
+        if self.digest.hexdigest() in digests:
+            self.writer.report.duplicates[self.stream] += len(self.held)
+            self.writer.report.grown[self.stream] = self.next_index
+            self.held = []
+            self.first = self.next_index
+            if self.next_index >= max(self.earlier):
+                self.earlier = {}
+            return
+        self._release()
         if len(self.ticks) >= self.writer.batch_size and self.next_index >= self.pending_end:
             self.flush()
 
+    def _release(self) -> None:
+        """Stop matching: the contents differ before this point, so the held ticks are routed as new (no flush in
+        between: a batch's span must cover every tick routed into it)."""
+        self.earlier = {}
+        held, self.held = self.held, []
+        for index, tick in enumerate(held, start=self.next_index - len(held)):
+            self._route(index, tick)
+
     def flush(self) -> None:
         """Append the batch (pending in the ledger first, done once durable)."""
+        if self.held:  # the file ends before the earlier content's next batch end
+            self._release()
         end = self.next_index
         if end <= self.first:
             return
@@ -190,7 +238,13 @@ class StreamSink:
         writer.report.batches += 1
         ts_range = (self.min_ts, self.max_ts) if self.ticks else None
         writer.ledger.begin(
-            self.key, (self.first, end), writer.report.batches, len(self.ticks), ts_range, writer.file_path
+            self.key,
+            (self.first, end),
+            writer.report.batches,
+            len(self.ticks),
+            ts_range,
+            writer.file_path,
+            self.digest.hexdigest(),
         )
         seqs = None
         if self.ticks:

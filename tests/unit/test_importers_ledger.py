@@ -203,3 +203,80 @@ def test_the_same_file_read_another_way_is_stored_again_with_a_warning(store: Ti
     report = import_file(store, trades_csv, other, CONTRACT)
     assert report.stored[STREAM] == ROWS
     assert len(report.warnings) == 1 and "already imported into 7/last with other options" in report.warnings[0]
+
+
+def grow(path: Path, rows: int, start: int) -> None:
+    """Append `rows` trades to a Binance-layout file (a recorder still writing to it)."""
+    ms = T0_NS // 1_000_000
+    with open(path, "a", newline="") as handle:
+        out = csv.writer(handle)
+        for i in range(start, start + rows):
+            out.writerow([ms + 1000 + i, i, 101 + (i % 7) * 0.25, 2 + i % 3, i % 3 == 0])
+
+
+def test_a_file_that_grew_stores_only_its_new_ticks(store: TickStore, trades_csv: Path) -> None:
+    assert run_import(store, trades_csv).stored[STREAM] == ROWS  # batches end at 10, 20, ..., 57
+    grow(trades_csv, 30, ROWS)
+    grown = run_import(store, trades_csv, batch_size=8)
+    assert grown.stored[STREAM] == 30 and grown.duplicates[STREAM] == ROWS and grown.grown == {STREAM: ROWS}
+    assert stored(store) == expected(trades_csv)
+    grow(trades_csv, 12, ROWS + 30)  # and again: the second import's batches are matched too
+    again = run_import(store, trades_csv, batch_size=5)
+    assert again.stored[STREAM] == 12 and again.grown == {STREAM: ROWS + 30}
+    assert stored(store) == expected(trades_csv)
+    assert run_import(store, trades_csv).ticks_stored == 0
+    assert store.buffer.next_seq(STREAM) == ROWS + 42 + 1
+
+
+def test_a_changed_file_is_stored_again_from_the_first_batch_that_differs(store: TickStore, trades_csv: Path) -> None:
+    run_import(store, trades_csv)
+    lines = trades_csv.read_text().splitlines()
+    fields = lines[1 + 35].split(",")
+    fields[2] = "999.0"  # trade 35 edited: the earlier batches end at 10, 20, 30 (same), 40 (differs)
+    lines[1 + 35] = ",".join(fields)
+    trades_csv.write_text("\n".join(lines) + "\n")
+    changed = run_import(store, trades_csv)
+    assert changed.duplicates[STREAM] == 30 and changed.stored[STREAM] == ROWS - 30
+    assert changed.grown == {STREAM: 30}
+
+
+def test_a_grown_file_import_interrupted_then_rerun(
+    store: TickStore, trades_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_import(store, trades_csv)
+    grow(trades_csv, 40, ROWS)
+    original = ImportLedger.commit
+    calls = []
+
+    def crash_on_second(self: ImportLedger, *args: Any) -> None:
+        calls.append(args)
+        if len(calls) == 2:
+            raise Crash("power cut after the second batch of new ticks was durable")
+        original(self, *args)
+
+    monkeypatch.setattr(ImportLedger, "commit", crash_on_second)
+    with pytest.raises(Crash):
+        run_import(store, trades_csv)
+    monkeypatch.setattr(ImportLedger, "commit", original)
+    assert sum(stored(store).values()) == ROWS + 20
+    again = run_import(store, trades_csv, batch_size=6)
+    assert again.stored[STREAM] == 20 and again.duplicates[STREAM] == ROWS + 20
+    assert stored(store) == expected(trades_csv)
+
+
+def test_a_ledger_from_before_grown_files_gets_the_digest_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ib_stream.importers.ledger import _SCHEMA
+
+    path = tmp_path / "index.db"
+    old_schema = "\n".join(line for line in _SCHEMA.splitlines() if "prefix_sha256" not in line)
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+    ledger = ImportLedger(path)
+    key = BatchKey("abc", STREAM, "r")
+    ledger.begin(key, (0, 3), 1, 3, (1, 2), "f.csv", "d1")
+    ledger.commit(key, 0, (1, 3))
+    assert ledger.earlier_ends(BatchKey("other", STREAM, "r"), "f.csv") == {3: {"d1"}}
+    assert ledger.earlier_ends(BatchKey("abc", STREAM, "r"), "f.csv") == {}  # not its own content
+    ledger.close()
