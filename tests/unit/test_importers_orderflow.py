@@ -293,6 +293,33 @@ def test_replaying_the_stored_depth_gives_every_recorded_book(store: TickStore, 
     assert order_book.levels() == (sorted(book[0].items(), reverse=True), sorted(book[1].items()))
 
 
+def test_a_recording_that_grew_adds_only_its_new_ticks(store: TickStore, tmp_path: Path) -> None:
+    rng = random.Random(9)
+    books = random_books(rng, 120)
+    rows: list[BookRow] = [
+        (i + 1, "ETH", as_text(b, 1), as_text(a, 0), str(T + 10 * i)) for i, (b, a) in enumerate(books)
+    ]
+    trades: list[TradeRow] = [
+        (i + 1, "ETH", str(i), 2000.0 + i % 4, 1.0, "buy", str(T + 10 * i + 5)) for i in range(120)
+    ]
+    path = write_recording(tmp_path / "eth.db", rows[:70], trades[:70])
+    first = import_orderflow(store, path, OrderflowOptions(contract_id=ETH), batch_size=16)
+    with sqlite3.connect(path) as db:  # the recorder went on writing
+        db.executemany("INSERT INTO book VALUES (?, ?, ?, ?, ?)", rows[70:])
+        db.executemany("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?)", trades[70:])
+    db.close()
+    grown = import_orderflow(store, path, OrderflowOptions(contract_id=ETH), batch_size=16)
+    last = StreamKey(ETH, TickType.LAST)
+    assert grown.stored[last] == 50 and grown.duplicates[last] == 70 and grown.grown[last] == 70
+    assert grown.duplicates[StreamKey(ETH, TickType.DEPTH)] == first.stored[StreamKey(ETH, TickType.DEPTH)]
+    assert len(stored(store, ETH, TickType.LAST)) == 120
+    after = replay_by_price(stored(store, ETH, TickType.DEPTH))
+    book: tuple[dict[float, float], dict[float, float]] = ({}, {})
+    for i, (bids, asks) in enumerate(books):
+        book = after.get(ns(T + 10 * i), book)
+        assert book == ({p: s for p, s in bids.items() if s}, {p: s for p, s in asks.items() if s}), i
+
+
 def test_delta_rows_change_only_the_levels_they_list(store: TickStore, tmp_path: Path) -> None:
     rows: list[BookRow] = [
         (1, "ETH", "[[10.0, 1], [9.0, 2]]", "[[11.0, 1]]", str(T)),
