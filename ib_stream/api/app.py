@@ -189,6 +189,9 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await asyncio.to_thread(store.gaps.end_run, clock.now_ns())
+            # `ib-stream serve` announced its URL there; it holds the data root lock, so the file is its own. Removed
+            # here because uvicorn ends a SIGTERMed process by re-raising the signal, before serve's cleanup runs.
+            settings.storage.service_file.unlink(missing_ok=True)
             await store.aclose()  # flushes and fsyncs the buffer, releases the data root
             log.info("ib-stream stopped; everything acknowledged is on disk")
 

@@ -66,6 +66,7 @@ def test_ticks_acknowledged_before_sigterm_are_all_there_after_restart(tmp_path:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert "everything acknowledged is on disk" in stderr, stderr
+    assert not (data_root / ".service.json").exists()  # no stale announcement
     restarted = _start(data_root, port, env)  # the restart recovers the buffer and serves the same ticks
     try:
         _wait_until_up(url, restarted)
