@@ -6,6 +6,7 @@ then optionally aggregate into bars; results are cached without ever going stale
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -18,8 +19,8 @@ import pyarrow as pa
 
 from ib_stream.analytics.bars import BAR_INPUTS, make_bars, parse_resolution
 from ib_stream.clock import Clock, to_ns
-from ib_stream.domain import StreamKey, TickType
-from ib_stream.errors import QueryError, ValidationError
+from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.errors import IbStreamError, QueryError, ValidationError
 from ib_stream.storage.cache import QueryCache
 from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import PartitionIndex
@@ -131,6 +132,7 @@ class StorageQuery:
             engine = open_readonly_engine(config)
         self.engine = engine
         self.config = config
+        self._contracts: dict[int, Contract] | None = None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ib-stream-query"
         )
@@ -176,6 +178,63 @@ class StorageQuery:
                 details={"field": "end_time", "value": _iso(end), "start_time": _iso(start)},
             )
         return int(contract_id), types, start, end, parse_resolution(resolution)
+
+    async def bars(
+        self,
+        contract_id: int,
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        resolution: str = "1m",
+        kinds: str | Sequence[str] = ("ohlc", "cvd", "obi"),
+        *,
+        calendar: str | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """Order-flow bars of a contract in [start_time, end_time) — OHLC with buy / sell volume and VWAP, CVD,
+        OBI — as a DataFrame with the columns of `GET /v2/bars` (see docs/concepts/order-flow.md).
+
+        `calendar` (an exchange_calendars name) gives the sessions that reset the CVD and make `1d` bars;
+        default: the contract's in the contracts file, else XNYS. `options`: session, anchor, trades, levels,
+        obi_source, as in the HTTP API.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: self.bars_sync(contract_id, start_time, end_time, resolution, kinds, calendar=calendar, **options),
+        )
+
+    def bars_sync(
+        self,
+        contract_id: int,
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        resolution: str = "1m",
+        kinds: str | Sequence[str] = ("ohlc", "cvd", "obi"),
+        *,
+        calendar: str | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """The same as `bars`, for code without an event loop."""
+        from ib_stream.analytics.request import BarsRequest, parse_kinds  # analytics imports this module
+        from ib_stream.analytics.service import OrderFlow
+
+        contract_id, _, start, end, _ = self._arguments(contract_id, TickType.LAST, start_time, end_time, None)
+        if "trades" in options:
+            options["trades"] = TickType.parse(options["trades"], "trades")
+        request = BarsRequest(contract_id, start, end, resolution, parse_kinds(kinds), **options)
+        return OrderFlow(self.engine, self._contract(contract_id, calendar)).bars(request).to_pandas()
+
+    def _contract(self, contract_id: int, calendar: str | None) -> Contract:
+        """The configured contract (for its calendar), or one made up for an id the contracts file does not list."""
+        if self._contracts is None:
+            from ib_stream.contracts import load_contracts
+            from ib_stream.settings import load_settings
+
+            try:
+                self._contracts = {c.con_id: c for c in load_contracts(load_settings().contracts_file)}
+            except IbStreamError:  # no contracts file here: every contract is made up
+                self._contracts = {}
+        contract = self._contracts.get(contract_id) or Contract(contract_id, str(contract_id), calendar="XNYS")
+        return contract if calendar is None else dataclasses.replace(contract, calendar=calendar)
 
     async def book_at(self, contract_id: int, at: TimeLike | None = None, levels: int | None = None) -> BookAt:
         """The L2 book of a contract at `at` (default now): the latest valid snapshot plus at most an hour of deltas."""

@@ -201,3 +201,4 @@ def test_query_from_python_examples_run(example_root: Path) -> None:
         exec(compile(block, "docs/howto/query-from-python.md", "exec"), namespace)
     assert len(namespace["ticks"]) == 30 * 30  # 14:30–15:00: 10 trades + 20 quotes a minute
     assert namespace["bars"]["trade_count"].tolist() == [10] * 60
+    assert namespace["flow"]["trade_count"].tolist() == [50] * 6

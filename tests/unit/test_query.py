@@ -212,6 +212,37 @@ def test_blocking_query_for_code_without_a_loop(store: TickStore) -> None:
     assert list(store.query.query_range_sync(CONTRACT, "last", T0_NS, T0_NS + 1)["seq"]) == [1]
 
 
+async def test_order_flow_bars_from_the_public_query_api(store: TickStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ib_stream.analytics.request import BarsRequest
+    from ib_stream.analytics.service import OrderFlow
+    from ib_stream.domain import Contract
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the repository's contracts file lists CONTRACT (XNAS)
+    store.append_batch_sync(CONTRACT, "bid_ask", [quote(T0_NS + seconds(i), i) for i in range(0, 600, 7)])
+    store.append_batch_sync(CONTRACT, "last", [trade(T0_NS + seconds(i) + 1, i) for i in range(0, 600, 3)])
+    end = T0_NS + seconds(600)
+    got = await store.query.bars(CONTRACT, T0_NS, end, "1m")
+    want = OrderFlow(store.engine, Contract(CONTRACT, "AAPL", calendar="XNAS")).bars(BarsRequest(CONTRACT, T0_NS, end))
+    pd.testing.assert_frame_equal(got, want.to_pandas())
+    assert len(got) == 10 and got["trade_count"].sum() == 200 and {"cvd_close", "obi_close"} <= set(got.columns)
+    # Read-only, as another process would: the same bars; an unconfigured id gets XNYS, `calendar` overrides.
+    readonly = StorageQuery(config=store.config)
+    try:
+        pd.testing.assert_frame_equal(readonly.bars_sync(CONTRACT, T0_NS, end, "1m"), got)
+        assert readonly._contract(CONTRACT, None).calendar == "XNAS"
+        assert readonly._contract(424242, None).calendar == "XNYS"
+        assert readonly._contract(CONTRACT, "24/7").calendar == "24/7"
+        only = readonly.bars_sync(CONTRACT, T0_NS, end, "5m", "cvd", anchor="range", trades="Last")
+        assert list(only.columns) == ["timestamp", "empty", "delta", "cvd_open", "cvd_high", "cvd_low", "cvd_close"]
+        with pytest.raises(ValidationError) as bad:
+            readonly.bars_sync(CONTRACT, T0_NS, end, "1m", "ohlc,volume")
+        assert bad.value.field == "kinds"
+        with pytest.raises(QueryError):
+            readonly.bars_sync(CONTRACT, end, T0_NS)
+    finally:
+        readonly.close()
+
+
 # ---- exactly once across tiers ---------------------------------------------------------------------
 
 
