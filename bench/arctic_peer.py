@@ -38,6 +38,23 @@ SIZE_COLUMNS = ("bid_size", "ask_size", "size")
 T_START = time.perf_counter()
 
 
+def trade_bars_query() -> adb.QueryBuilder:
+    """1-minute bars of trades: OHLC, volume, notional (for the VWAP) and count."""
+    q = adb.QueryBuilder()
+    q = q.apply("notional", q["price"] * q["size"])
+    return q.resample("1min").agg(
+        {
+            "open": ("price", "first"),
+            "high": ("price", "max"),
+            "low": ("price", "min"),
+            "close": ("price", "last"),
+            "volume": ("size", "sum"),
+            "notional": ("notional", "sum"),
+            "trade_count": ("price", "count"),
+        }
+    )
+
+
 def log(msg: str) -> None:
     print(f"[peer {time.perf_counter() - T_START:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
@@ -197,20 +214,7 @@ def main() -> int:
         if s == "last":
 
             def bars(lib: Any = lib, s: str = s) -> pd.DataFrame:
-                q = adb.QueryBuilder()
-                q = q.apply("notional", q["price"] * q["size"])
-                q = q.resample("1min").agg(
-                    {
-                        "open": ("price", "first"),
-                        "high": ("price", "max"),
-                        "low": ("price", "min"),
-                        "close": ("price", "last"),
-                        "volume": ("size", "sum"),
-                        "notional": ("notional", "sum"),
-                        "trade_count": ("price", "count"),
-                    }
-                )
-                df = lib.read(s, query_builder=q).data
+                df = lib.read(s, query_builder=trade_bars_query()).data
                 df["vwap"] = df["notional"] / df["volume"]
                 return df
 

@@ -58,6 +58,7 @@ def timed(fn: Any, reps: int) -> tuple[float, list[float], Any]:
 def peer(args: argparse.Namespace) -> None:
     import arcticdb as adb
     import pandas as pd
+    from arctic_peer import trade_bars_query
 
     day = generate(args.ticks, args.seed, args.date)
     work = Path(tempfile.mkdtemp(prefix="of-peer-"))
@@ -69,20 +70,7 @@ def peer(args: argparse.Namespace) -> None:
         lib.write(name, frame[[c for c in frame.columns if c not in ("exchange", "conditions")]])
 
     def trades() -> Any:
-        q = adb.QueryBuilder()
-        q = q.apply("notional", q["price"] * q["size"])
-        q = q.resample("1min").agg(
-            {
-                "open": ("price", "first"),
-                "high": ("price", "max"),
-                "low": ("price", "min"),
-                "close": ("price", "last"),
-                "volume": ("size", "sum"),
-                "notional": ("notional", "sum"),
-                "trade_count": ("price", "count"),
-            }
-        )
-        return lib.read("last", query_builder=q).data
+        return lib.read("last", query_builder=trade_bars_query()).data
 
     def quotes() -> Any:
         q = adb.QueryBuilder()
