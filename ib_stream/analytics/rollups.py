@@ -77,8 +77,30 @@ def _groups(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seconds[starts], starts
 
 
-def empty_rows() -> Rows:
-    return {f.name: np.zeros(0, dtype=np.int64 if f.type == _I else np.float64) for f in ROLLUP_SCHEMA}
+def zero_rows(n: int, schema: pa.Schema = ROLLUP_SCHEMA) -> Rows:
+    """`n` rows of `schema`, every value 0."""
+    return {f.name: np.zeros(n, dtype=np.int64 if f.type == _I else np.float64) for f in schema}
+
+
+def empty_rows(schema: pa.Schema = ROLLUP_SCHEMA) -> Rows:
+    return zero_rows(0, schema)
+
+
+_OBI_STATS: Final = ("obi_first", "obi_high", "obi_low", "obi_last")
+
+
+def _put_obi(rows: Rows, seconds: np.ndarray, obi_values: np.ndarray, o_sec: np.ndarray, o_start: np.ndarray) -> None:
+    """Fill the OBI columns of `rows` (one per second of `seconds`) from the events grouped as (o_sec, o_start)."""
+    for name in _OBI_STATS:
+        rows[name][:] = np.nan
+    if len(o_sec):
+        at = np.searchsorted(seconds, o_sec)
+        o_end = np.append(o_start[1:], len(obi_values))
+        rows["obi_first"][at] = obi_values[o_start]
+        rows["obi_last"][at] = obi_values[o_end - 1]
+        rows["obi_high"][at] = np.maximum.reduceat(obi_values, o_start)
+        rows["obi_low"][at] = np.minimum.reduceat(obi_values, o_start)
+        rows["obi_count"][at] = o_end - o_start
 
 
 def second_rows(
@@ -96,10 +118,11 @@ def second_rows(
     t_sec, t_start = _groups(np.asarray(ts, dtype=np.int64))
     o_sec, o_start = _groups(np.asarray(obi_ts, dtype=np.int64))
     seconds = np.union1d(t_sec, o_sec)
-    rows = {f.name: np.zeros(len(seconds), dtype=np.int64 if f.type == _I else np.float64) for f in ROLLUP_SCHEMA}
+    rows = zero_rows(len(seconds))
     rows["second"] = seconds
-    for name in ("open", "high", "low", "close", "obi_first", "obi_high", "obi_low", "obi_last"):
+    for name in ("open", "high", "low", "close"):
         rows[name][:] = np.nan
+    _put_obi(rows, seconds, obi_values, o_sec, o_start)
     if len(t_sec):
         at = np.searchsorted(seconds, t_sec)
         t_end = np.append(t_start[1:], len(price))
@@ -123,14 +146,6 @@ def second_rows(
         prefix = running - np.repeat(before, t_end - t_start)
         rows["cvd_high_offset"][at] = np.maximum(np.maximum.reduceat(prefix, t_start), 0.0)
         rows["cvd_low_offset"][at] = np.minimum(np.minimum.reduceat(prefix, t_start), 0.0)
-    if len(o_sec):
-        at = np.searchsorted(seconds, o_sec)
-        o_end = np.append(o_start[1:], len(obi_values))
-        rows["obi_first"][at] = obi_values[o_start]
-        rows["obi_last"][at] = obi_values[o_end - 1]
-        rows["obi_high"][at] = np.maximum.reduceat(obi_values, o_start)
-        rows["obi_low"][at] = np.minimum.reduceat(obi_values, o_start)
-        rows["obi_count"][at] = o_end - o_start
     return rows
 
 
@@ -142,10 +157,10 @@ def table_rows(table: pa.Table) -> Rows:
     return {f.name: table.column(f.name).to_numpy() for f in ROLLUP_SCHEMA}
 
 
-def concat_rows(parts: Sequence[Rows]) -> Rows:
+def concat_rows(parts: Sequence[Rows], schema: pa.Schema = ROLLUP_SCHEMA) -> Rows:
     if not parts:
-        return empty_rows()
-    return {f.name: np.concatenate([p[f.name] for p in parts]) for f in ROLLUP_SCHEMA}
+        return empty_rows(schema)
+    return {f.name: np.concatenate([p[f.name] for p in parts]) for f in schema}
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,19 +391,12 @@ def depth_rows(volumes: pa.Table) -> Rows:
     ts = ts_ns(volumes)
     values = imbalance(floats(volumes, "bid_volume"), floats(volumes, "ask_volume"))
     keep = ~np.isnan(values)
-    base = second_rows(ts[:0], ts[:0], ts[:0], ts[:0], ts[:0], ts[keep], values[keep])
     seconds, starts = _groups(ts)
-    ends = np.append(starts[1:], len(ts)).astype(np.intp)
-    rows: Rows = {
-        f.name: np.zeros(len(seconds), dtype=np.int64 if f.type == _I else np.float64) for f in DEPTH_ROLLUP_SCHEMA
-    }
+    rows = zero_rows(len(seconds), DEPTH_ROLLUP_SCHEMA)
     rows["second"] = seconds
-    for name in ("obi_first", "obi_high", "obi_low", "obi_last"):
-        rows[name][:] = np.nan
-    at = np.searchsorted(seconds, base["second"])
-    for name in ("obi_first", "obi_high", "obi_low", "obi_last", "obi_count"):
-        rows[name][at] = base[name]
-    rows["obi_end"] = values[ends - 1] if len(ts) else np.zeros(0)
+    _put_obi(rows, seconds, values[keep], *_groups(ts[keep]))
+    ends = np.append(starts[1:], len(ts)).astype(np.intp) if len(ts) else starts
+    rows["obi_end"] = values[ends - 1]
     rows["events"] = (ends - starts).astype(np.int64)
     return rows
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from ib_stream.analytics.book import top_volumes
 from ib_stream.analytics.obi import imbalance
 from ib_stream.analytics.request import DEFAULT_LEVELS
-from ib_stream.analytics.rollups import DEPTH_ROLLUP_SCHEMA, Rows, depth_rows
+from ib_stream.analytics.rollups import DEPTH_ROLLUP_SCHEMA, Rows, concat_rows, depth_rows
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.storage.hotcache import HotSnapshot
 from ib_stream.storage.index import ArchiveFile
@@ -38,7 +38,6 @@ from ib_stream.storage.rollups import RollupStore, by_partition
 from ib_stream.storage.snapshots import SeqWatermark, book_at
 
 DEPTH_ROLLUP_VERSION: Final = 1
-DEFAULT_DEPTH_LEVELS: Final = DEFAULT_LEVELS  # the rollups serve requests for this many levels (the API's default)
 OPEN_META: Final = b"ib_stream.depth_rollup.open_obi"
 
 
@@ -94,8 +93,8 @@ class _Catalog:
 
     def key(self, partition_start: int) -> str:
         files = sorted((f.file_path, f.checksum) for f in self.files.get(partition_start, []))
-        parts: list[Any] = [DEPTH_ROLLUP_VERSION, self.levels, self.engine.layout.partition_ns, files]
-        parts.append(self.watermark.before(partition_start))
+        before = self.watermark.before(partition_start)  # the opening book is that of the ticks up to this seq
+        parts = [DEPTH_ROLLUP_VERSION, self.levels, self.engine.layout.partition_ns, files, before]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def hot_in(self, partition_start: int) -> bool:
@@ -118,7 +117,7 @@ def depth_obi_rows(
     rest. None when no stored rollup serves any partition (the replay is then as fast), for other levels than
     the rollups hold, and when the range has no depth event and no volume in force: whether the contract has
     depth at all is then the tick path's call."""
-    if levels != DEFAULT_DEPTH_LEVELS:
+    if levels != DEFAULT_LEVELS:
         return None
     stream = StreamKey(contract_id, TickType.DEPTH)
     pn = engine.layout.partition_ns
@@ -138,19 +137,17 @@ def depth_obi_rows(
         stored = _rolled(table) if table is not None else None
         if stored is not None:
             used += 1
-            seconds = stored.rows["second"]
+            a, b = np.searchsorted(stored.rows["second"], [lo, hi])
             if partition == first:
-                before = int(np.searchsorted(seconds, lo))
-                in_force = float(stored.rows["obi_end"][before - 1]) if before else stored.open_obi
-            inside = slice(int(np.searchsorted(seconds, lo)), int(np.searchsorted(seconds, hi)))
-            parts.append({name: values[inside] for name, values in stored.rows.items()})
+                in_force = float(stored.rows["obi_end"][a - 1]) if a else stored.open_obi
+            parts.append({name: values[a:b] for name, values in stored.rows.items()})
         elif partition in catalog.files or hot or partition == first:
             computed = span_rows(engine, stream, lo, hi, levels)
             if partition == first:
                 in_force = computed.open_obi
             parts.append(computed.rows)
         # else: no depth tick in the partition, no rows
-    rows = _concat(parts)
+    rows = concat_rows(parts, DEPTH_ROLLUP_SCHEMA)
     if not used or (math.isnan(in_force) and not rows["events"].sum()):
         return None
     return rows, in_force
@@ -172,24 +169,15 @@ def update_depth_rollups(store: Any, contract_ids: Sequence[int] | None = None) 
             contract_ids is not None and stream.contract_id not in contract_ids
         ):
             continue
-        catalog = _Catalog.of(engine, stream, DEFAULT_DEPTH_LEVELS, engine.index.files(stream), now)
+        catalog = _Catalog.of(engine, stream, DEFAULT_LEVELS, engine.index.files(stream), now)
         for start in sorted(catalog.files):
             if start + pn > now or catalog.hot_in(start):
                 continue
             key = catalog.key(start)
             if rollups.key(stream, start) == key:
                 continue
-            rolled = span_rows(engine, stream, start, start + pn, DEFAULT_DEPTH_LEVELS)
+            rolled = span_rows(engine, stream, start, start + pn, DEFAULT_LEVELS)
             rollups.write_table(stream, start, _table(rolled), key)
             written += 1
         rollups.remove_except(stream, set(catalog.files))
     return written
-
-
-def _concat(parts: list[Rows]) -> Rows:
-    return {
-        f.name: np.concatenate([p[f.name] for p in parts])
-        if parts
-        else np.zeros(0, dtype=np.int64 if f.type == pa.int64() else np.float64)
-        for f in DEPTH_ROLLUP_SCHEMA
-    }

@@ -167,9 +167,14 @@ class StorageQuery:
     def _arguments(
         self, contract_id: Any, tick_types: Any, start_time: TimeLike, end_time: TimeLike | None, resolution: str | None
     ) -> tuple[int, tuple[TickType, ...], int, int, str]:
+        contract, start, end = self._span(contract_id, start_time, end_time)
+        types = TickType.parse_list([tick_types] if isinstance(tick_types, TickType) else tick_types)
+        return contract, types, start, end, parse_resolution(resolution)
+
+    def _span(self, contract_id: Any, start_time: TimeLike, end_time: TimeLike | None) -> tuple[int, int, int]:
+        """The contract id and [start, end) in UTC ns (end default now), each checked."""
         if isinstance(contract_id, bool) or not isinstance(contract_id, int | np.integer):
             raise ValidationError("contract_id", contract_id, "must be an integer")
-        types = TickType.parse_list([tick_types] if isinstance(tick_types, TickType) else tick_types)
         start = to_utc_ns(start_time, "start_time")
         end = self.engine.clock.now_ns() if end_time is None else to_utc_ns(end_time, "end_time")
         if end <= start:
@@ -177,7 +182,7 @@ class StorageQuery:
                 f"end_time {_iso(end)} is not after start_time {_iso(start)}",
                 details={"field": "end_time", "value": _iso(end), "start_time": _iso(start)},
             )
-        return int(contract_id), types, start, end, parse_resolution(resolution)
+        return int(contract_id), start, end
 
     async def bars(
         self,
@@ -217,7 +222,7 @@ class StorageQuery:
         from ib_stream.analytics.request import BarsRequest, parse_kinds  # analytics imports this module
         from ib_stream.analytics.service import OrderFlow
 
-        contract_id, _, start, end, _ = self._arguments(contract_id, TickType.LAST, start_time, end_time, None)
+        contract_id, start, end = self._span(contract_id, start_time, end_time)
         if "trades" in options:
             options["trades"] = TickType.parse(options["trades"], "trades")
         request = BarsRequest(contract_id, start, end, resolution, parse_kinds(kinds), **options)
