@@ -24,6 +24,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check ib_stream tests bench
 	$(BIN)/ruff format --check ib_stream tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy

@@ -142,8 +142,8 @@ def open_store(root: Path, clock: Any) -> Any:
 
 def flows(store: Any) -> tuple[Any, Any, Any]:
     """Tick path and rollup path without the result cache (so every call computes), and the cached service."""
-    from ib_stream.analytics.service import OrderFlow
     from ib_stream.domain import Contract
+    from ib_stream.orderflow.service import OrderFlow
 
     contract = Contract(CONTRACT, "SYN", calendar="XNYS", min_tick=0.01)
     return (
@@ -180,7 +180,7 @@ def main() -> int:
 
     from ib_stream.analytics.request import BarsRequest
     from ib_stream.clock import ManualClock
-    from ib_stream.storage.rollups import update_rollups
+    from ib_stream.store.rollups import update_rollups
 
     result: dict[str, Any] = {"args": vars(args), "cpus": os.cpu_count(), "load": os.getloadavg()}
     work = Path(tempfile.mkdtemp(prefix="of-bench-"))
@@ -266,9 +266,9 @@ def main() -> int:
             "ticks_times": m_tick_times,
         }
         if args.month_depth:
-            from ib_stream.analytics.service import OrderFlow
             from ib_stream.domain import Contract
-            from ib_stream.storage.depth_rollups import update_depth_rollups
+            from ib_stream.orderflow.service import OrderFlow
+            from ib_stream.store.depth_rollups import update_depth_rollups
 
             snapshots_s, _, _ = timed(store.run_snapshots, 1)
             build_d, _, written_d = timed(lambda: update_depth_rollups(store), 1)

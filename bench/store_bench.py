@@ -58,8 +58,8 @@ from synthetic_day import SyntheticDay, generate, ny_time_ns, tick_dicts, to_arr
 from ib_stream.clock import ManualClock
 from ib_stream.domain import TickType, TickValidator
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
-from ib_stream.storage.schema import TS_TYPE, is_sorted, jsonl_to_table, read_parquet, read_parquet_range, sort_table
+from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.schema import TS_TYPE, is_sorted, jsonl_to_table, read_parquet, read_parquet_range, sort_table
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_PYTHON = BENCH_DIR / ".bench-venv" / "bin" / "python"
@@ -398,7 +398,7 @@ def query_row(
     res: str | None,
     expect: int,
 ) -> dict[str, Any]:
-    q = store.query.query_range_sync
+    q = StorageQuery(store.engine).query_range_sync
     med, times, out = timed(lambda: q(CONTRACT_ID, streams, lo, hi, resolution=res), c.args.reps, c.args.warmup)
     if res is None:
         ok = len(out) == expect and bool(pd.DatetimeIndex(out["timestamp"]).is_monotonic_increasing)
@@ -505,11 +505,11 @@ def query_anatomy(c: Ctx, store: TickStore) -> None:
                 c.report.add("4b_query_anatomy", f"bid_ask {label}: {name}", error=repr(e)[:200])
     lo, hi = c.range30
     try:
-        from ib_stream.storage.query import _merge_frames
+        from ib_stream.store.query import _merge_frames
 
         frames = []
         for s in STREAMS:
-            f = store.query.query_range_sync(CONTRACT_ID, [s], lo, hi)
+            f = StorageQuery(store.engine).query_range_sync(CONTRACT_ID, [s], lo, hi)
             f.insert(1, "tick_type", s)
             frames.append(f)
         med, times, merged = timed(lambda: _merge_frames(frames), reps, warm)
@@ -542,7 +542,7 @@ def query_anatomy(c: Ctx, store: TickStore) -> None:
 
 def cached_query(c: Ctx, store: TickStore) -> None:
     lo, hi = c.range30
-    q = store.query.query_range_sync
+    q = StorageQuery(store.engine).query_range_sync
     started = time.perf_counter()
     first = q(CONTRACT_ID, ["bid_ask"], lo, hi)
     miss_ms = (time.perf_counter() - started) * 1e3
@@ -619,7 +619,7 @@ def archive_restart_compact(c: Ctx) -> None:
     started = time.perf_counter()
     store = c.store = TickStore(store_config(c.root, c.args.fsync_ms, 0), c.clock).open()
     open_s = time.perf_counter() - started
-    out = store.query.query_range_sync(CONTRACT_ID, ["bid_ask"], lo, hi)
+    out = StorageQuery(store.engine).query_range_sync(CONTRACT_ID, ["bid_ask"], lo, hi)
     ready_s = time.perf_counter() - started
     hot_rows = sum(_hot_rows(store, k) for k in _streams(store))
     unarchived = c.day.n_total - n1

@@ -17,19 +17,20 @@ import typer
 
 from ib_stream import cli_recording
 from ib_stream import cli_support as support
+from ib_stream.cli_import import import_app
 from ib_stream.clock import from_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import (
     NotFoundError,
     ValidationError,
 )
-from ib_stream.importers.cli import import_app
+from ib_stream.orderflow.query import StorageQuery
 from ib_stream.settings import load_settings
-from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
-from ib_stream.storage.archive import ArchiveReport
-from ib_stream.storage.readonly import open_readonly_engine
-from ib_stream.storage.repair import count_archive_files, rebuild, verify
-from ib_stream.storage.store import lock_data_root, make_layout
+from ib_stream.store.archive import ArchiveReport
+from ib_stream.store.index import PartitionIndex
+from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.repair import count_archive_files, rebuild, verify
+from ib_stream.store.tickstore import TickStore, lock_data_root, make_layout
 
 EXPORT_FORMATS = (".csv", ".parquet")
 DEFAULT_SHOWN_ROWS = 20

@@ -32,10 +32,10 @@ from ib_stream.sources.ib_connection import IbConnection, IbEvent, ib_contract
 from ib_stream.sources.ib_errors import classify, format_error
 from ib_stream.sources.ib_history import HistoryRequests
 from ib_stream.sources.ib_pacing import Pacer
-from ib_stream.storage import TickStore
-from ib_stream.storage.coverage import stream_coverage
-from ib_stream.storage.gaps import GapLedger
-from ib_stream.storage.readonly import open_readonly_engine
+from ib_stream.store.coverage import stream_coverage
+from ib_stream.store.gaps import GapLedger
+from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.tickstore import TickStore
 
 log = logging.getLogger(__name__)
 ContractOption = Annotated[int, typer.Option("--contract", help="Contract id (conId) from the contracts file.")]

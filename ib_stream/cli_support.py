@@ -26,7 +26,7 @@ from ib_stream.errors import (
     ValidationError,
 )
 from ib_stream.settings import Settings, StorageConfig, load_settings
-from ib_stream.storage import PartitionIndex
+from ib_stream.store.index import PartitionIndex
 
 
 def exit_code_for(error: type[IbStreamError]) -> int:

@@ -27,7 +27,7 @@ import pyarrow as pa
 from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import CorruptFileError, IbStreamError, ValidationError
-from ib_stream.storage.query import TimeLike, to_utc_ns
+from ib_stream.times import TimeLike, to_utc_ns
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT: Final = 60.0

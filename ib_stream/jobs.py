@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.store.tickstore import TickStore
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ib_stream.alerts.config import AlertsConfig
 from ib_stream.errors import ConfigError
-from ib_stream.sinks.config import JsonSinkConfig
+from ib_stream.live_settings import AlertsConfig, JsonSinkConfig
 
 DEFAULT_CONFIG_FILE = Path("config/ib-stream.toml")
 _ROTATIONS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)

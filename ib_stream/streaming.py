@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError
-from ib_stream.storage.buffer import AppendResult, OnError
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.store import TickStore
+from ib_stream.store.buffer import AppendResult, OnError
+from ib_stream.store.schema import table_to_records
+from ib_stream.store.tickstore import TickStore
 
 log = logging.getLogger(__name__)
 LiveItem = tuple[StreamKey, dict[str, Any]]

@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ib_stream.alerts.config import AlertsConfig
 from ib_stream.alerts.history import AlertHistory
 from ib_stream.alerts.rules import Alert, RuleSet
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import Contract
 from ib_stream.errors import SlowConsumerError
-from ib_stream.sinks.live_feed import LiveBarFeed
+from ib_stream.live.feed import LiveBarFeed
+from ib_stream.live_settings import AlertsConfig
 from ib_stream.streaming import StreamingApp
 
 log = logging.getLogger(__name__)

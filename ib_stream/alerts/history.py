@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ib_stream.alerts.rules import Alert
-from ib_stream.storage.sqlite_db import SqliteDatabase
+from ib_stream.store.sqlite_db import SqliteDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (

@@ -20,8 +20,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ib_stream.alerts.config import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
 from ib_stream.analytics.bars import BAR_SIZES
+from ib_stream.live_settings import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+import pyarrow as pa
 
 from ib_stream.analytics.book import OrderBook
 from ib_stream.analytics.obi import imbalance as batch_imbalance
@@ -31,13 +32,11 @@ from ib_stream.analytics.side import classify, floats, recorded_sides, tick_rule
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import ValidationError
-from ib_stream.storage.query import QueryEngine
 
 QUOTE_HISTORY: Final = 4096  # quotes kept for the as-of lookup of trades that arrive after newer quotes
 QUOTE_LOOKBACK_NS: Final = 300 * NS_PER_SECOND  # as service.OrderFlow: quotes read before the first trade
 MAX_CONTEXT_NS: Final = 4 * 86_400 * NS_PER_SECOND  # as service.OrderFlow: trades read at most this far back
-HOUR_NS: Final = 3600 * NS_PER_SECOND
-_SEED_TRADES: Final = ["ts", "price", "size", "side"]
+SEED_TRADES: Final = ["ts", "price", "size", "side"]
 
 
 def imbalance(bid_volume: float, ask_volume: float) -> float:
@@ -214,14 +213,17 @@ class LiveBarBuilder:
         return (*types, TickType.DEPTH) if self.book is not None else types
 
     # ---- input ---------------------------------------------------------------------------------------
-    def seed(self, engine: QueryEngine, contract_id: int, until_ns: int) -> None:
+    def context_start(self, until_ns: int) -> int:
+        """Where `seed` wants its trades from: the start of the session in progress at `until_ns` (at most
+        MAX_CONTEXT_NS back); its quotes from QUOTE_LOOKBACK_NS before that."""
+        return max(self.session_of(until_ns), until_ns - MAX_CONTEXT_NS)
+
+    def seed(self, trades: pa.Table, quotes: pa.Table, depth: pa.Table | None, until_ns: int) -> None:
         """Start from the state in force at `until_ns` as the batch service computes it for a range starting
-        there (vectorised): trades read and classified from the start of the session in progress (at most
-        MAX_CONTEXT_NS back), quotes from QUOTE_LOOKBACK_NS before that. Call it before the first tick."""
+        there (vectorised): `trades` (ts, price, size, side) from `context_start(until_ns)`, `quotes` from
+        QUOTE_LOOKBACK_NS before that, `depth` the depth ticks of the hour before `until_ns` (with a book).
+        Call it before the first tick."""
         reset = self.session_of(until_ns)
-        context = max(reset, until_ns - MAX_CONTEXT_NS)
-        trades = engine.read_stream(StreamKey(contract_id, self.trade_type), context, until_ns, _SEED_TRADES)
-        quotes = engine.read_stream(StreamKey(contract_id, TickType.BID_ASK), context - QUOTE_LOOKBACK_NS, until_ns)
         ts, price, size = ts_ns(trades), floats(trades, "price"), floats(trades, "size")
         quote_ts, bid, ask = ts_ns(quotes), floats(quotes, "bid_price"), floats(quotes, "ask_price")
         cum, close, obi = _Cum(), math.nan, math.nan
@@ -236,8 +238,7 @@ class LiveBarBuilder:
             quote_ts[keep].tolist(),
             list(zip(bid[keep].tolist(), ask[keep].tolist(), strict=True)),
         )
-        if self.book is not None:  # the book as service.book_top_volumes starts it: from the hour boundary before
-            depth = engine.read_stream(StreamKey(contract_id, TickType.DEPTH), until_ns - until_ns % HOUR_NS, until_ns)
+        if self.book is not None and depth is not None:  # the book from the hour boundary before
             self.book.apply_table(depth)
             obi = imbalance(*self.book.top_volumes(self.depth_levels))
         if not self._obi_from_book:  # the OBI in force: the last quote with volume of the batch's look-back

@@ -30,8 +30,8 @@ from typing import Final
 import numpy as np
 
 from ib_stream.analytics.bars import BAR_SIZES, MAX_BARS, bar_edges, carry_forward
+from ib_stream.calendars import Session
 from ib_stream.errors import QueryError
-from ib_stream.storage.sessions import Session
 
 SESSION_RESOLUTION: Final = "1d"
 

@@ -19,7 +19,7 @@ bar is the cumulative value at each second's start plus that second's offsets, a
 starts) fall on second boundaries.
 
 `hour_rows` computes the rows of one partition from the store, classifying its trades exactly as
-`service.OrderFlow` would with its context starting at `context_ns` (see `ib_stream.storage.rollups`
+`service.OrderFlow` would with its context starting at `context_ns` (see `ib_stream.store.rollups`
 for when stored rows stand in for it).
 """
 
@@ -49,8 +49,6 @@ from ib_stream.analytics.side import (
     ts_ns,
 )
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import StreamKey, TickType
-from ib_stream.storage.query import QueryEngine
 
 ROLLUP_VERSION: Final = 1
 _F = pa.float64()
@@ -198,16 +196,14 @@ class HourRows:
 
 
 def hour_rows(
-    engine: QueryEngine,
-    contract_id: int,
-    trades: TickType,
+    trade_table: pa.Table,
+    quotes: pa.Table,
     hour_start: int,
-    end_ns: int,
     quote_lookback_ns: int,
     context_ns: int | None = None,
     carry: Carry | None = None,
 ) -> HourRows:
-    """Rows of [hour_start, end_ns): the OBI of every quote, the trades from `context_ns` (default hour_start)
+    """Rows of [hour_start, end): the OBI of every quote, the trades from `context_ns` (default hour_start)
     on, classified as the service does with its context there (quotes from context − lookback) — or, given
     the `carry` of the ticks before (since an earlier context), as the service does with that context.
 
@@ -216,14 +212,6 @@ def hour_rows(
     with no quote in the window (an earlier context could reach an older quote).
     """
     context = hour_start if context_ns is None else context_ns
-    columns = ["ts", "price", "size", "side"]
-    trade_table = engine.read_stream(StreamKey(contract_id, trades), context, end_ns, columns)
-    quotes = engine.read_stream(
-        StreamKey(contract_id, TickType.BID_ASK),
-        min(context - quote_lookback_ns, hour_start),
-        end_ns,
-        ["ts", "bid_price", "bid_size", "ask_price", "ask_size"],
-    )
     ts, price, size = ts_ns(trade_table), floats(trade_table, "price"), floats(trade_table, "size")
     quote_ts, bids, asks = ts_ns(quotes), floats(quotes, "bid_price"), floats(quotes, "ask_price")
     usable = quote_ts >= context - quote_lookback_ns

@@ -36,6 +36,7 @@ from ib_stream.api.routes import (
     ws,
 )
 from ib_stream.api.state import ServiceState
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract
@@ -43,9 +44,9 @@ from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
 from ib_stream.sinks.json_sink import JsonSink
 from ib_stream.sources.sim import SimSource
-from ib_stream.storage import MarketSessions, TickStore
-from ib_stream.storage.downtime import record_downtime
-from ib_stream.storage.gaps import BackfillState
+from ib_stream.store.downtime import record_downtime
+from ib_stream.store.gaps import BackfillState
+from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import StreamingApp, TickSource
 
 log = logging.getLogger(__name__)

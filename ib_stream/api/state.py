@@ -10,8 +10,9 @@ from fastapi import Depends, Request
 
 from ib_stream.clock import Clock
 from ib_stream.domain import Contract
+from ib_stream.orderflow.query import StorageQuery
 from ib_stream.settings import Settings
-from ib_stream.storage import TickStore
+from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import StreamingApp
 
 
@@ -28,6 +29,10 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    query: StorageQuery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.query = StorageQuery(self.store.engine, config=self.settings.storage, executor=self.store.executor)
 
 
 async def get_state(request: Request) -> ServiceState:

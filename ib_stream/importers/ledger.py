@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ib_stream.domain import StreamKey
-from ib_stream.storage.sqlite_db import SqliteDatabase
+from ib_stream.store.sqlite_db import SqliteDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS import_batches (

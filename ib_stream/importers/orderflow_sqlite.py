@@ -41,7 +41,7 @@ from ib_stream.importers.writer import (
     StreamSink,
     checked_ts,
 )
-from ib_stream.storage.store import TickStore
+from ib_stream.store.tickstore import TickStore
 
 RECIPE_VERSION: Final = 1  # bump when the same file would give different ticks
 TABLES: Final = {

@@ -42,7 +42,7 @@ from ib_stream.importers.values import (
     trade_side,
 )
 from ib_stream.importers.writer import DEFAULT_BATCH_TICKS, ImportReport, ImportWriter, Progress, checked_ts
-from ib_stream.storage.store import TickStore
+from ib_stream.store.tickstore import TickStore
 
 RECIPE_VERSION: Final = 1  # bump when the same file and recipe would give different ticks
 FORMATS: Final = ("csv", "tsv", "jsonl", "json")

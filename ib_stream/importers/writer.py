@@ -24,8 +24,8 @@ from ib_stream.domain import MAX_TS_NS, MIN_TS_NS, StreamKey, TickValidator
 from ib_stream.errors import TickValidationError
 from ib_stream.importers.ledger import DONE, PENDING, BatchKey, BatchRow, ImportLedger
 from ib_stream.importers.values import BadValue
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.store import TickStore
+from ib_stream.store.schema import table_to_records
+from ib_stream.store.tickstore import TickStore
 
 SOURCE: Final = "import"
 DEFAULT_BATCH_TICKS: Final = 10_000

@@ -30,8 +30,8 @@ import orjson
 from ib_stream.analytics.book import OrderBook
 from ib_stream.domain import Contract, TickType
 from ib_stream.errors import ConfigError, SlowConsumerError
-from ib_stream.sinks.config import JsonSinkConfig
-from ib_stream.sinks.live_feed import LiveBarFeed
+from ib_stream.live.feed import LiveBarFeed
+from ib_stream.live_settings import JsonSinkConfig
 from ib_stream.streaming import LiveItem, StreamingApp
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
 from ib_stream.domain import Contract, TickType
 from ib_stream.settings import IbConfig
@@ -51,8 +52,7 @@ from ib_stream.sources.ib_gaps import SourceGaps
 from ib_stream.sources.ib_history import HistoryRequests
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.sources.ib_subscriptions import Request, Subscriptions
-from ib_stream.storage.gaps import GapReason
-from ib_stream.storage.sessions import MarketSessions
+from ib_stream.store.gaps import GapReason
 from ib_stream.streaming import StreamingApp
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from ib_stream.clock import NS_PER_SECOND, iso
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.sources import ib_parsing as parse
 from ib_stream.sources.ib_history import TICKS_PER_REQUEST
-from ib_stream.storage.gaps import BackfillState, Gap
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.store import TickStore
+from ib_stream.store.gaps import BackfillState, Gap
+from ib_stream.store.schema import table_to_records
+from ib_stream.store.tickstore import TickStore
 
 log = logging.getLogger(__name__)
 

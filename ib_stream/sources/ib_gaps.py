@@ -22,7 +22,7 @@ from ib_stream.clock import Clock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.settings import IbConfig
 from ib_stream.sources.ib_backfill import Backfiller, BackfillResult
-from ib_stream.storage.gaps import BackfillState, GapLedger, GapReason
+from ib_stream.store.gaps import BackfillState, GapLedger, GapReason
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey
 from ib_stream.errors import ConfigError
 from ib_stream.settings import ReplayConfig
-from ib_stream.storage.query import QueryEngine, to_utc_ns
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.schema import table_to_records
+from ib_stream.times import to_utc_ns
 
 _CHUNK = 500  # records handed to the fan-out at once when replaying as fast as possible
 

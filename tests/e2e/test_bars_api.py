@@ -18,10 +18,10 @@ import pytest
 
 import ib_stream.api.app as app_module
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.api.routes import bars as bars_routes
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.storage.sessions import MarketSessions
+from ib_stream.orderflow.service import OrderFlow
 from tests.conftest import T0_NS, quote, trade
 from tests.e2e.conftest import AAPL, ES, LiveServer, start_server
 from tests.e2e.conftest import test_settings as service_settings

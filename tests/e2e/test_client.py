@@ -48,7 +48,7 @@ def client(server: LiveServer) -> Iterator[Client]:
 
 
 def library(server: LiveServer, *args: Any) -> pd.DataFrame:
-    frame: pd.DataFrame = server.run(server.state.store.query.query_range(AAPL, *args))
+    frame: pd.DataFrame = server.run(server.state.query.query_range(AAPL, *args))
     return frame
 
 

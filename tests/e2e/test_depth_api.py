@@ -11,8 +11,8 @@ import pytest
 
 from ib_stream.api.routes import depth
 from ib_stream.clock import iso_ns
-from ib_stream.storage.layout import HOUR_NS
-from ib_stream.storage.snapshots import SnapshotWriter
+from ib_stream.store.layout import HOUR_NS
+from ib_stream.store.snapshots import SnapshotWriter
 from tests.e2e.conftest import AAPL, LiveServer
 
 HOURS = 3

@@ -44,7 +44,7 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
 
 
 def library(server: LiveServer, tick_types: list[str], start: str, end: str, resolution: str = "tick") -> pd.DataFrame:
-    frame: pd.DataFrame = server.run(server.state.store.query.query_range(AAPL, tick_types, start, end, resolution))
+    frame: pd.DataFrame = server.run(server.state.query.query_range(AAPL, tick_types, start, end, resolution))
     return frame
 
 

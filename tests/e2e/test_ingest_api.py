@@ -43,7 +43,7 @@ def post(server: LiveServer, body: Any, headers: dict[str, str] | None = AUTH) -
 
 
 def stored(server: LiveServer, tick_type: str = "last") -> Any:
-    return server.run(server.state.store.query.query_range(AAPL, tick_type, T0_NS - 10**12, T0_NS + 10**12))
+    return server.run(server.state.query.query_range(AAPL, tick_type, T0_NS - 10**12, T0_NS + 10**12))
 
 
 def test_disabled_without_a_configured_token(live_server: LiveServer) -> None:

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from websockets.sync.client import connect
 
-from ib_stream.alerts.config import AlertsConfig, ObiImbalanceRule
 from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, stop_task
 from ib_stream.clock import NS_PER_SECOND
+from ib_stream.live_settings import AlertsConfig, ObiImbalanceRule
 from tests.e2e.conftest import AAPL, LiveServer, start_server
 from tests.e2e.conftest import test_settings as service_settings
 from tests.e2e.test_live_sse import Event, SSEStream, is_kind, sse, wait_for

@@ -15,8 +15,8 @@ import httpx
 
 from ib_stream.api.params import iso
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.query import StorageQuery
-from ib_stream.storage.readonly import open_readonly_engine
+from ib_stream.storage import StorageQuery
+from ib_stream.store.readonly import open_readonly_engine
 from tests.e2e.conftest import AAPL, REPO, free_port
 
 

@@ -16,7 +16,7 @@ from ib_stream.api.app import create_app
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import TickValidationError
-from ib_stream.storage.gaps import GapReason
+from ib_stream.store.gaps import GapReason
 from ib_stream.streaming import Subscription
 from tests.conftest import T0, T0_NS, quote, seconds, trade
 from tests.e2e.conftest import AAPL, ES, LiveServer, start_server

@@ -18,8 +18,8 @@ from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.sources.ib_parsing import depth_from_mkt_depth
 from ib_stream.storage import TickStore
-from ib_stream.storage.layout import HOUR_NS
-from ib_stream.storage.snapshots import SnapshotWriter, book_at
+from ib_stream.store.layout import HOUR_NS
+from ib_stream.store.snapshots import SnapshotWriter, book_at
 from tests.conftest import requires_shared_data
 
 EURUSD = 12087792

@@ -13,8 +13,8 @@ from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.gaps import GapReason
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.gaps import GapReason
+from ib_stream.store.schema import table_to_records
 from tests.conftest import T0_NS
 from tests.support.fake_tws import AAPL, ES, FakeTWS, LastTick
 

@@ -16,8 +16,8 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import CorruptFileError, StorageError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
-from ib_stream.storage.repair import verify
+from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.repair import verify
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 HOUR = 3600
@@ -71,7 +71,7 @@ def break_footer_magic(path: Path) -> None:
 
 
 async def query_hour(store: TickStore, hour: int) -> int:
-    return len(await store.query.query_range(CONTRACT, "last", *hour_range(hour)))
+    return len(await StorageQuery(store.engine).query_range(CONTRACT, "last", *hour_range(hour)))
 
 
 def relative(store: TickStore, path: Path) -> str:
@@ -102,14 +102,14 @@ async def test_query_touching_a_damaged_file_names_it(archived: TickStore, damag
     assert caught.value.details["path"] == str(victim)
     assert caught.value.code == "CORRUPT_FILE"
     with pytest.raises(CorruptFileError):
-        await archived.query.query_range(CONTRACT, "last", hour_range(0)[0], hour_range(2)[1])
+        await StorageQuery(archived.engine).query_range(CONTRACT, "last", hour_range(0)[0], hour_range(2)[1])
 
 
 async def test_other_ranges_still_work_beside_damaged_files(archived: TickStore) -> None:
     truncate(file_of_hour(archived, 0))
     break_footer_magic(file_of_hour(archived, 2))
     assert await query_hour(archived, 1) == 800  # first query of this range: read from its file
-    bars = await archived.query.query_range(CONTRACT, "last", *hour_range(1), resolution="1m")
+    bars = await StorageQuery(archived.engine).query_range(CONTRACT, "last", *hour_range(1), resolution="1m")
     assert bars["trade_count"].sum() == 800
 
 

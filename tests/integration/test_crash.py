@@ -44,9 +44,9 @@ import pytest
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import TICK_FIELDS, StreamKey, TickType
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import PartitionIndex, TickStore
-from ib_stream.storage.repair import VerifyReport, rebuild, verify
-from ib_stream.storage.store import make_layout
+from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
+from ib_stream.store.repair import VerifyReport, rebuild, verify
+from ib_stream.store.tickstore import make_layout
 from tests.conftest import CONTRACT, T0_NS, trade
 from tests.integration.crash_child import (
     ERROR_EXIT,
@@ -337,7 +337,7 @@ def crash_run(workdir: Path, seed: int, target: str) -> CrashOutcome:
             result = store.append_batch_sync(stream.contract_id, stream.tick_type, [tick], source=source_of(index))
             assert result.first_seq == stored[index] + 1, f"{when}: {stream} went on at {result.first_seq}"
             stored[index] += 1
-            frame = store.query.query_range_sync(stream.contract_id, stream.tick_type, 0, 2**62)
+            frame = StorageQuery(store.engine).query_range_sync(stream.contract_id, stream.tick_type, 0, 2**62)
             assert sorted(frame["seq"]) == list(range(1, stored[index] + 1)), f"{when}: query API of {stream}"
     finally:
         store.close()

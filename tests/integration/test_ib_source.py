@@ -17,7 +17,7 @@ from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.settings import IbConfig
 from ib_stream.sources.ib import IbSource
 from ib_stream.storage import TickStore
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.schema import table_to_records
 from ib_stream.streaming import StreamingApp
 from tests.conftest import T0_NS
 from tests.support.fake_tws import AAPL, ES, FakeTWS

@@ -16,7 +16,7 @@ import pytest
 from ib_stream.domain import TICK_FIELDS, StreamKey, TickType
 from ib_stream.importers import import_file, preset
 from ib_stream.storage import TickStore
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.schema import table_to_records
 from tests.conftest import requires_shared_data
 
 CONTRACT = 9001

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.clock import ManualClock
 from ib_stream.domain import Contract
+from ib_stream.orderflow.service import OrderFlow
 from ib_stream.storage import TickStore
 from tests.conftest import requires_shared_data
 

@@ -17,8 +17,8 @@ import pytest
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
-from ib_stream.storage.repair import verify
+from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.repair import verify
 from tests.conftest import CONTRACT, requires_shared_data
 
 BATCH = 100
@@ -121,14 +121,14 @@ async def test_ib_historical_bid_ask_round_trips_exactly(
     await feed_live(store, clock, "bid_ask", ticks)
     start, end = ticks[0]["ts"], ticks[-1]["ts"] + 1
     expected = expected_frame(ticks, QUOTE_FIELDS)
-    hot = await store.query.query_range(CONTRACT, "BidAsk", start, end)
+    hot = await StorageQuery(store.engine).query_range(CONTRACT, "BidAsk", start, end)
     assert_bit_exact(hot, expected, QUOTE_FIELDS)
     assert set(hot["source"]) == {"ib_hist"}
 
     await archive_everything(store, clock)
     hot_tier = store.buffer.hot(StreamKey(CONTRACT, TickType.BID_ASK))
     assert hot_tier is not None and hot_tier.snapshot().chunks == ()  # the answer below comes from Parquet alone
-    cold = await store.query.query_range(CONTRACT, "bid_ask", start, end)
+    cold = await StorageQuery(store.engine).query_range(CONTRACT, "bid_ask", start, end)
     assert_bit_exact(cold, expected, QUOTE_FIELDS)
     pd.testing.assert_frame_equal(cold, hot)
 
@@ -143,7 +143,7 @@ async def test_ib_ticks_sharing_a_second_keep_their_arrival_order(store: TickSto
     clock.set(ticks[0]["ts"])
     await feed_live(store, clock, "bid_ask", ticks)
     await archive_everything(store, clock)
-    frame = await store.query.query_range(CONTRACT, "bid_ask", ticks[0]["ts"], ticks[-1]["ts"] + 1)
+    frame = await StorageQuery(store.engine).query_range(CONTRACT, "bid_ask", ticks[0]["ts"], ticks[-1]["ts"] + 1)
     shared = frame[frame.duplicated("timestamp", keep=False)]
     assert len(shared) > 0
     for _, group in shared.groupby("timestamp"):
@@ -164,7 +164,7 @@ async def test_binance_trades_round_trip_exactly(store: TickStore, clock: Manual
         await store.append_batch(CONTRACT, "last", ticks[first : first + BATCH], source="unused")
     start, end = ticks[0]["ts"], ticks[-1]["ts"] + 1
     expected = expected_frame(ticks, TRADE_FIELDS)
-    hot = await store.query.query_range(CONTRACT, "last", start, end)
+    hot = await StorageQuery(store.engine).query_range(CONTRACT, "last", start, end)
     assert_bit_exact(hot, expected, TRADE_FIELDS)
 
     clock.advance(15 * 60)
@@ -172,7 +172,7 @@ async def test_binance_trades_round_trip_exactly(store: TickStore, clock: Manual
     assert len(store.index.files()) == 2
     await archive_everything(store, clock)
     assert len(data_root_files(config)) == 1
-    cold = await store.query.query_range(CONTRACT, "last", start, end)
+    cold = await StorageQuery(store.engine).query_range(CONTRACT, "last", start, end)
     assert_bit_exact(cold, expected, TRADE_FIELDS)
     assert list(cold["seq"] - 1 + trade_ids[0]) == [trade_ids[s - 1] for s in cold["seq"]]
     assert set(cold["exchange"]) == {"BINANCE"}
@@ -187,7 +187,7 @@ async def test_binance_trade_bars_add_up(store: TickStore, clock: ManualClock) -
     await feed_live(store, clock, "last", ticks)
     await archive_everything(store, clock)
     start = ticks[0]["ts"] - ticks[0]["ts"] % (60 * NS_PER_SECOND)
-    bars = await store.query.query_range(CONTRACT, "last", start, start + 60 * NS_PER_SECOND, "1s")
+    bars = await StorageQuery(store.engine).query_range(CONTRACT, "last", start, start + 60 * NS_PER_SECOND, "1s")
     assert len(bars) == 60
     assert bars["trade_count"].sum() == len(ticks)
     assert bars["volume"].sum() == pytest.approx(sum(t["size"] for t in ticks), rel=1e-12)

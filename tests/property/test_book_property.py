@@ -19,8 +19,8 @@ from ib_stream.analytics.book import OrderBook
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.layout import HOUR_NS
-from ib_stream.storage.snapshots import SnapshotWriter, book_at
+from ib_stream.store.layout import HOUR_NS
+from ib_stream.store.snapshots import SnapshotWriter, book_at
 from tests.conftest import T0_NS
 
 CONTRACT = 42

@@ -43,7 +43,7 @@ from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import TICK_FIELDS, FieldSpec, StreamKey, TickType
 from ib_stream.errors import TickValidationError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS
 
 HOUR = 3600 * NS_PER_SECOND
@@ -349,12 +349,14 @@ class StoreMachine(RuleBasedStateMachine):
         return _sorted([r for r in self.model[stream] if start <= r[0] < end])
 
     def _check_ticks(self, stream: StreamKey, start: int, end: int, resolution: str | None) -> None:
-        frame = self.s.query.query_range_sync(stream.contract_id, stream.tick_type, start, end, resolution=resolution)
+        frame = StorageQuery(self.s.engine).query_range_sync(
+            stream.contract_id, stream.tick_type, start, end, resolution=resolution
+        )
         got, want = frame_rows(frame, stream.tick_type), self._expected(stream, start, end)
         assert got == want, f"{stream} [{start}, {end}): {_first_difference(got, want)}"
 
     def _check_both(self, start: int, end: int) -> None:
-        frame = self.s.query.query_range_sync(CONTRACT, [s.tick_type for s in STREAMS], start, end)
+        frame = StorageQuery(self.s.engine).query_range_sync(CONTRACT, [s.tick_type for s in STREAMS], start, end)
         stamps = frame["timestamp"].tolist()
         order = list(zip(stamps, frame["tick_type"], frame["seq"], strict=True))
         assert order == sorted(order), "a query of several tick types is not sorted by (timestamp, tick_type, seq)"
@@ -368,7 +370,9 @@ class StoreMachine(RuleBasedStateMachine):
         first = start - start % size
         if (end - first) // size > 2000:
             return
-        frame = self.s.query.query_range_sync(stream.contract_id, stream.tick_type, start, end, resolution=resolution)
+        frame = StorageQuery(self.s.engine).query_range_sync(
+            stream.contract_id, stream.tick_type, start, end, resolution=resolution
+        )
         bars: dict[int, list[Row]] = {}
         for row in self._expected(stream, start, end):
             bars.setdefault(row[0] - row[0] % size, []).append(row)

@@ -12,13 +12,13 @@ from typing import Any
 import pydantic
 import pytest
 
-from ib_stream.alerts.config import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
 from ib_stream.alerts.engine import AlertEngine
 from ib_stream.alerts.history import AlertHistory
 from ib_stream.alerts.rules import Alert, RuleSet
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.sinks.live_feed import builder_for
+from ib_stream.live.feed import builder_for
+from ib_stream.live_settings import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
 from ib_stream.storage import TickStore
 from ib_stream.streaming import StreamingApp
 from tests.conftest import CONTRACT, T0_NS
@@ -233,7 +233,7 @@ def test_the_howto_page_config_and_example_match_the_code() -> None:
     import re
     import tomllib
 
-    from ib_stream.sinks.config import JsonSinkConfig
+    from ib_stream.live_settings import JsonSinkConfig
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "howto" / "json-sink-and-alerts.md").read_text()
     parsed = [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", text, re.S)]

@@ -22,10 +22,10 @@ import pytest
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
-from ib_stream.storage.layout import Partition
-from ib_stream.storage.repair import verify
-from ib_stream.storage.schema import read_segment_file
+from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.layout import Partition
+from ib_stream.store.repair import verify
+from ib_stream.store.schema import read_segment_file
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 LAST = StreamKey(CONTRACT, TickType.LAST)
@@ -61,7 +61,7 @@ async def fill_hour(store: TickStore, clock: ManualClock, per_segment: int = 10,
 async def all_trades(
     store: TickStore, start: int = T0_NS - seconds(10 * 86_400), end: int | None = None
 ) -> pd.DataFrame:
-    return await store.query.query_range(CONTRACT, "last", start, end or T0_NS + seconds(10 * 86_400))
+    return await StorageQuery(store.engine).query_range(CONTRACT, "last", start, end or T0_NS + seconds(10 * 86_400))
 
 
 # ---- archival --------------------------------------------------------------------------------------

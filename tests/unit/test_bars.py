@@ -13,7 +13,7 @@ import pytest
 from ib_stream.analytics.bars import RESOLUTIONS
 from ib_stream.clock import ManualClock
 from ib_stream.errors import QueryError
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 MINUTE = 60
@@ -52,7 +52,7 @@ def pandas_trade_bars(ticks: list[dict[str, Any]], start: int, end: int, rule: s
 
 
 async def bars(store: TickStore, tick_type: str, start: int, end: int, resolution: str) -> pd.DataFrame:
-    return await store.query.query_range(CONTRACT, tick_type, start, end, resolution)
+    return await StorageQuery(store.engine).query_range(CONTRACT, tick_type, start, end, resolution)
 
 
 async def test_trade_bars_equal_a_pandas_resample(store: TickStore) -> None:

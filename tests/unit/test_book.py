@@ -17,8 +17,8 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery, TickStore
-from ib_stream.storage.layout import HOUR_NS, snapshot_root
-from ib_stream.storage.snapshots import Snapshot, SnapshotStore, SnapshotWriter, book_at
+from ib_stream.store.layout import HOUR_NS, snapshot_root
+from ib_stream.store.snapshots import Snapshot, SnapshotStore, SnapshotWriter, book_at
 from tests.conftest import T0_NS, seconds
 from tests.support.depth_oracle import DepthBook
 

@@ -17,7 +17,7 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import DataRootLockedError, StorageError, TickValidationError, ValidationError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 LAST = StreamKey(CONTRACT, TickType.LAST)
@@ -217,7 +217,7 @@ async def test_torn_last_line_is_truncated_counted_and_the_rest_untouched(
         assert segment.read_bytes() == intact
         result = await store.append_batch(CONTRACT, "last", [trade(T0_NS + seconds(10))])
         assert result.first_seq == 6
-        frame = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
+        frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
         assert list(frame["seq"]) == [1, 2, 3, 4, 5, 6]
     finally:
         store.close()
@@ -294,14 +294,14 @@ async def test_rejected_batch_leaves_stored_data_untouched(store: TickStore, con
     await append_trades(store, 20)
     segment = stream_dir(config, LAST) / "20250110T1400.jsonl"
     before_bytes = segment.read_bytes()
-    before = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
+    before = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
     for bad in (trade(T0_NS, price=float("inf")), trade(T0_NS // 10**9), {"ts": T0_NS}, trade(T0_NS, extra=1)):
         with pytest.raises(TickValidationError):
             await store.append_batch(CONTRACT, "last", [trade(T0_NS + 5), bad])
     skipped = await store.append_batch(CONTRACT, "last", [trade(T0_NS, size=-1.0)], on_error="skip")
     assert skipped.count == 0
     assert segment.read_bytes() == before_bytes
-    after = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
+    after = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(60))
     assert after.equals(before)
 
 
@@ -323,7 +323,7 @@ async def test_an_acknowledged_tick_can_always_be_read_back_and_archived(store: 
         await store.append_batch(CONTRACT, "depth", [tick])
     except TickValidationError:
         return  # refusing it up front keeps the stream healthy
-    await store.query.query_range(CONTRACT, "depth", T0_NS, T0_NS + 1)
+    await StorageQuery(store.engine).query_range(CONTRACT, "depth", T0_NS, T0_NS + 1)
     clock.advance(15 * 60)
     store.run_archival()
 
@@ -400,7 +400,7 @@ async def test_hot_cache_is_warmed_from_segments_on_reopen(
     try:
         assert store.index.files() == []  # nothing archived: the query can only come from the hot tier
         assert hot_table(store, LAST).column("seq").to_pylist() == list(range(1, 41))
-        frame = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
+        frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
         assert list(frame["seq"]) == list(range(1, 41))
         assert list(frame["price"]) == [trade(0, i)["price"] for i in range(40)]
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS, trade
 
 
@@ -14,5 +14,5 @@ async def test_cancelled_waiter_leaves_the_writer_running(store: TickStore) -> N
     waiter.cancel()
     result = await store.append_batch(CONTRACT, "last", [trade(T0_NS + 500, 1)])
     assert result.first_seq == 101  # the cancelled batch was still written, in order
-    frame = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + 10**9)
+    frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + 10**9)
     assert list(frame["seq"]) == list(range(1, 102))

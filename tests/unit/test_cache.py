@@ -11,7 +11,7 @@ import pandas as pd
 
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 HOUR = 3600
@@ -19,7 +19,7 @@ START, END = T0_NS, T0_NS + seconds(HOUR)
 
 
 async def query(store: TickStore, start: int = START, end: int = END, resolution: str | None = None) -> pd.DataFrame:
-    return await store.query.query_range(CONTRACT, "last", start, end, resolution)
+    return await StorageQuery(store.engine).query_range(CONTRACT, "last", start, end, resolution)
 
 
 async def seed(store: TickStore, clock: ManualClock) -> None:

@@ -16,7 +16,7 @@ from ib_stream.cli_support import announce_service, announced_service_url
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
-from ib_stream.storage.readonly import open_readonly_engine
+from ib_stream.store.readonly import open_readonly_engine
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 START, END = "2025-01-10T14:00:00Z", "2025-01-10T16:00:00Z"

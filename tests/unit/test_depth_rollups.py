@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract
+from ib_stream.orderflow.service import OrderFlow
 from ib_stream.storage import TickStore
-from ib_stream.storage.depth_rollups import depth_obi_rows, update_depth_rollups
-from ib_stream.storage.rollups import update_rollups
+from ib_stream.store.depth_rollups import depth_obi_rows, update_depth_rollups
+from ib_stream.store.rollups import update_rollups
 from tests.conftest import CONTRACT, T0_NS
 from tests.unit.test_book import level, random_levels, random_rows
 

@@ -9,9 +9,9 @@ from ib_stream.clock import NS_PER_SECOND, to_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.downtime import open_intervals, record_downtime
-from ib_stream.storage.gaps import BackfillState, GapLedger, GapReason
-from ib_stream.storage.repair import rebuild
+from ib_stream.store.downtime import open_intervals, record_downtime
+from ib_stream.store.gaps import BackfillState, GapLedger, GapReason
+from ib_stream.store.repair import rebuild
 from tests.conftest import T0_NS
 
 QUOTES = StreamKey(265598, TickType.BID_ASK)

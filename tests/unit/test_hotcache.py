@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.storage import TickStore, hotcache
+from ib_stream.storage import TickStore
+from ib_stream.store import hotcache
 from tests.conftest import CONTRACT, T0_NS, trade
 
 

@@ -17,8 +17,8 @@ from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.sources.ib_backfill import Backfiller
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.storage import TickStore
-from ib_stream.storage.gaps import GapReason
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.gaps import GapReason
+from ib_stream.store.schema import table_to_records
 from tests.conftest import T0_NS
 
 T = T0_NS // NS_PER_SECOND

@@ -18,8 +18,8 @@ from ib_stream.importers import ImportLedger, import_file, preset
 from ib_stream.importers.ledger import BatchKey
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.repair import rebuild
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.repair import rebuild
+from ib_stream.store.schema import table_to_records
 from tests.conftest import T0_NS
 
 CONTRACT = 7

@@ -15,13 +15,13 @@ from typer.testing import CliRunner, Result
 
 from ib_stream import cli_support as support
 from ib_stream.analytics.book import OrderBook
+from ib_stream.cli_import import import_app
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import ValidationError
 from ib_stream.importers import OrderflowOptions, import_orderflow
-from ib_stream.importers.cli import import_app
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.schema import table_to_records
 from tests.conftest import T0_NS
 
 T = T0_NS // 1_000_000  # epoch ms of the recordings

@@ -17,7 +17,7 @@ from ib_stream.importers import PRESETS, Output, Recipe, import_file, parse_mapp
 from ib_stream.importers.values import BadValue, auto_ns, epoch_ns, iso_ns, strptime_ns, trade_side
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.schema import table_to_records
 from tests.unit.test_importers_orderflow import run as run_cli
 
 C = 42

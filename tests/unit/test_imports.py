@@ -1,5 +1,5 @@
 """Every module of the package imports on its own, as the first ib_stream import of a program (no import cycle
-that only works in some orders: `from ib_stream.analytics.service import OrderFlow` first once failed)."""
+that only works in some orders: `from ib_stream.orderflow.service import OrderFlow` first once failed)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import PartitionIndex, TickStore
-from ib_stream.storage.index import ArchiveFile
+from ib_stream.store.index import ArchiveFile
 from tests.conftest import CONTRACT, T0_NS, seconds, trade
 
 LAST = StreamKey(CONTRACT, TickType.LAST)

@@ -22,7 +22,7 @@ import pytest
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, TickType
 from ib_stream.errors import ConfigError
-from ib_stream.sinks.config import JsonSinkConfig
+from ib_stream.live_settings import JsonSinkConfig
 from ib_stream.sinks.json_sink import BarWindow, JsonSink, write_atomic
 from ib_stream.storage import TickStore
 from ib_stream.streaming import StreamingApp

@@ -12,13 +12,13 @@ import pytest
 
 from ib_stream.analytics.live_bars import LiveBarBuilder
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ValidationError
-from ib_stream.sinks.live_feed import SessionKey, builder_for
+from ib_stream.live.feed import SessionKey, builder_for, seed_builder
+from ib_stream.orderflow.service import OrderFlow
 from ib_stream.storage import MarketSessions, TickStore
-from ib_stream.storage.schema import table_to_records
+from ib_stream.store.schema import table_to_records
 from tests.conftest import CONTRACT, T0_NS, seconds
 
 AAPL = Contract(CONTRACT, "AAPL", calendar="XNAS", tick_types=(TickType.BID_ASK, TickType.LAST))
@@ -282,7 +282,7 @@ def test_a_builder_seeded_mid_session_continues_like_the_batch_from_that_point(s
     items = stored(store, quotes, trades)
     until = START + minutes * MINUTE
     builder = builder_for(AAPL, "1m")
-    builder.seed(store.engine, CONTRACT, until)
+    seed_builder(builder, store.engine, CONTRACT, until)
     live = live_upserts(builder, [it for it in items if it[1]["ts"] >= until], random.Random(7))
     batch = batch_rows(store, "1m", until)
     assert live and all(ts >= until for ts in live)

@@ -17,12 +17,12 @@ from ib_stream.analytics.obi import VOLUMES_SCHEMA, imbalance, obi_bars, time_we
 from ib_stream.analytics.orderflow import BarGrid, cvd_bars, trade_bars
 from ib_stream.analytics.profile import point_of_control, price_levels, value_area, volume_profile, vwap
 from ib_stream.analytics.request import BarsRequest, parse_kinds
-from ib_stream.analytics.service import OrderFlow
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import QueryError, ValidationError
+from ib_stream.orderflow.service import OrderFlow
 from ib_stream.storage import TickStore
-from ib_stream.storage.sessions import MarketSessions
 from tests.conftest import CONTRACT, T0_NS, quote, trade
 
 MINUTE = 60 * NS_PER_SECOND

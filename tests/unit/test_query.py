@@ -18,7 +18,7 @@ from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import CorruptFileError, QueryError, ValidationError
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery, TickStore
-from ib_stream.storage.query import to_utc_ns
+from ib_stream.times import to_utc_ns
 from tests.conftest import CONTRACT, T0, T0_NS, quote, seconds, trade
 
 LAST = StreamKey(CONTRACT, TickType.LAST)
@@ -78,7 +78,7 @@ async def two_hours_of_trades(store: TickStore, clock: ManualClock, per_segment:
 
 
 async def query(store: TickStore, start: int, end: int, types: str | list[str] = "last") -> pd.DataFrame:
-    return await store.query.query_range(CONTRACT, types, start, end)
+    return await StorageQuery(store.engine).query_range(CONTRACT, types, start, end)
 
 
 # ---- result shape --------------------------------------------------------------------------------
@@ -132,10 +132,10 @@ async def test_ticks_sharing_a_timestamp_come_back_in_seq_order(store: TickStore
 async def test_end_time_none_means_now(store: TickStore, clock: ManualClock) -> None:
     await store.append_batch(CONTRACT, "last", [trade(T0_NS + seconds(i), i) for i in range(60)])
     clock.set(T0_NS + seconds(30))
-    frame = await store.query.query_range(CONTRACT, "last", T0_NS)
+    frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS)
     assert list(frame["seq"]) == list(range(1, 31))
     clock.set(T0_NS + seconds(45))
-    frame = await store.query.query_range(CONTRACT, "last", T0_NS)
+    frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS)
     assert len(frame) == 45
 
 
@@ -148,14 +148,14 @@ async def test_aware_datetimes_strings_and_ns_are_the_same_instant(store: TickSt
         (pd.Timestamp(T0), pd.Timestamp("2025-01-10 14:00:05", tz="UTC")),
         (T0_NS, T0_NS + seconds(5)),
     ]:
-        frame = await store.query.query_range(CONTRACT, "last", start, end)
+        frame = await StorageQuery(store.engine).query_range(CONTRACT, "last", start, end)
         assert list(frame["seq"]) == expected, (start, end)
 
 
 async def test_naive_datetimes_are_local_time(store: TickStore, new_york: None) -> None:
     await store.append_batch(CONTRACT, "last", [trade(T0_NS + seconds(i), i) for i in range(10)])
     # 14:00 UTC is 09:00 in New York in January.
-    frame = await store.query.query_range(
+    frame = await StorageQuery(store.engine).query_range(
         CONTRACT, "last", datetime(2025, 1, 10, 9, 0, 0), datetime(2025, 1, 10, 9, 0, 3)
     )
     assert list(frame["seq"]) == [1, 2, 3]
@@ -172,12 +172,12 @@ def test_naive_string_and_timestamp_follow_the_date_offset_across_dst(new_york: 
 
 async def test_end_before_start_names_both(store: TickStore) -> None:
     with pytest.raises(QueryError) as caught:
-        await store.query.query_range(CONTRACT, "last", "2025-01-10T10:00Z", "2025-01-10T09:00Z")
+        await StorageQuery(store.engine).query_range(CONTRACT, "last", "2025-01-10T10:00Z", "2025-01-10T09:00Z")
     assert "2025-01-10T10:00:00Z" in caught.value.message
     assert "2025-01-10T09:00:00Z" in caught.value.message
     assert caught.value.details["field"] == "end_time"
     with pytest.raises(QueryError):
-        await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS)
+        await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS)
 
 
 @pytest.mark.parametrize(
@@ -196,32 +196,32 @@ async def test_bad_arguments_are_validation_errors_naming_the_field(
 ) -> None:
     arguments = {"tick_types": "last", "start_time": T0_NS, "end_time": T0_NS + 1, **kwargs}
     with pytest.raises(ValidationError) as caught:
-        await store.query.query_range(CONTRACT, **arguments)  # type: ignore[arg-type]
+        await StorageQuery(store.engine).query_range(CONTRACT, **arguments)  # type: ignore[arg-type]
     assert caught.value.field == field
     assert str(kwargs[next(iter(kwargs))]).split(",")[0] in caught.value.message
 
 
 async def test_contract_id_must_be_an_integer(store: TickStore) -> None:
     with pytest.raises(ValidationError) as caught:
-        await store.query.query_range("265598", "last", T0_NS, T0_NS + 1)  # type: ignore[arg-type]
+        await StorageQuery(store.engine).query_range("265598", "last", T0_NS, T0_NS + 1)  # type: ignore[arg-type]
     assert caught.value.field == "contract_id"
 
 
 def test_blocking_query_for_code_without_a_loop(store: TickStore) -> None:
     store.append_batch_sync(CONTRACT, "last", [trade(T0_NS)])
-    assert list(store.query.query_range_sync(CONTRACT, "last", T0_NS, T0_NS + 1)["seq"]) == [1]
+    assert list(StorageQuery(store.engine).query_range_sync(CONTRACT, "last", T0_NS, T0_NS + 1)["seq"]) == [1]
 
 
 async def test_order_flow_bars_from_the_public_query_api(store: TickStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from ib_stream.analytics.request import BarsRequest
-    from ib_stream.analytics.service import OrderFlow
     from ib_stream.domain import Contract
+    from ib_stream.orderflow.service import OrderFlow
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the repository's contracts file lists CONTRACT (XNAS)
     store.append_batch_sync(CONTRACT, "bid_ask", [quote(T0_NS + seconds(i), i) for i in range(0, 600, 7)])
     store.append_batch_sync(CONTRACT, "last", [trade(T0_NS + seconds(i) + 1, i) for i in range(0, 600, 3)])
     end = T0_NS + seconds(600)
-    got = await store.query.bars(CONTRACT, T0_NS, end, "1m")
+    got = await StorageQuery(store.engine).bars(CONTRACT, T0_NS, end, "1m")
     want = OrderFlow(store.engine, Contract(CONTRACT, "AAPL", calendar="XNAS")).bars(BarsRequest(CONTRACT, T0_NS, end))
     pd.testing.assert_frame_equal(got, want.to_pandas())
     assert len(got) == 10 and got["trade_count"].sum() == 200 and {"cvd_close", "obi_close"} <= set(got.columns)

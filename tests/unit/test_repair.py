@@ -16,8 +16,8 @@ import pytest
 
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
-from ib_stream.storage.repair import Problem, VerifyReport, rebuild, verify
+from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.repair import Problem, VerifyReport, rebuild, verify
 from tests.conftest import CONTRACT, T0_NS, seconds, trade
 
 HOUR = 3600
@@ -35,7 +35,7 @@ async def seed(store: TickStore, clock: ManualClock, hours: int = 2) -> None:
 
 
 async def everything(store: TickStore) -> pd.DataFrame:
-    return await store.query.query_range(CONTRACT, "last", *EVERYTHING)
+    return await StorageQuery(store.engine).query_range(CONTRACT, "last", *EVERYTHING)
 
 
 def problems(report: VerifyReport) -> set[tuple[str, str]]:

@@ -14,12 +14,12 @@ from ib_stream.analytics.obi import VOLUMES_SCHEMA, obi_bars, obi_series
 from ib_stream.analytics.orderflow import BarGrid, cvd_bars, trade_bars
 from ib_stream.analytics.request import BarsRequest
 from ib_stream.analytics.rollups import rollup_bars, second_rows
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.analytics.side import classify
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.orderflow.service import OrderFlow
 from ib_stream.storage import TickStore
-from ib_stream.storage.rollups import RollupStore, load_rows, update_rollups
+from ib_stream.store.rollups import RollupStore, load_rows, update_rollups
 from tests.conftest import CONTRACT, T0_NS
 
 S = NS_PER_SECOND
@@ -217,7 +217,7 @@ def test_sides_that_depend_on_earlier_partitions_are_carried_in_exactly(store: T
 
 
 def rollups_key(store: TickStore, start: int) -> str:
-    from ib_stream.storage.rollups import DEFAULT_LOOKBACK_NS, _Catalog
+    from ib_stream.store.rollups import DEFAULT_LOOKBACK_NS, _Catalog
 
     catalog = _Catalog.of(store.engine, StreamKey(CONTRACT, TickType.LAST), DEFAULT_LOOKBACK_NS, start, start + HOUR)
     return catalog.key(start)

@@ -16,10 +16,10 @@ import exchange_calendars as xc
 import pandas as pd
 import pytest
 
+from ib_stream.calendars import SESSION_TYPES, Session
 from ib_stream.domain import Contract
 from ib_stream.errors import NotFoundError, ValidationError
 from ib_stream.storage import MarketSessions
-from ib_stream.storage.sessions import SESSION_TYPES, Session
 
 NY = ZoneInfo("America/New_York")
 CHICAGO = ZoneInfo("America/Chicago")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ib_stream.clock import ManualClock
-from ib_stream.storage import TickStore
+from ib_stream.storage import StorageQuery, TickStore
 from tests.conftest import CONTRACT, T0_NS, seconds, trade
 
 
@@ -12,10 +12,10 @@ async def test_ticks_survive_archive_and_compaction(store: TickStore, clock: Man
         ticks = [trade(T0_NS + seconds(batch * 300 + j), j) for j in range(50)]
         await store.append_batch(CONTRACT, "last", ticks, source="test")
         clock.advance(300)
-    before = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
+    before = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
     assert list(before["seq"]) == list(range(1, 301))
     clock.advance(3600)
     store.run_archival()
     store.run_compaction()
-    after = await store.query.query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
+    after = await StorageQuery(store.engine).query_range(CONTRACT, "last", T0_NS, T0_NS + seconds(3600))
     assert after.equals(before)

@@ -28,14 +28,14 @@ from ib_stream.analytics.request import (
     parse_levels,
     parse_trades,
 )
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, streaming_response
 from ib_stream.api.metrics import observe_query
 from ib_stream.api.params import ContractIdPath, parse_time
 from ib_stream.api.state import ServiceState, State
+from ib_stream.calendars import SESSION_TYPES, check_session_type, parse_date
 from ib_stream.clock import iso_ns
 from ib_stream.errors import ValidationError
-from ib_stream.storage.sessions import SESSION_TYPES, check_session_type, parse_date
+from ib_stream.orderflow.service import OrderFlow
 
 router = APIRouter(prefix="/v2/bars", tags=["bars"])
 

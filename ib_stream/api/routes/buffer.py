@@ -43,9 +43,9 @@ from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError, QueryError, ValidationError
-from ib_stream.storage.query import QueryEngine
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.store import TickStore
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.schema import table_to_records
+from ib_stream.store.tickstore import TickStore
 
 router = APIRouter(tags=["buffer"])
 _HISTORY_CHUNK = 1000  # historical events per write

@@ -2,7 +2,7 @@
 
 What is held per stream comes from the catalog (archive files) plus the buffer's hot tier; the two
 overlap while archived ticks are still hot, so counts use the seq ranges to count every tick once.
-Coverage (intervals, holes, the gap ledger) is computed by `ib_stream.storage.coverage`.
+Coverage (intervals, holes, the gap ledger) is computed by `ib_stream.store.coverage`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ib_stream.api.params import ContractIdPath, parse_duration, parse_tick_type
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey
-from ib_stream.storage.coverage import GAP_REASONS_NOTE, stream_coverage, stream_holding
+from ib_stream.store.coverage import GAP_REASONS_NOTE, stream_coverage, stream_holding
 
 router = APIRouter(tags=["contracts"])
 

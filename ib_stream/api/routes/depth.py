@@ -14,7 +14,7 @@ from ib_stream.api.metrics import observe_query
 from ib_stream.api.params import ContractIdPath, parse_time
 from ib_stream.api.state import State
 from ib_stream.clock import iso_ns
-from ib_stream.storage.snapshots import BookAt, book_at
+from ib_stream.store.snapshots import BookAt, book_at
 
 router = APIRouter(tags=["depth"])
 

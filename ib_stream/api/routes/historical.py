@@ -165,7 +165,7 @@ async def run_query(state: ServiceState, request: RangeRequest, endpoint: str) -
     """Run the range query off the event loop and record its latency."""
     started = time.perf_counter()
     try:
-        return await state.store.query.query_range(
+        return await state.query.query_range(
             request.contract_id, request.tick_types, request.start_ns, request.end_ns, request.resolution
         )
     finally:

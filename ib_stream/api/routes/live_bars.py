@@ -46,7 +46,7 @@ from ib_stream.api.sse import (
 )
 from ib_stream.api.state import ServiceState, State
 from ib_stream.errors import IbStreamError, SlowConsumerError, ValidationError
-from ib_stream.sinks.live_feed import LiveBarFeed
+from ib_stream.live.feed import LiveBarFeed
 from ib_stream.streaming import LiveItem
 
 router = APIRouter(tags=["live"])

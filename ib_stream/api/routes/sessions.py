@@ -20,15 +20,15 @@ from fastapi import APIRouter, Depends, Path, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.request import KINDS, BarsRequest, BarsResult, parse_bar_resolution, parse_kinds
-from ib_stream.analytics.service import OrderFlow
 from ib_stream.api.formats import ResultFormat, json_rows, streaming_response
 from ib_stream.api.params import ContractIdPath, iso, parse_tick_types
 from ib_stream.api.state import ServiceState, State
+from ib_stream.calendars import SESSION_TYPES, MarketSessions, Session, check_session_type, parse_date
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ValidationError
-from ib_stream.storage.query import QueryEngine
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.sessions import SESSION_TYPES, MarketSessions, Session, check_session_type, parse_date
+from ib_stream.orderflow.service import OrderFlow
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.schema import table_to_records
 
 router = APIRouter(prefix="/v2/sessions", tags=["sessions"])
 

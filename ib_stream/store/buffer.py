@@ -28,9 +28,9 @@ from ib_stream.clock import Clock
 from ib_stream.domain import StreamKey, TickType, TickValidator
 from ib_stream.errors import StorageError, TickValidationError, ValidationError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.hotcache import HotStream
-from ib_stream.storage.layout import Layout, Segment, fsync_dir
-from ib_stream.storage.schema import read_segment_file, segment_last_seq
+from ib_stream.store.hotcache import HotStream
+from ib_stream.store.layout import Layout, Segment, fsync_dir
+from ib_stream.store.schema import read_segment_file, segment_last_seq
 
 log = logging.getLogger(__name__)
 OnError = Literal["reject", "skip"]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.storage.sqlite_db import SqliteDatabase
+from ib_stream.store.sqlite_db import SqliteDatabase
 
 SCHEMA_VERSION = 1
 _SCHEMA = """

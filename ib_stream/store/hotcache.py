@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from ib_stream.domain import TickType
-from ib_stream.storage.schema import empty_table, jsonl_to_table
+from ib_stream.store.schema import empty_table, jsonl_to_table
 
 _TAIL_ROWS = 65_536  # rows kept as JSON lines before they are parsed into one Arrow chunk
 _MAX_CHUNKS = 64  # more chunks than this are merged so a query touches few arrays

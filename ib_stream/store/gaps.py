@@ -22,7 +22,7 @@ from typing import Any
 
 from ib_stream.clock import iso
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.storage.sqlite_db import SqliteDatabase
+from ib_stream.store.sqlite_db import SqliteDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gaps (

@@ -14,12 +14,12 @@ from ib_stream.clock import SystemClock
 from ib_stream.domain import StreamKey
 from ib_stream.errors import StorageError
 from ib_stream.settings import StorageConfig, load_settings
-from ib_stream.storage.cache import ChangeTracker, QueryCache
-from ib_stream.storage.hotcache import HotSnapshot, HotStream
-from ib_stream.storage.index import PartitionIndex
-from ib_stream.storage.layout import Layout
-from ib_stream.storage.query import QueryEngine
-from ib_stream.storage.schema import read_segment_file, segment_last_seq
+from ib_stream.store.cache import ChangeTracker, QueryCache
+from ib_stream.store.hotcache import HotSnapshot, HotStream
+from ib_stream.store.index import PartitionIndex
+from ib_stream.store.layout import Layout
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.schema import read_segment_file, segment_last_seq
 
 
 class DiskHot:

@@ -47,10 +47,10 @@ from ib_stream.analytics.rollups import (
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import StorageError
-from ib_stream.storage.hotcache import HotSnapshot
-from ib_stream.storage.index import ArchiveFile
-from ib_stream.storage.layout import fsync_dir, rollup_path, rollup_root, temp_path
-from ib_stream.storage.query import QueryEngine
+from ib_stream.store.hotcache import HotSnapshot
+from ib_stream.store.index import ArchiveFile
+from ib_stream.store.layout import fsync_dir, rollup_path, rollup_root, temp_path
+from ib_stream.store.query import QueryEngine
 
 log = logging.getLogger(__name__)
 TRADE_STREAMS: Final = (TickType.LAST, TickType.ALL_LAST)
@@ -202,6 +202,27 @@ class _Catalog:
         return False
 
 
+def read_hour_rows(
+    engine: QueryEngine,
+    trades: StreamKey,
+    hour_start: int,
+    end_ns: int,
+    lookback_ns: int,
+    context_ns: int | None = None,
+    carry: Carry | None = None,
+) -> HourRows:
+    """The rows of [hour_start, end_ns) computed from the ticks (see `analytics.rollups.hour_rows`)."""
+    context = hour_start if context_ns is None else context_ns
+    trade_table = engine.read_stream(trades, context, end_ns, ["ts", "price", "size", "side"])
+    quotes = engine.read_stream(
+        StreamKey(trades.contract_id, TickType.BID_ASK),
+        min(context - lookback_ns, hour_start),
+        end_ns,
+        ["ts", "bid_price", "bid_size", "ask_price", "ask_size"],
+    )
+    return hour_rows(trade_table, quotes, hour_start, lookback_ns, context_ns, carry)
+
+
 def load_rows(
     engine: QueryEngine,
     trades: StreamKey,
@@ -229,18 +250,18 @@ def load_rows(
     quotes_from = context_ns - lookback_ns
     for start in range(first, end_ns, pn):
         stop = min(start + pn, end_ns)
-        args = (engine, trades.contract_id, trades.tick_type, start, stop, lookback_ns)
+        args = (engine, trades, start, stop, lookback_ns)
         if start < context_ns < start + pn:  # the context's partition: classified from the context on
-            rolled = hour_rows(*args, context_ns)
+            rolled = read_hour_rows(*args, context_ns)
         elif catalog.empty(start) and not catalog.hot_in(start):
             rolled = EMPTY
         else:
             stored = None if catalog.hot_in(start) else store.read(trades, start, catalog.key(start))
             used += stored is not None
             if start <= context_ns or (stored is not None and not stored.sensitive):
-                rolled = stored or hour_rows(*args)
+                rolled = stored or read_hour_rows(*args)
             else:  # some side depends on the ticks before: classify with what they carry in
-                rolled = hour_rows(*args, carry=carry or Carry())
+                rolled = read_hour_rows(*args, carry=carry or Carry())
         if start + pn > context_ns:
             carry = (carry or Carry()).after(rolled.summary, quotes_from)
         parts.append(rolled.rows)
@@ -284,7 +305,7 @@ def update_rollups(
             key = catalog.key(start)
             if rollups.key(stream, start) == key:
                 continue
-            rolled = hour_rows(engine, stream.contract_id, stream.tick_type, start, start + pn, lookback_ns)
+            rolled = read_hour_rows(engine, stream, start, start + pn, lookback_ns)
             rollups.write(stream, start, rolled, key)
             written += 1
         rollups.remove_except(stream, partitions)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import iso
 from ib_stream.domain import Contract, StreamKey
-from ib_stream.storage.gaps import BackfillState, GapLedger, GapReason, ServiceRun
-from ib_stream.storage.sessions import MarketSessions
+from ib_stream.store.gaps import BackfillState, GapLedger, GapReason, ServiceRun
 
 log = logging.getLogger(__name__)
 SESSION_TYPE = "extended"  # the sessions a recorder is expected to cover (the watchdog uses the same)

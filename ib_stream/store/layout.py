@@ -162,7 +162,7 @@ def _is_int(text: str) -> bool:
 # ---- book snapshots (issue 5) -------------------------------------------------------------------
 # <data_root>/snapshots/contract_id=<id>/date=<YYYY-MM-DD>/hour=<HH>.seq=<built_seq>.json: the L2 book of a
 # contract's depth stream at the partition boundary <date>T<HH>:00Z, built from every depth tick with
-# ts before it; built_seq is the highest seq among them (see ib_stream.storage.snapshots).
+# ts before it; built_seq is the highest seq among them (see ib_stream.store.snapshots).
 SNAPSHOT_SUFFIX = ".json"
 _SNAPSHOT_RE = re.compile(r"^hour=(\d{2})\.seq=(\d+)\.json$")
 _SNAPSHOT_DATE_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -221,7 +221,7 @@ def snapshot_contracts(root: Path) -> list[int]:
 
 # ---- 1-second order-flow rollups (issue 5) ------------------------------------------------------
 # <data_root>/rollups/contract_id=<id>/tick_type=<last|all_last>/date=<YYYY-MM-DD>/hour=<HH>.parquet: the
-# 1-second rows of one trade partition (see ib_stream.storage.rollups), outside the archive so archive scans
+# 1-second rows of one trade partition (see ib_stream.store.rollups), outside the archive so archive scans
 # never see them.
 ROLLUP_SUFFIX = ".parquet"
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import PRICE_FIELDS, StreamKey, TickType
-from ib_stream.storage.index import ArchiveFile, DailyStatistics, PartitionIndex
-from ib_stream.storage.layout import DAY_NS, Layout
-from ib_stream.storage.schema import read_parquet
+from ib_stream.store.index import ArchiveFile, DailyStatistics, PartitionIndex
+from ib_stream.store.layout import DAY_NS, Layout
+from ib_stream.store.schema import read_parquet
 
 
 def date_of(ns: int) -> str:

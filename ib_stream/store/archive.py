@@ -22,10 +22,10 @@ from ib_stream.clock import NS_PER_SECOND, Clock
 from ib_stream.domain import StreamKey
 from ib_stream.errors import StorageError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.buffer import TickBuffer
-from ib_stream.storage.index import ArchiveFile, PartitionIndex, utc_now_iso
-from ib_stream.storage.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
-from ib_stream.storage.schema import (
+from ib_stream.store.buffer import TickBuffer
+from ib_stream.store.index import ArchiveFile, PartitionIndex, utc_now_iso
+from ib_stream.store.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
+from ib_stream.store.schema import (
     META_JSONL_BYTES,
     META_SOURCES,
     read_parquet,
@@ -34,7 +34,7 @@ from ib_stream.storage.schema import (
     sort_table,
     write_parquet_atomic,
 )
-from ib_stream.storage.statistics import StatisticsUpdater, date_of
+from ib_stream.store.statistics import StatisticsUpdater, date_of
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]

@@ -13,7 +13,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from ib_stream.domain import StreamKey
-from ib_stream.storage.layout import HOUR_NS, MINUTE_NS
+from ib_stream.store.layout import HOUR_NS, MINUTE_NS
 
 
 class ChangeTracker:

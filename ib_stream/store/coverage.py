@@ -17,9 +17,9 @@ import numpy as np
 
 from ib_stream.clock import NS_PER_SECOND, iso
 from ib_stream.domain import StreamKey
-from ib_stream.storage.gaps import GapLedger, gap_summary
-from ib_stream.storage.hotcache import Chunk
-from ib_stream.storage.query import QueryEngine
+from ib_stream.store.gaps import GapLedger, gap_summary
+from ib_stream.store.hotcache import Chunk
+from ib_stream.store.query import QueryEngine
 
 GAP_REASON_NO_DATA: Final = "no data"
 GAP_REASONS_NOTE: Final = (

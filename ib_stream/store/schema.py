@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ib_stream.domain import TICK_FIELDS, TickType
 from ib_stream.errors import CorruptFileError
-from ib_stream.storage.layout import fsync_dir, temp_path
+from ib_stream.store.layout import fsync_dir, temp_path
 
 TS_TYPE = pa.timestamp("ns", tz="UTC")
 _KIND_TYPES: dict[str, pa.DataType] = {

@@ -21,15 +21,17 @@ from typing import Any, Protocol
 
 from ib_stream.analytics.bars import BAR_SIZES
 from ib_stream.analytics.book import OrderBook
-from ib_stream.analytics.live_bars import LiveBarBuilder
+from ib_stream.analytics.live_bars import QUOTE_LOOKBACK_NS, SEED_TRADES, LiveBarBuilder
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.service import OrderFlow
+from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, ValidationError
-from ib_stream.storage.schema import table_to_records
-from ib_stream.storage.sessions import MarketSessions
-from ib_stream.storage.store import TickStore
+from ib_stream.orderflow.service import OrderFlow
+from ib_stream.store.layout import HOUR_NS
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.schema import table_to_records
+from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import LiveItem, StreamingApp, Subscription
 
 _NEXT_SESSION_SEARCH_NS = 30 * 86_400 * NS_PER_SECOND
@@ -86,6 +88,17 @@ def builder_for(
         trade_type=trade_type,
         fill_gaps=fill_gaps,
     )
+
+
+def seed_builder(builder: LiveBarBuilder, engine: QueryEngine, contract_id: int, until_ns: int) -> None:
+    """Read what a builder starts from at `until_ns` (see `LiveBarBuilder.seed`) and seed it."""
+    context = builder.context_start(until_ns)
+    trades = engine.read_stream(StreamKey(contract_id, builder.trade_type), context, until_ns, SEED_TRADES)
+    quotes = engine.read_stream(StreamKey(contract_id, TickType.BID_ASK), context - QUOTE_LOOKBACK_NS, until_ns)
+    depth = None
+    if builder.book is not None:
+        depth = engine.read_stream(StreamKey(contract_id, TickType.DEPTH), until_ns - until_ns % HOUR_NS, until_ns)
+    builder.seed(trades, quotes, depth, until_ns)
 
 
 class FeedSettings(Protocol):
@@ -213,7 +226,7 @@ class LiveBarFeed:
         bar_ns = self.builder.bar_ns
         self.anchor_ns = anchor = now_ns - now_ns % bar_ns
         history = self._history(store, anchor - self.history_bars * bar_ns, anchor) if self.history_bars else []
-        self.builder.seed(store.engine, self.contract.con_id, anchor)
+        seed_builder(self.builder, store.engine, self.contract.con_id, anchor)
         for stream in self.streams:  # visible before the read: every such tick at or after `anchor` is read
             hot = store.buffer.hot(stream)
             chunks = hot.snapshot().chunks if hot is not None else ()

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.archive import describe_file
-from ib_stream.storage.index import ArchiveFile, PartitionIndex
-from ib_stream.storage.layout import Layout, Partition
-from ib_stream.storage.schema import META_JSONL_BYTES, META_SOURCES, file_sha256
-from ib_stream.storage.statistics import StatisticsUpdater
+from ib_stream.store.archive import describe_file
+from ib_stream.store.index import ArchiveFile, PartitionIndex
+from ib_stream.store.layout import Layout, Partition
+from ib_stream.store.schema import META_JSONL_BYTES, META_SOURCES, file_sha256
+from ib_stream.store.statistics import StatisticsUpdater
 
 Progress = Callable[[int], None]
 PROBLEM_KINDS = ("missing", "extra", "size", "row_count", "checksum", "unreadable")

@@ -17,15 +17,17 @@ from ib_stream.clock import Clock, SystemClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import DataRootLockedError, StorageError
 from ib_stream.settings import StorageConfig
-from ib_stream.storage.archive import Archiver, ArchiveReport
-from ib_stream.storage.buffer import AppendResult, OnError, TickBuffer
-from ib_stream.storage.cache import ChangeTracker, QueryCache
-from ib_stream.storage.gaps import GapLedger
-from ib_stream.storage.hotcache import HotSnapshot
-from ib_stream.storage.index import PartitionIndex
-from ib_stream.storage.layout import DAY_NS, Layout
-from ib_stream.storage.query import QueryEngine, StorageQuery
-from ib_stream.storage.snapshots import SnapshotReport, SnapshotWriter
+from ib_stream.store.archive import Archiver, ArchiveReport
+from ib_stream.store.buffer import AppendResult, OnError, TickBuffer
+from ib_stream.store.cache import ChangeTracker, QueryCache
+from ib_stream.store.depth_rollups import update_depth_rollups
+from ib_stream.store.gaps import GapLedger
+from ib_stream.store.hotcache import HotSnapshot
+from ib_stream.store.index import PartitionIndex
+from ib_stream.store.layout import DAY_NS, Layout
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.rollups import update_rollups
+from ib_stream.store.snapshots import SnapshotReport, SnapshotWriter
 
 log = logging.getLogger(__name__)
 _EVERYTHING_ARCHIVED = 1 << 62
@@ -65,7 +67,6 @@ class TickStore:
         self.buffer: TickBuffer
         self.archiver: Archiver
         self.engine: QueryEngine
-        self.query: StorageQuery
         self.temp_files_removed = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -82,7 +83,6 @@ class TickStore:
             self.temp_files_removed = self.archiver.cleanup_temp_files()
             self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
             self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
-            self.query = StorageQuery(self.engine, config=self.config, executor=self.executor)
             self.snapshots = SnapshotWriter.for_store(self)
         except BaseException:
             self._unlock()
@@ -152,10 +152,6 @@ class TickStore:
     def run_rollups(self) -> int:
         """Write the missing and stale 1-second order-flow rollups (trades and quotes, and OBI from depth) of
         closed partitions (idempotent); return how many were written."""
-        # Rollups are computed by ib_stream.analytics, which imports the storage package: import them here.
-        from ib_stream.storage.depth_rollups import update_depth_rollups
-        from ib_stream.storage.rollups import update_rollups
-
         return update_rollups(self) + update_depth_rollups(self)
 
     def run_snapshots(self) -> SnapshotReport:

@@ -27,7 +27,7 @@ from ib_stream.importers.presets import PRESETS, preset
 from ib_stream.importers.tabular import FORMATS, Output, Recipe, import_file, parse_mapping, parse_pairs, scan_file
 from ib_stream.importers.writer import ImportReport
 from ib_stream.settings import StorageConfig
-from ib_stream.storage import TickStore
+from ib_stream.store.tickstore import TickStore
 
 import_app = typer.Typer(
     help="Import existing recordings into the store (a re-run stores nothing twice).", no_args_is_help=True

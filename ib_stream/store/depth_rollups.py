@@ -31,11 +31,11 @@ from ib_stream.analytics.obi import imbalance
 from ib_stream.analytics.request import DEFAULT_LEVELS
 from ib_stream.analytics.rollups import DEPTH_ROLLUP_SCHEMA, Rows, concat_rows, depth_rows
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.storage.hotcache import HotSnapshot
-from ib_stream.storage.index import ArchiveFile
-from ib_stream.storage.query import QueryEngine
-from ib_stream.storage.rollups import RollupStore, by_partition
-from ib_stream.storage.snapshots import SeqWatermark, book_at
+from ib_stream.store.hotcache import HotSnapshot
+from ib_stream.store.index import ArchiveFile
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.rollups import RollupStore, by_partition
+from ib_stream.store.snapshots import SeqWatermark, book_at
 
 DEPTH_ROLLUP_VERSION: Final = 1
 OPEN_META: Final = b"ib_stream.depth_rollup.open_obi"

@@ -39,7 +39,7 @@ from ib_stream.analytics.book import Level, OrderBook
 from ib_stream.clock import NS_PER_SECOND, Clock, iso
 from ib_stream.domain import MIN_TS_NS, StreamKey, TickType
 from ib_stream.errors import StorageError, ValidationError
-from ib_stream.storage.layout import (
+from ib_stream.store.layout import (
     DAY_NS,
     TEMP_MARK,
     fsync_dir,
@@ -51,7 +51,8 @@ from ib_stream.storage.layout import (
     snapshot_root,
     temp_path,
 )
-from ib_stream.storage.query import QueryEngine, TimeLike, to_utc_ns
+from ib_stream.store.query import QueryEngine
+from ib_stream.times import TimeLike, to_utc_ns
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION: Final = 1

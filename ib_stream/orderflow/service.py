@@ -30,14 +30,14 @@ from ib_stream.analytics.profile import volume_profile
 from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.analytics.rollups import obi_bars_from_rows, rollup_bars
 from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
+from ib_stream.calendars import MarketSessions, Session
 from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
-from ib_stream.storage.depth_rollups import depth_obi_rows
-from ib_stream.storage.query import QueryEngine
-from ib_stream.storage.rollups import load_rows
-from ib_stream.storage.sessions import MarketSessions, Session
-from ib_stream.storage.snapshots import book_at
+from ib_stream.store.depth_rollups import depth_obi_rows
+from ib_stream.store.query import QueryEngine
+from ib_stream.store.rollups import load_rows
+from ib_stream.store.snapshots import book_at
 
 # Trades before the range are read from the session start, but never more than this far back.
 MAX_CONTEXT_NS: Final = 4 * 86_400 * NS_PER_SECOND
@@ -156,7 +156,7 @@ class OrderFlow:
         return result
 
     def _from_rollups(self, request: BarsRequest, grid: BarGrid) -> BarsResult | None:
-        """The bars from 1-second rollups (`ib_stream.storage.rollups`), equal to the tick path; None when
+        """The bars from 1-second rollups (`ib_stream.store.rollups`), equal to the tick path; None when
         they do not apply (non-default classification settings, bounds off whole seconds, no valid stored
         rollup in the range, a side that depends on earlier ticks). OBI from depth comes from the depth rollups
         where they serve the range, else from the book replay."""
