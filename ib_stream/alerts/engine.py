@@ -105,7 +105,7 @@ class AlertEngine:
                     items = await feed.sub.get(None)
                     if not items and feed.sub.closed:
                         return  # the streaming app stopped
-                    await self._judge(rules, feed.apply(items))
+                    await self._judge(rules, await feed.update(items))
             except SlowConsumerError:
                 log.warning("alert engine fell behind on contract %d; resubscribing", contract.con_id)
             except Exception:

@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ib_stream.analytics.bars import BAR_SIZES
+from ib_stream.analytics.grid import BAR_SIZES
 from ib_stream.live_settings import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
 
 

@@ -327,10 +327,12 @@ class OrderBook:
 def top_volumes(
     depth_table: pa.Table | Sequence[Mapping[str, Any]], levels: int, start_book: OrderBook | None = None
 ) -> pa.Table:
-    """After each depth event, the summed size of the top `levels` levels per side: a (ts, bid_volume, ask_volume) table.
+    """After each book update, the summed size of the top `levels` levels per side: a (ts, bid_volume, ask_volume)
+    table with one row per distinct ts.
 
-    `start_book` is the book before the first event (not modified); default empty. Rows follow the
-    input order (sort by (ts, seq) first); ts repeats when several events share a timestamp.
+    A book update is the run of depth ticks that share one timestamp (one imported book row, one IB message):
+    the volumes are taken after its last tick, never from a half-applied book. `start_book` is the book before
+    the first event (not modified); default empty. Sort the input by (ts, seq) first.
     """
     table = depth_table if isinstance(depth_table, pa.Table) else records_to_table(depth_table)
     book = start_book.copy() if start_book is not None else OrderBook()
@@ -345,12 +347,16 @@ def top_volumes(
                 book._run_levels(columns, lo, hi, out, n)
             else:
                 book._run_rows(columns, lo, hi, out, n)
-    ts = table.column("ts") if table.num_rows else pa.array([], pa.int64())
+    ts = np.asarray(pc.cast(table.column("ts"), pa.int64()).to_numpy(), dtype=np.int64) if table.num_rows else None
+    bid, ask = np.asarray(out[BID], dtype=np.float64), np.asarray(out[ASK], dtype=np.float64)
+    if ts is None:
+        ts = np.zeros(0, dtype=np.int64)
+    last_of_update = np.append(ts[1:] != ts[:-1], True) if len(ts) else np.zeros(0, dtype=bool)
     return pa.table(
         {
-            "ts": pc.cast(ts, pa.int64()).cast(VOLUMES_SCHEMA.field("ts").type),
-            "bid_volume": pa.array(out[BID], pa.float64()),
-            "ask_volume": pa.array(out[ASK], pa.float64()),
+            "ts": pa.array(ts[last_of_update], pa.int64()).cast(VOLUMES_SCHEMA.field("ts").type),
+            "bid_volume": pa.array(bid[last_of_update], pa.float64()),
+            "ask_volume": pa.array(ask[last_of_update], pa.float64()),
         },
         schema=VOLUMES_SCHEMA,
     )

@@ -12,7 +12,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
-from ib_stream.analytics.bars import BAR_SIZES, parse_resolution
+from ib_stream.analytics.grid import parse_bar_resolution
 from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
@@ -75,14 +75,6 @@ def parse_kinds(value: str | Sequence[str] | None) -> tuple[str, ...]:
         if item not in KINDS:
             raise ValidationError("kinds", value, f"holds {item!r}, which is not a bar kind (use {', '.join(KINDS)})")
     return tuple(k for k in KINDS if k in items) or KINDS
-
-
-def parse_bar_resolution(value: str | None) -> str:
-    """A bar size (1s .. 1h, or 1d = one bar per session); `tick` is not a bar."""
-    resolution = parse_resolution(value or "1m")
-    if resolution not in BAR_SIZES:
-        raise ValidationError("resolution", value, f"is not a bar size (use one of {', '.join(BAR_SIZES)})")
-    return resolution
 
 
 def parse_levels(value: int | None) -> int:

@@ -19,8 +19,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ib_stream.analytics.bars import BAR_SIZES
 from ib_stream.analytics.book import OrderBook
+from ib_stream.analytics.grid import BAR_SIZES
 from ib_stream.analytics.live_bars import QUOTE_LOOKBACK_NS, SEED_TRADES, LiveBarBuilder
 from ib_stream.analytics.request import BarsRequest
 from ib_stream.calendars import MarketSessions
@@ -28,9 +28,9 @@ from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, ValidationError
 from ib_stream.orderflow.service import OrderFlow
-from ib_stream.store.layout import HOUR_NS
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.schema import table_to_records
+from ib_stream.store.snapshots import book_at
 from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import LiveItem, StreamingApp, Subscription
 
@@ -68,11 +68,13 @@ def builder_for(
     obi_source: str = "quotes",
     levels: int = 10,
     fill_gaps: bool = True,
+    lateness_ns: int = 0,
 ) -> LiveBarBuilder:
     """A builder for a configured contract, with the parameters of `BarsRequest`: resets at its calendar's
     `session_type` starts; OBI from the top `levels` of the L2 book (`obi_source` depth), top-of-book
     sizes (quotes), or auto: the book when the contract records depth, top of book until its first
-    depth tick. Raises ValidationError naming the field."""
+    depth tick. A bar is final once ticks `lateness_ns` past its end have arrived. Raises ValidationError
+    naming the field."""
     bar_ns = BAR_SIZES.get(resolution)
     if bar_ns is None or resolution == "1d":
         sizes = ", ".join(r for r in BAR_SIZES if r != "1d")
@@ -87,18 +89,19 @@ def builder_for(
         depth_levels=levels,
         trade_type=trade_type,
         fill_gaps=fill_gaps,
+        lateness_ns=lateness_ns,
     )
 
 
 def seed_builder(builder: LiveBarBuilder, engine: QueryEngine, contract_id: int, until_ns: int) -> None:
-    """Read what a builder starts from at `until_ns` (see `LiveBarBuilder.seed`) and seed it."""
+    """Read what a builder starts from at `until_ns` (see `LiveBarBuilder.seed`) and seed it: the trades since the
+    session start, the quotes before them, and the depth book in force through the same `book_at` as the batch
+    path (the latest snapshot plus at most an hour of deltas)."""
     context = builder.context_start(until_ns)
     trades = engine.read_stream(StreamKey(contract_id, builder.trade_type), context, until_ns, SEED_TRADES)
     quotes = engine.read_stream(StreamKey(contract_id, TickType.BID_ASK), context - QUOTE_LOOKBACK_NS, until_ns)
-    depth = None
-    if builder.book is not None:
-        depth = engine.read_stream(StreamKey(contract_id, TickType.DEPTH), until_ns - until_ns % HOUR_NS, until_ns)
-    builder.seed(trades, quotes, depth, until_ns)
+    book = book_at(engine, contract_id, until_ns - 1).book if builder.book is not None else None
+    builder.seed(trades, quotes, book, until_ns)
 
 
 class FeedSettings(Protocol):
@@ -117,7 +120,7 @@ class FeedSettings(Protocol):
 
 
 class LiveBarFeed:
-    """One contract's live bars: `open()` returns the first rows, `apply(items)` the upserts of live items."""
+    """One contract's live bars: `open()` returns the first rows, `await update(items)` the upserts of live items."""
 
     def __init__(
         self,
@@ -212,11 +215,17 @@ class LiveBarFeed:
             self.close()
             raise
 
-    def apply(self, items: Sequence[LiveItem]) -> list[dict[str, Any]]:
-        """The upserts caused by live items (those the priming read already held are skipped)."""
+    async def update(self, items: Sequence[LiveItem]) -> list[dict[str, Any]]:
+        """The upserts caused by live items (those the store reads already held are skipped). A tick older than
+        the open bars makes the feed re-read the store: the final bars it changed come back as revisions
+        (`revision: true`), then the open bars."""
         through = self.through
         fresh = [(s, r) for s, r in items if r["seq"] > through.get(s, 0)]
-        return self.builder.update(fresh) if fresh else []
+        rows = self.builder.update(fresh) if fresh else []
+        if self.builder.late_since is None:
+            return rows
+        store = self.app.store
+        return rows + await asyncio.get_running_loop().run_in_executor(store.executor, self._revise, store)
 
     def close(self) -> None:
         if self.sub is not None:
@@ -226,20 +235,42 @@ class LiveBarFeed:
         bar_ns = self.builder.bar_ns
         self.anchor_ns = anchor = now_ns - now_ns % bar_ns
         history = self._history(store, anchor - self.history_bars * bar_ns, anchor) if self.history_bars else []
-        seed_builder(self.builder, store.engine, self.contract.con_id, anchor)
-        for stream in self.streams:  # visible before the read: every such tick at or after `anchor` is read
+        self._seed_and_replay(store, anchor)
+        return history + self.builder.snapshot()
+
+    def _seed_and_replay(self, store: TickStore, at_ns: int) -> list[dict[str, Any]]:
+        """Seed the builder at `at_ns` and replay the stored ticks from there; record what the read held."""
+        seed_builder(self.builder, store.engine, self.contract.con_id, at_ns)
+        for stream in self.streams:  # visible before the read: every such tick at or after `at_ns` is read
             hot = store.buffer.hot(stream)
             chunks = hot.snapshot().chunks if hot is not None else ()
-            self.through[stream] = chunks[-1].last_seq if chunks else 0
+            self.through[stream] = max(self.through.get(stream, 0), chunks[-1].last_seq if chunks else 0)
         per_stream = [
-            [(s, r) for r in table_to_records(store.engine.read_stream(s, anchor, MAX_TS_NS))] for s in self.streams
+            [(s, r) for r in table_to_records(store.engine.read_stream(s, at_ns, MAX_TS_NS))] for s in self.streams
         ]
         for part in per_stream:
             if part:
                 stream = part[0][0]
                 self.through[stream] = max(self.through[stream], part[-1][1]["seq"])
-        self.builder.update(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
-        return history + self.builder.snapshot()
+        return self.builder.update(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
+
+    def _revise(self, store: TickStore) -> list[dict[str, Any]]:
+        """After late ticks: the final bars from the earliest late one to the open bars, recomputed by the batch
+        service as revisions, then the builder re-seeded at its open bars from the store."""
+        builder = self.builder
+        late, since = builder.late_since, builder.open_since
+        assert late is not None and since is not None
+        builder.revisions += 1
+        first = max(late - late % builder.bar_ns, self.anchor_ns - self.history_bars * builder.bar_ns)
+        revised = []
+        if first < since:
+            start = min(first, self.anchor_ns)
+            revised = [
+                {**row, "revision": True}
+                for row in self._history(store, start - start % builder.bar_ns, since)
+                if row["ts"] >= first
+            ]
+        return revised + self._seed_and_replay(store, since)
 
     def _history(self, store: TickStore, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
         """Closed bars of [start_ns, end_ns) from the batch service, as final rows."""
@@ -257,7 +288,7 @@ class LiveBarFeed:
         labels = table.column("timestamp").cast("int64").to_pylist()
         rows = table.drop_columns(["timestamp"]).to_pylist()
         return [
-            {"ts": ts, "final": True, "session": None, **_nan_for_none(row)}
+            {"ts": ts, "final": True, "revision": False, "session": None, **_nan_for_none(row)}
             for ts, row in zip(labels, rows, strict=True)
         ]
 

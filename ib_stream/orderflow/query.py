@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ib_stream.analytics.bars import parse_resolution
+from ib_stream.analytics.grid import parse_resolution
 from ib_stream.analytics.request import BarsRequest, parse_kinds
 from ib_stream.contracts import load_contracts
-from ib_stream.domain import Contract, TickType
+from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
+from ib_stream.orderflow.historical import check_bars_of, historical_bars
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import load_settings
 from ib_stream.store.query import QueryEngine
@@ -62,7 +63,7 @@ class StorageQuery:
         """
         args = self._arguments(contract_id, tick_types, start_time, end_time, resolution)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.engine.query(*args))
+        return await loop.run_in_executor(self._executor, lambda: self._range(*args))
 
     def query_range_sync(
         self,
@@ -73,7 +74,22 @@ class StorageQuery:
         resolution: str | None = None,
     ) -> pd.DataFrame:
         """The same as `query_range`, for code without an event loop."""
-        return self.engine.query(*self._arguments(contract_id, tick_types, start_time, end_time, resolution))
+        return self._range(*self._arguments(contract_id, tick_types, start_time, end_time, resolution))
+
+    def _range(
+        self, contract_id: int, tick_types: tuple[TickType, ...], start: int, end: int, resolution: str
+    ) -> pd.DataFrame:
+        """Ticks from the engine, or bars from the bar engine (`orderflow.historical`), cached never stale."""
+        if resolution == "tick":
+            return self.engine.query(contract_id, tick_types, start, end)
+        for tick_type in tick_types:
+            check_bars_of(tick_type, resolution)
+        flow = OrderFlow(self.engine, self._contract(contract_id, None))
+        streams = [StreamKey(contract_id, t) for t in tick_types]
+        key = ("bars", start, resolution, flow.contract.calendar)
+        return self.engine.frames(
+            key, streams, 0, end, lambda s: historical_bars(flow, s.tick_type, start, end, resolution)
+        )
 
     def _arguments(
         self, contract_id: Any, tick_types: Any, start_time: TimeLike, end_time: TimeLike | None, resolution: str | None

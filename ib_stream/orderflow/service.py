@@ -1,81 +1,52 @@
-"""Order-flow queries over the store: reads trades, quotes and depth of a range and returns OHLC, CVD and OBI bars.
+"""Order-flow service: reads trades, quotes and depth of a range from the store and runs the bar engine.
 
 `OrderFlow(engine, contract).bars(BarsRequest(...))` returns an Arrow table with one row per bar;
-`.summary(request)` the aggregates of the whole range. Both are blocking (the service runs them in
-`store.executor`). What is read, and why:
+`.summary(request)` the aggregates of the whole range; `.trades(request)` the classified trades. All
+are blocking (the service runs them off the event loop). Every bar comes from `engine.bars_from_rows`
+over rows built by `inputs` — from stored rollups or from the ticks, the same rows either way:
 
 * trades (`last` or `all_last`) from the start of the session in progress at the range start, so
   the CVD and the session VWAP restart at the true session start and the tick rule has context;
 * `bid_ask` quotes a little further back (`quote_lookback_ns`), for the quote rule when a trade
   has no recorded side, and for the OBI in force at the range start;
-* depth, when OBI is asked from depth, through `depth_volumes` (default `book_top_volumes`: the
-  book at the range start from the latest snapshot, then the book module's `top_volumes` over the
-  depth ticks of the range).
+* depth, when OBI is asked from depth: the book at the range start from the latest snapshot, then
+  the OBI of every book update of the range.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 
-from ib_stream.analytics.book import top_volumes
-from ib_stream.analytics.obi import OBI_COLUMNS, VOLUMES_SCHEMA, obi_bars, time_weighted_obi, top_of_book_volumes
-from ib_stream.analytics.orderflow import CVD_COLUMNS, OHLC_COLUMNS, SESSION_RESOLUTION, BarGrid, cvd_bars, trade_bars
+from ib_stream.analytics.engine import BAR_COLUMNS, bars_from_rows
+from ib_stream.analytics.grid import SESSION_RESOLUTION, BarGrid
+from ib_stream.analytics.obi import time_weighted_obi, top_of_book_volumes
 from ib_stream.analytics.profile import volume_profile
 from ib_stream.analytics.request import BarsRequest, BarsResult
-from ib_stream.analytics.rollups import obi_bars_from_rows, rollup_bars
-from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
+from ib_stream.analytics.rows import Rows
+from ib_stream.analytics.side import floats, ts_ns
 from ib_stream.calendars import MarketSessions, Session
 from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
-from ib_stream.store.depth_rollups import depth_obi_rows
+from ib_stream.orderflow.inputs import (
+    Classification,
+    DepthVolumes,
+    book_top_volumes,
+    classified,
+    depth_obi,
+    read_trades,
+    trade_rows,
+)
 from ib_stream.store.query import QueryEngine
-from ib_stream.store.rollups import load_rows
-from ib_stream.store.snapshots import book_at
 
 # Trades before the range are read from the session start, but never more than this far back.
 MAX_CONTEXT_NS: Final = 4 * 86_400 * NS_PER_SECOND
 TS_TYPE: Final = pa.timestamp("ns", tz="UTC")
-
-# (engine, depth stream, start_ns, end_ns, levels) -> (ts, bid_volume, ask_volume) or None without depth.
-DepthVolumes = Callable[[QueryEngine, StreamKey, int, int, int], pa.Table | None]
-
-
-def book_top_volumes(
-    engine: QueryEngine, stream: StreamKey, start_ns: int, end_ns: int, levels: int
-) -> pa.Table | None:
-    """Top-`levels` depth volumes: the book in force at start_ns, then after every depth tick of the range.
-
-    The book at the range start is the latest valid snapshot plus the deltas after it (`book_at`);
-    its volumes open the series (stamped start_ns − 1), so the first bar opens at the OBI in force.
-    None when the contract has no depth up to end_ns.
-    """
-    start_book = book_at(engine, stream.contract_id, start_ns - 1).book
-    deltas = engine.read_stream(stream, start_ns, end_ns)
-    if deltas.num_rows == 0 and len(start_book) == 0:
-        return None
-    volumes = top_volumes(deltas, levels, start_book=start_book)
-    if len(start_book):
-        bid, ask = start_book.top_volumes(levels)
-        opening = pa.table({"ts": [start_ns - 1], "bid_volume": [bid], "ask_volume": [ask]}, schema=VOLUMES_SCHEMA)
-        volumes = pa.concat_tables([opening, volumes])
-    return volumes
-
-
-@dataclass(slots=True)
-class _Inputs:
-    """What a computation read: the trades (from the context start) and the OBI volumes."""
-
-    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    price: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    size: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    volumes: pa.Table | None = None
 
 
 class OrderFlow:
@@ -117,11 +88,14 @@ class OrderFlow:
 
     def grid(self, request: BarsRequest) -> BarGrid:
         """The bars of a request: UTC-aligned, or one per session for `1d`."""
-        if request.resolution == SESSION_RESOLUTION:
-            self.sessions.require_session_type(request.session, "session")
-            found = self.sessions.between(request.start_ns, request.end_ns, request.session)
-            return BarGrid.of_sessions(found, request.start_ns, request.end_ns)
-        return BarGrid.utc(request.start_ns, request.end_ns, request.resolution)
+        return self.grid_of(request.start_ns, request.end_ns, request.resolution, request.session)
+
+    def grid_of(self, start_ns: int, end_ns: int, resolution: str, session: str = "regular") -> BarGrid:
+        """The bars of `resolution` over [start_ns, end_ns): UTC-aligned, or one per `session` for `1d`."""
+        if resolution == SESSION_RESOLUTION:
+            self.sessions.require_session_type(session, "session")
+            return BarGrid.of_sessions(self.sessions.between(start_ns, end_ns, session), start_ns, end_ns)
+        return BarGrid.utc(start_ns, end_ns, resolution)
 
     # ---- bars ------------------------------------------------------------------------------------------------
     def bars(self, request: BarsRequest) -> BarsResult:
@@ -133,107 +107,86 @@ class OrderFlow:
         self._check(request)
         cache = self.engine.cache if self.use_cache else None
         streams = [StreamKey(request.contract_id, t) for t in (request.trades, TickType.BID_ASK, TickType.DEPTH)]
-        key = (
-            "order_flow",
-            request,
-            self.use_rollups,
-            self.quote_lookback_ns,
-            self.max_quote_age_ns,
-            self.quote_inclusive,
-            self.depth_volumes is None,
-            self.engine.hot.token(streams),
-        )
+        token = self.engine.hot.token(streams)
+        key = ("order_flow", request, self.use_rollups, self.classification, self.depth_volumes is None, token)
         if cache is not None:
             version = cache.tracker.version
             cached: BarsResult | None = cache.get(key, streams, 0, request.end_ns)
             if cached is not None:
                 return cached
-        grid = self.grid(request)
-        rolled = self._from_rollups(request, grid) if self.use_rollups else None
-        result = rolled if rolled is not None else self._compute(request, grid)
+        result = self._compute(request, self.grid(request))[0]
         if cache is not None:
             cache.put(key, version, result)
         return result
 
-    def _from_rollups(self, request: BarsRequest, grid: BarGrid) -> BarsResult | None:
-        """The bars from 1-second rollups (`ib_stream.store.rollups`), equal to the tick path; None when
-        they do not apply (non-default classification settings, bounds off whole seconds, no valid stored
-        rollup in the range, a side that depends on earlier ticks). OBI from depth comes from the depth rollups
-        where they serve the range, else from the book replay."""
-        if (
-            not request.use_recorded_side
-            or self.max_quote_age_ns is not None
-            or self.quote_inclusive
-            or self.quote_lookback_ns % NS_PER_SECOND
-            or self.quote_lookback_ns > self.engine.layout.partition_ns
-            or len(grid) == 0
-            or request.start_ns % NS_PER_SECOND
-            or request.end_ns % NS_PER_SECOND
-            or (grid.starts % NS_PER_SECOND).any()
-            or (grid.ends % NS_PER_SECOND).any()
-        ):
-            return None
+    @property
+    def classification(self) -> Classification:
+        return Classification(self.quote_lookback_ns, self.max_quote_age_ns, self.quote_inclusive)
+
+    def _compute(self, request: BarsRequest, grid: BarGrid, keep_ticks: bool = False) -> tuple[BarsResult, Rows]:
+        """The bars of `grid` and the trade rows they came from (on the tick path with `keep_ticks`: from ticks)."""
+        how = self._how(request)
         context = self._context_start(request)
         resets = np.asarray(self._resets(request, context), dtype=np.int64)
-        if context % NS_PER_SECOND or (resets % NS_PER_SECOND).any():
-            return None
+        edges = np.unique(np.concatenate((grid.edges(), resets)))
         kinds = list(request.kinds)
-        columns: dict[str, Any] = {"timestamp": pa.array(grid.labels, pa.int64()).cast(TS_TYPE)}
-        obi_source = None
+        obi_source, depth = None, None
         if "obi" in kinds:
-            obi_source = "quotes"
-            if request.obi_source in ("auto", "depth") and self.depth_volumes is not None:
-                depth = self._depth_obi(request, grid)
-                if depth is not None:
-                    obi_source = "depth"
-                    columns.update(depth)
-                    kinds.remove("obi")
-                elif request.obi_source == "depth":
-                    return None  # no depth: the tick path says so
+            obi_source, depth = self._obi_rows(request, edges)
+        trades_needed = "ohlc" in kinds or "cvd" in kinds
+        quote_obi_from = request.start_ns - self.quote_lookback_ns if obi_source == "quotes" else None
+        rows: Rows | None = None
         methods: dict[str, int] = {}
-        if kinds:  # what is left after OBI from depth
-            obi_from = request.start_ns - self.quote_lookback_ns
-            rows = load_rows(
-                self.engine,
-                StreamKey(request.contract_id, request.trades),
-                context,
-                obi_from if "obi" in kinds else context,
-                request.end_ns,
-                self.quote_lookback_ns,
-            )
-            if rows is None:
-                return None
+        columns: dict[str, Any] = {"timestamp": pa.array(grid.labels, pa.int64()).cast(TS_TYPE)}
+        if trades_needed or quote_obi_from is not None:
+            stream = StreamKey(request.contract_id, request.trades)
+            use_rollups = self.use_rollups and not keep_ticks
+            got = trade_rows(self.engine, stream, context, quote_obi_from, request.end_ns, edges, how, use_rollups)
+            rows = got.rows
+            trade_kinds = [k for k in kinds if k != "obi" or depth is None]
             span = (request.start_ns, request.end_ns)
-            rolled, methods = rollup_bars(grid, rows, kinds, resets, obi_from, context, span)
-            columns.update(rolled)
-        order = ["timestamp", *OHLC_COLUMNS, *CVD_COLUMNS, *OBI_COLUMNS]
-        table = pa.table({name: columns[name] for name in order if name in columns})
-        return BarsResult(table, obi_source, methods)
+            bars, methods = bars_from_rows(grid, rows, trade_kinds, resets, quote_obi_from, context, span)
+            columns.update(bars)
+        if depth is not None:
+            columns.update(bars_from_rows(grid, depth, ("obi",), obi_source_rows=depth)[0])
+        if not trades_needed:
+            methods = {}
+        table = pa.table({name: columns[name] for name in ("timestamp", *BAR_COLUMNS) if name in columns})
+        return BarsResult(table, obi_source, methods), rows if rows is not None else {}
 
-    def _depth_obi(self, request: BarsRequest, grid: BarGrid) -> dict[str, np.ndarray] | None:
-        """OBI bars from depth — from the depth rollups when they serve the range, else from the book replay
-        of `depth_volumes`; None when the contract has no depth up to the range end."""
-        if self.depth_volumes is book_top_volumes:
-            found = depth_obi_rows(self.engine, request.contract_id, request.start_ns, request.end_ns, request.levels)
-            if found is not None:
-                rows, in_force = found
-                if not np.isnan(in_force):  # the book in force at the start opens the first bar, as in the replay
-                    rows = _with_opening(rows, request.start_ns - NS_PER_SECOND, in_force)
-                return obi_bars_from_rows(grid, rows)
-        stream = StreamKey(request.contract_id, TickType.DEPTH)
-        assert self.depth_volumes is not None
-        volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
-        if volumes is None or not volumes.num_rows:
-            return None
-        return obi_bars(grid, volumes)
+    def _obi_rows(self, request: BarsRequest, edges: np.ndarray) -> tuple[str, Rows | None]:
+        """(source, depth rows): top-N depth when asked (or, for auto, when depth is recorded), else top of book."""
+        if request.obi_source in ("auto", "depth") and self.depth_volumes is not None:
+            depth = depth_obi(
+                self.engine,
+                request.contract_id,
+                request.start_ns,
+                request.end_ns,
+                request.levels,
+                edges,
+                self.depth_volumes,
+                self.use_rollups,
+            )
+            if depth is not None:
+                return "depth", depth
+        if request.obi_source == "depth":
+            raise QueryError(
+                f"obi_source depth: no depth is recorded for contract {request.contract_id} before "
+                f"{iso_ns(request.end_ns)} (use obi_source=quotes or auto)",
+                details={"field": "obi_source", "value": "depth", "contract_id": request.contract_id},
+            )
+        return "quotes", None
 
     def trades(self, request: BarsRequest) -> pa.Table:
         """The trades of [start, end) with the side each was given and the method that decided it."""
         self._check(request)
         context = self._context_start(request)
-        table = self._read_trades(request, context)
+        stream = StreamKey(request.contract_id, request.trades)
+        how = self._how(request)
+        table, quotes = read_trades(self.engine, stream, context, None, request.end_ns, how)
+        sides = classified(table, quotes, context, how).sides
+        assert sides is not None
         ts = ts_ns(table)
-        sides = self._classify(request, table, ts, floats(table, "price"), context)
         keep = np.flatnonzero((ts >= request.start_ns) & (ts < request.end_ns))
         return pa.table(
             {
@@ -250,7 +203,7 @@ class OrderFlow:
         """Aggregates of [start, end): price OHLC, volume, VWAP, buy/sell, CVD change, OBI min/max/mean, profile."""
         self._check(request)
         whole = BarGrid(np.array([request.start_ns]), np.array([request.start_ns]), np.array([request.end_ns]), "range")
-        result, inputs = self._compute_with_inputs(request, whole)
+        result = self._compute(request, whole, keep_ticks=True)[0]
         row = {
             name: _scalar(column[0])
             for name, column in zip(result.table.column_names, result.table.columns, strict=True)
@@ -268,8 +221,13 @@ class OrderFlow:
             out["price"] = {k: row[k] for k in ("open", "high", "low", "close")}
             for name in ("trade_count", "volume", "vwap", "buy_volume", "sell_volume", "unknown_volume"):
                 out[name] = row[name]
-            in_range = (inputs.ts >= request.start_ns) & (inputs.ts < request.end_ns)
-            profile = volume_profile(inputs.price[in_range], inputs.size[in_range], tick_size=self.contract.min_tick)
+            trades = self.engine.read_stream(
+                StreamKey(request.contract_id, request.trades),
+                request.start_ns,
+                request.end_ns,
+                ["ts", "price", "size"],
+            )
+            profile = volume_profile(floats(trades, "price"), floats(trades, "size"), tick_size=self.contract.min_tick)
             out["profile"] = profile.to_dict(profile_levels) if profile is not None else None
         if "cvd" in request.kinds:
             out["cvd"] = {
@@ -279,13 +237,13 @@ class OrderFlow:
                 "low": row["cvd_low"],
                 "close": row["cvd_close"],
             }
-        if inputs.volumes is not None:
+        if "obi" in request.kinds and result.obi_source is not None:
             out["obi"] = {
                 "source": result.obi_source,
                 "levels": request.levels if result.obi_source == "depth" else 1,
                 "min": row["obi_low"],
                 "max": row["obi_high"],
-                "mean": _scalar(time_weighted_obi(inputs.volumes, request.start_ns, request.end_ns)),
+                "mean": _scalar(self._mean_obi(request, result.obi_source)),
                 "open": row["obi_open"],
                 "close": row["obi_close"],
                 "count": row["obi_count"],
@@ -293,42 +251,32 @@ class OrderFlow:
         return out
 
     # ---- internals -------------------------------------------------------------------------------------------
+    def _how(self, request: BarsRequest) -> Classification:
+        """How the request's trades are classified (the service's options, the request's use of recorded sides)."""
+        return dataclasses.replace(self.classification, use_recorded_side=request.use_recorded_side)
+
+    def _mean_obi(self, request: BarsRequest, source: str) -> float:
+        """The time-weighted mean OBI of [start, end) from the same events as the bars."""
+        if source == "depth":
+            assert self.depth_volumes is not None
+            stream = StreamKey(request.contract_id, TickType.DEPTH)
+            volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
+        else:
+            quotes = self.engine.read_stream(
+                StreamKey(request.contract_id, TickType.BID_ASK),
+                request.start_ns - self.quote_lookback_ns,
+                request.end_ns,
+                ["ts", "bid_size", "ask_size"],
+            )
+            volumes = top_of_book_volumes(quotes)
+        return time_weighted_obi(volumes, request.start_ns, request.end_ns) if volumes is not None else float("nan")
+
     def _check(self, request: BarsRequest) -> None:
         if request.contract_id != self.contract.con_id:
             raise ValidationError(
                 "contract_id", request.contract_id, f"does not match this OrderFlow's contract {self.contract.con_id}"
             )
         self.sessions.require_session_type(request.session, "session")
-
-    def _compute(self, request: BarsRequest, grid: BarGrid) -> BarsResult:
-        return self._compute_with_inputs(request, grid)[0]
-
-    def _compute_with_inputs(self, request: BarsRequest, grid: BarGrid) -> tuple[BarsResult, _Inputs]:
-        columns: dict[str, Any] = {"timestamp": pa.array(grid.labels, pa.int64()).cast(TS_TYPE)}
-        inputs = _Inputs()
-        side_methods: dict[str, int] = {}
-        obi_source = None
-        if "ohlc" in request.kinds or "cvd" in request.kinds:
-            context = self._context_start(request)
-            trades = self._read_trades(request, context)
-            inputs.ts, inputs.price, inputs.size = ts_ns(trades), floats(trades, "price"), floats(trades, "size")
-            sides = self._classify(request, trades, inputs.ts, inputs.price, context)
-            resets = self._resets(request, context)
-            in_range = (inputs.ts >= request.start_ns) & (inputs.ts < request.end_ns)
-            side_methods = TradeSides(sides.side[in_range], sides.method[in_range]).counts()
-            if "ohlc" in request.kinds:
-                columns.update(trade_bars(grid, inputs.ts, inputs.price, inputs.size, sides.side, resets))
-            if "cvd" in request.kinds:
-                if "ohlc" not in request.kinds:
-                    lo, hi = grid.locate(inputs.ts)
-                    columns["empty"] = hi == lo
-                columns.update(cvd_bars(grid, inputs.ts, inputs.size, sides.side, resets))
-        if "obi" in request.kinds:
-            obi_source, inputs.volumes = self._obi_volumes(request)
-            columns.update(obi_bars(grid, inputs.volumes))
-        order = ["timestamp", *OHLC_COLUMNS, *CVD_COLUMNS, *OBI_COLUMNS]
-        table = pa.table({name: columns[name] for name in order if name in columns})
-        return BarsResult(table, obi_source, side_methods), inputs
 
     def _context_start(self, request: BarsRequest) -> int:
         """Where trades are read from: the start of the session in progress (or last begun) at the range start."""
@@ -343,63 +291,6 @@ class OrderFlow:
             return [request.start_ns]
         found: list[Session] = self.sessions.between(context, request.end_ns, request.session)
         return [s.start_ns for s in found]
-
-    def _read_trades(self, request: BarsRequest, start_ns: int) -> pa.Table:
-        stream = StreamKey(request.contract_id, request.trades)
-        return self.engine.read_stream(stream, start_ns, request.end_ns, ["ts", "price", "size", "side"])
-
-    def _classify(
-        self, request: BarsRequest, trades: pa.Table, ts: np.ndarray, price: np.ndarray, context: int
-    ) -> TradeSides:
-        recorded = recorded_sides(trades) if request.use_recorded_side else None
-        quotes = None
-        needs_quotes = recorded is None or bool((recorded == 0).any())
-        if needs_quotes and len(ts):
-            table = self.engine.read_stream(
-                StreamKey(request.contract_id, TickType.BID_ASK),
-                context - self.quote_lookback_ns,
-                request.end_ns,
-                ["ts", "bid_price", "ask_price"],
-            )
-            if table.num_rows:
-                quotes = (ts_ns(table), floats(table, "bid_price"), floats(table, "ask_price"))
-        return classify(
-            ts,
-            price,
-            recorded,
-            quotes,
-            use_recorded=request.use_recorded_side,
-            inclusive=self.quote_inclusive,
-            max_quote_age_ns=self.max_quote_age_ns,
-        )
-
-    def _obi_volumes(self, request: BarsRequest) -> tuple[str, pa.Table]:
-        """(source, volumes): top-N depth when asked (or, for auto, when depth is recorded), else top of book."""
-        if request.obi_source in ("auto", "depth") and self.depth_volumes is not None:
-            stream = StreamKey(request.contract_id, TickType.DEPTH)
-            volumes = self.depth_volumes(self.engine, stream, request.start_ns, request.end_ns, request.levels)
-            if volumes is not None and volumes.num_rows:
-                return "depth", volumes
-        if request.obi_source == "depth":
-            raise QueryError(
-                f"obi_source depth: no depth is recorded for contract {request.contract_id} before "
-                f"{iso_ns(request.end_ns)} (use obi_source=quotes or auto)",
-                details={"field": "obi_source", "value": "depth", "contract_id": request.contract_id},
-            )
-        quotes = self.engine.read_stream(
-            StreamKey(request.contract_id, TickType.BID_ASK),
-            request.start_ns - self.quote_lookback_ns,
-            request.end_ns,
-            ["ts", "bid_size", "ask_size"],
-        )
-        return "quotes", top_of_book_volumes(quotes)
-
-
-def _with_opening(rows: dict[str, np.ndarray], second: int, value: float) -> dict[str, np.ndarray]:
-    """Depth OBI rows with a leading row at `second` holding one event of `value` (the OBI in force)."""
-    lead = {"second": second, "obi_first": value, "obi_high": value, "obi_low": value, "obi_last": value}
-    lead |= {"obi_end": value, "obi_count": 1, "events": 1}
-    return {name: np.concatenate(([lead[name]], values)).astype(values.dtype) for name, values in rows.items()}
 
 
 def _scalar(value: Any) -> Any:

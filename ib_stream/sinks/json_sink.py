@@ -160,7 +160,7 @@ class JsonSink:
                         items = await feed.sub.get(None)
                         if not items and feed.sub.closed:
                             return
-                        self._update(feed.apply(items), items, feed.builder.book)
+                        self._update(await feed.update(items), items, feed.builder.book)
                 except SlowConsumerError:
                     log.warning("json sink fell behind on contract %d; resubscribing", contract.con_id)
                 except Exception:  # a bug or an unreadable store must not end the sink for good

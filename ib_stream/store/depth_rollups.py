@@ -1,7 +1,7 @@
 """Storage: 1-second OBI-from-depth rollups per (contract, partition), so OBI bars from the L2 book over long
 ranges do not replay every depth tick.
 
-A depth rollup (`layout.rollup_path` of the contract's `depth` stream) holds `analytics.rollups.depth_rows` of
+A depth rollup (`layout.rollup_path` of the contract's `depth` stream) holds `analytics.rows.depth_rows` of
 the top-`levels` volumes after each depth tick of one closed partition, replayed from the book at the partition
 start (`snapshots.book_at`), and in its metadata the imbalance of that opening book. Its validity key hashes the
 format, the levels, the partition length, the (file, checksum) list of the partition's depth files and the seq
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from ib_stream.analytics.book import top_volumes
 from ib_stream.analytics.obi import imbalance
 from ib_stream.analytics.request import DEFAULT_LEVELS
-from ib_stream.analytics.rollups import DEPTH_ROLLUP_SCHEMA, Rows, concat_rows, depth_rows
+from ib_stream.analytics.rows import DEPTH_ROLLUP_SCHEMA, Rows, concat_rows, depth_rows
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import ArchiveFile

@@ -5,14 +5,13 @@ then optionally aggregate into bars; results are cached without ever going stale
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ib_stream.analytics.bars import BAR_INPUTS, make_bars
 from ib_stream.clock import Clock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.store.cache import QueryCache
@@ -42,29 +41,31 @@ class QueryEngine:
         self.cache = cache
         self.clock = clock
 
-    def query(
-        self,
-        contract_id: int,
-        tick_types: Sequence[TickType],
-        start_ns: int,
-        end_ns: int,
-        resolution: str,
-    ) -> pd.DataFrame:
+    def query(self, contract_id: int, tick_types: Sequence[TickType], start_ns: int, end_ns: int) -> pd.DataFrame:
+        """The ticks of [start_ns, end_ns) as a DataFrame (`tick_type` column when several types; merged by ts)."""
         streams = [StreamKey(contract_id, t) for t in tick_types]
-        key = (contract_id, tuple(tick_types), start_ns, end_ns, resolution, self.hot.token(streams))
+        return self.frames(
+            ("ticks", start_ns), streams, start_ns, end_ns, lambda s: _tick_frame(self.read_stream(s, start_ns, end_ns))
+        )
+
+    def frames(
+        self,
+        key: Hashable,
+        streams: Sequence[StreamKey],
+        since_ns: int,
+        end_ns: int,
+        frame_of: Callable[[StreamKey], pd.DataFrame],
+    ) -> pd.DataFrame:
+        """One frame per stream from `frame_of`, merged by timestamp, cached under `key` until anything stored in
+        [since_ns, end_ns] of the streams changes."""
+        key = (key, tuple(streams), end_ns, self.hot.token(streams))
         version = self.cache.tracker.version
-        cached = self.cache.get(key, streams, start_ns, end_ns)
+        cached = self.cache.get(key, streams, since_ns, end_ns)
         if cached is not None:
             return cached.copy(deep=False)
         frames = []
         for stream in streams:
-            table = self.read_stream(
-                stream, start_ns, end_ns, None if resolution == "tick" else BAR_INPUTS.get(stream.tick_type)
-            )
-            if resolution == "tick":
-                frame = _tick_frame(table)
-            else:
-                frame = make_bars(table, stream.tick_type, start_ns, end_ns, resolution)
+            frame = frame_of(stream)
             if len(streams) > 1:
                 frame.insert(1, "tick_type", stream.tick_type.value)
             frames.append(frame)

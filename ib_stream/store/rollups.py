@@ -1,7 +1,7 @@
 """Storage: 1-second order-flow rollups per (contract, trade stream, partition) — files, validity, writer, reader.
 
 A rollup file (`layout.rollup_path`, under `<dir of index.db>/rollups/`) holds the rows of
-`ib_stream.analytics.rollups.hour_rows` for one closed archive partition, written atomically (temp →
+`ib_stream.analytics.rows.hour_rows` for one closed archive partition, written atomically (temp →
 fsync → rename → fsync dir). Its Parquet metadata holds a validity key: a hash of the rollup format, the
 quote lookback and the sorted (file_path, checksum) lists of the catalog files the rows depend on — the
 trade partition, the `bid_ask` partition and the `bid_ask` partition before it (the quote lookback reaches
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ib_stream.analytics.rollups import (
+from ib_stream.analytics.rows import (
     ROLLUP_SCHEMA,
     ROLLUP_VERSION,
     Carry,
@@ -211,7 +211,7 @@ def read_hour_rows(
     context_ns: int | None = None,
     carry: Carry | None = None,
 ) -> HourRows:
-    """The rows of [hour_start, end_ns) computed from the ticks (see `analytics.rollups.hour_rows`)."""
+    """The rows of [hour_start, end_ns) computed from the ticks (see `analytics.rows.hour_rows`)."""
     context = hour_start if context_ns is None else context_ns
     trade_table = engine.read_stream(trades, context, end_ns, ["ts", "price", "size", "side"])
     quotes = engine.read_stream(

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from ib_stream.analytics.bars import BAR_SIZES
+from ib_stream.analytics.grid import BAR_SIZES
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import TICK_FIELDS, FieldSpec, StreamKey, TickType
 from ib_stream.errors import TickValidationError

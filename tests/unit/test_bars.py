@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ib_stream.analytics.bars import RESOLUTIONS
+from ib_stream.analytics.grid import RESOLUTIONS
 from ib_stream.clock import ManualClock
 from ib_stream.errors import QueryError
 from ib_stream.storage import StorageQuery, TickStore
@@ -121,8 +121,13 @@ async def test_bars_are_aligned_to_utc_multiples(store: TickStore) -> None:
     await store.append_batch(CONTRACT, "last", [trade(T0_NS + seconds(400), 0)])
     got = await bars(store, "last", T0_NS + seconds(150), T0_NS + seconds(1000), "5m")
     assert [t.strftime("%H:%M") for t in got["timestamp"]] == ["14:00", "14:05", "14:10", "14:15"]
-    daily = await bars(store, "last", T0_NS + seconds(150), T0_NS + seconds(86_400), "1d")
+    daily = await bars(store, "last", T0_NS + seconds(150), T0_NS + seconds(86_400), "24h")
     assert [str(t) for t in daily["timestamp"]] == ["2025-01-10 00:00:00+00:00", "2025-01-11 00:00:00+00:00"]
+    # `1d` is one bar per trading session (XNYS regular: 09:30-16:00 New York = 14:30-21:00 UTC in January),
+    # as in /v2/bars; the only session of the range is Friday's (the range ends Saturday 14:00).
+    sessions = await bars(store, "last", T0_NS + seconds(150), T0_NS + seconds(86_400), "1d")
+    assert [str(t) for t in sessions["timestamp"]] == ["2025-01-10 14:30:00+00:00"]
+    assert list(sessions["trade_count"]) == [0]  # the one trade (14:06:40Z) is pre-market, outside the session
     assert str(got["timestamp"].dt.tz) == "UTC"
 
 
@@ -155,12 +160,14 @@ async def test_obi_stays_within_minus_one_and_one(store: TickStore) -> None:
     got = await bars(store, "bid_ask", T0_NS, T0_NS + seconds(600), "30s")
     frame = pd.DataFrame(quotes)
     total = frame["bid_size"] + frame["ask_size"]
-    frame["obi"] = ((frame["bid_size"] - frame["ask_size"]) / total.where(total > 0)).fillna(0.0)
+    frame["obi"] = (frame["bid_size"] - frame["ask_size"]) / total.where(total > 0)  # no volume: no event
     frame["timestamp"] = pd.to_datetime(frame["ts"], unit="ns", utc=True)
-    expected = frame.set_index("timestamp")["obi"].resample("30s").agg(["first", "max", "min", "last"])
-    np.testing.assert_allclose(got["obi_open"], expected["first"], rtol=1e-15)
-    np.testing.assert_allclose(got["obi_high"], expected["max"], rtol=1e-15)
-    np.testing.assert_allclose(got["obi_low"], expected["min"], rtol=1e-15)
+    expected = frame.set_index("timestamp")["obi"].dropna().resample("30s").agg(["first", "max", "min", "last"])
+    # OBI is a state: a bar opens at the value in force at its start, the previous bar's last event.
+    opens = expected["last"].shift(1).fillna(expected["first"])
+    np.testing.assert_allclose(got["obi_open"], opens, rtol=1e-15)
+    np.testing.assert_allclose(got["obi_high"], np.fmax(expected["max"], opens), rtol=1e-15)
+    np.testing.assert_allclose(got["obi_low"], np.fmin(expected["min"], opens), rtol=1e-15)
     np.testing.assert_allclose(got["obi_close"], expected["last"], rtol=1e-15)
     assert got[["obi_open", "obi_high", "obi_low", "obi_close"]].abs().max().max() <= 1.0
 
@@ -201,4 +208,4 @@ async def test_too_many_bars_is_a_query_error(store: TickStore) -> None:
 
 
 def test_resolutions_are_the_documented_list() -> None:
-    assert RESOLUTIONS == ("tick", "1s", "5s", "15s", "30s", "1m", "5m", "15m", "30m", "1h", "1d")
+    assert RESOLUTIONS == ("tick", "1s", "5s", "15s", "30s", "1m", "5m", "15m", "30m", "1h", "24h", "1d")

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from ib_stream.analytics.book import OrderBook, records_to_table, replay, top_volumes
-from ib_stream.analytics.obi import VOLUMES_SCHEMA, obi_bars
-from ib_stream.analytics.orderflow import BarGrid
+from ib_stream.analytics.engine import obi_bars
+from ib_stream.analytics.grid import BarGrid
+from ib_stream.analytics.obi import VOLUMES_SCHEMA
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig

@@ -174,11 +174,12 @@ def batch_signs(store: TickStore, start: int = START) -> list[int]:
 @pytest.mark.parametrize("first", [TickType.BID_ASK, TickType.LAST])
 def test_streams_interleaved_by_batch_still_give_the_batch_bars(store: TickStore, first: TickType) -> None:
     # The fan-out delivers each stream in order, but streams interleave by batch: here each 45 s of one
-    # stream arrives before the same 45 s of the other. Quotes first: trades often land in the previous
-    # bar. Trades first: their prevailing quote arrives after them and they are classified again.
+    # stream arrives before the same 45 s of the other. Quotes first: trades often land in bars the quotes
+    # already passed. Trades first: their prevailing quote arrives after them and they are classified again.
+    # A lateness allowance of a minute covers the interleaving: no tick is late, no bar final too early.
     quotes, trades = market(6)
     items = stored(store, quotes, trades)
-    builder = builder_for(AAPL, "1m")
+    builder = builder_for(AAPL, "1m", lateness_ns=MINUTE)
     live: dict[int, dict] = {}
     step = 45 * NS_PER_SECOND
     order = (first, TickType.LAST if first == TickType.BID_ASK else TickType.BID_ASK)
@@ -193,21 +194,27 @@ def test_streams_interleaved_by_batch_still_give_the_batch_bars(store: TickStore
         assert_same(row, batch[ts])
 
 
-def test_ticks_older_than_the_previous_bar_are_counted_and_dropped() -> None:
-    builder = LiveBarBuilder(MINUTE)
+def test_ticks_within_the_lateness_amend_open_bars_and_older_ones_are_counted_not_applied() -> None:
+    builder = LiveBarBuilder(MINUTE, lateness_ns=MINUTE)
     trade = StreamKey(CONTRACT, TickType.LAST)
     builder.update([(trade, {"ts": T0_NS, "price": 10.0, "size": 1.0, "side": 1})])
-    builder.update([(trade, {"ts": T0_NS + 2 * MINUTE, "price": 11.0, "size": 2.0, "side": 1})])
+    rows = builder.update([(trade, {"ts": T0_NS + 2 * MINUTE, "price": 11.0, "size": 2.0, "side": 1})])
+    # The watermark (T0 + 2 min) passed the first bar's end + the lateness: it is final, sent once.
+    assert [(r["ts"], r["final"]) for r in rows] == [(T0_NS, True), (T0_NS + MINUTE, False), (T0_NS + 2 * MINUTE, False)]
     before = builder.snapshot()
     assert builder.update([(trade, {"ts": T0_NS + 5, "price": 99.0, "size": 5.0, "side": -1})]) == []
-    assert builder.late_ticks == 1
+    assert builder.late_ticks == 1 and builder.late_since == T0_NS + 5  # the owner re-reads the store (revision)
     assert builder.snapshot() == before
-    # One bar late is fine: it amends the previous bar and the forming bar continues from it.
+    # Within the lateness: it amends the open previous bar, and the forming bar continues from it.
     rows = builder.update([(trade, {"ts": T0_NS + MINUTE + 1, "price": 12.0, "size": 3.0, "side": -1})])
     assert [(r["ts"], r["final"], r["close"], r["cvd_close"]) for r in rows] == [
-        (T0_NS + MINUTE, True, 12.0, 1.0 - 3.0),
+        (T0_NS + MINUTE, False, 12.0, 1.0 - 3.0),
         (T0_NS + 2 * MINUTE, False, 11.0, 1.0 - 3.0 + 2.0),
     ]
+    # A final bar is never sent again: the next minute finalises the second bar once; the third, still open
+    # and unchanged, is not sent again.
+    rows = builder.update([(trade, {"ts": T0_NS + 3 * MINUTE, "price": 13.0, "size": 1.0, "side": 1})])
+    assert [(r["ts"], r["final"]) for r in rows] == [(T0_NS + MINUTE, True), (T0_NS + 3 * MINUTE, False)]
 
 
 def test_window_caps_memory_and_upserts_replace_then_append() -> None:
@@ -229,8 +236,10 @@ def test_a_long_gap_fills_at_most_a_window_of_empty_bars() -> None:
     trade = StreamKey(CONTRACT, TickType.LAST)
     builder.update([(trade, {"ts": T0_NS, "price": 5.0, "size": 1.0})])
     rows = builder.update([(trade, {"ts": T0_NS + 3600 * NS_PER_SECOND, "price": 6.0, "size": 1.0})])
-    assert len(rows) == 10
-    assert all(r["empty"] and r["close"] == 5.0 and r["volume"] == 0 for r in rows[:-1])
+    # The bar with the first trade is sent final (once), then at most a window of empty bars, then the new one.
+    assert rows[0]["ts"] == T0_NS and rows[0]["final"] and rows[0]["close"] == 5.0
+    assert len(rows) == 1 + 10
+    assert all(r["empty"] and r["final"] and r["close"] == 5.0 and r["volume"] == 0 for r in rows[1:-1])
     assert rows[-1]["close"] == 6.0 and not rows[-1]["final"]
 
 
@@ -268,7 +277,8 @@ def test_the_cvd_path_passes_through_zero_at_a_reset_inside_a_bar() -> None:
     assert (row["cvd_open"], row["cvd_high"], row["cvd_low"], row["cvd_close"]) == (4.0, 10.0, 0.0, 5.0)
     assert (row["delta"], row["session"], row["session_vwap"]) == (11.0, reset, 10.0)
     # The batch function on the same trades and reset agrees.
-    from ib_stream.analytics.orderflow import BarGrid, cvd_bars
+    from ib_stream.analytics.engine import cvd_bars
+    from ib_stream.analytics.grid import BarGrid
 
     grid = BarGrid.utc(T0_NS - HOUR, T0_NS + HOUR, "1h")
     ts = np.array([t for t, _ in sizes])

@@ -13,8 +13,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ib_stream.analytics.obi import VOLUMES_SCHEMA, imbalance, obi_bars, time_weighted_obi
-from ib_stream.analytics.orderflow import BarGrid, cvd_bars, trade_bars
+from ib_stream.analytics.engine import cvd_bars, obi_bars, trade_bars
+from ib_stream.analytics.grid import BarGrid
+from ib_stream.analytics.obi import VOLUMES_SCHEMA, imbalance, time_weighted_obi
 from ib_stream.analytics.profile import point_of_control, price_levels, value_area, volume_profile, vwap
 from ib_stream.analytics.request import BarsRequest, parse_kinds
 from ib_stream.calendars import MarketSessions

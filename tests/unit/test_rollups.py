@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ib_stream.analytics.obi import VOLUMES_SCHEMA, obi_bars, obi_series
-from ib_stream.analytics.orderflow import BarGrid, cvd_bars, trade_bars
+from ib_stream.analytics.engine import bars_from_rows, cvd_bars, obi_bars, trade_bars
+from ib_stream.analytics.grid import BarGrid
+from ib_stream.analytics.obi import VOLUMES_SCHEMA, obi_series
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.rollups import rollup_bars, second_rows
+from ib_stream.analytics.rows import second_rows
 from ib_stream.analytics.side import classify
 from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, StreamKey, TickType
@@ -86,7 +87,7 @@ def test_bars_from_second_rows_equal_bars_from_ticks(seed: int, resolution: str)
     in_window = obi_ts >= start - 300 * S
     want |= obi_bars(grid, volumes.filter(pa.array(quotes["ts"] >= start - 300 * S)))
     assert in_window.any()
-    got, methods = rollup_bars(grid, rows, ("ohlc", "cvd", "obi"), resets, start - 300 * S)
+    got, methods = bars_from_rows(grid, rows, ("ohlc", "cvd", "obi"), resets, start - 300 * S)
     assert_same(got, want)
     in_range = (trades["ts"] >= start) & (trades["ts"] < end)
     expected_methods = {"recorded": 1, "quote": 2, "tick": 3, "unknown": 0}

@@ -15,7 +15,7 @@ import pandas as pd
 from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
-from ib_stream.analytics.bars import BAR_SIZES
+from ib_stream.analytics.grid import BAR_RESOLUTIONS
 from ib_stream.analytics.request import (
     ANCHORS,
     DEFAULT_LEVELS,
@@ -94,7 +94,7 @@ async def bars(
     ),
     resolution: Annotated[
         str,
-        Query(description="Bar size; `1d` = one bar per session.", json_schema_extra={"enum": list(BAR_SIZES)}),
+        Query(description="Bar size; `1d` = one bar per session.", json_schema_extra={"enum": list(BAR_RESOLUTIONS)}),
     ] = "1m",
     start_time: StartTime = None,
     end_time: EndTime = None,

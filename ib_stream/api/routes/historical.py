@@ -11,7 +11,7 @@ import pandas as pd
 from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
-from ib_stream.analytics.bars import BAR_INPUTS, BAR_SIZES, MAX_BARS, RESOLUTIONS, parse_resolution
+from ib_stream.analytics.grid import BAR_SIZES, RESOLUTIONS, bar_count, check_bar_count, parse_resolution
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, streaming_response
 from ib_stream.api.metrics import observe_query
 from ib_stream.api.params import ContractIdPath, iso, parse_tick_types, parse_time
@@ -19,6 +19,7 @@ from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND, iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
+from ib_stream.orderflow.historical import check_bars_of
 
 router = APIRouter(tags=["historical"])
 DAY_NS = 86_400 * NS_PER_SECOND
@@ -145,20 +146,11 @@ def parse_range_request(
 
 
 def _check_bars(types: tuple[TickType, ...], start: int, end: int, resolution: str) -> None:
-    # The same rules as the bar builder, checked before any file is read.
+    # The same rules as the bar engine, checked before any file is read.
     for tick_type in types:
-        if tick_type not in BAR_INPUTS:
-            raise QueryError(
-                f"resolution {resolution} is not available for tick type {tick_type.value} (use resolution=tick)",
-                details={"field": "resolution", "value": resolution, "tick_type": tick_type.value},
-            )
-    size = BAR_SIZES[resolution]
-    count = -(-(end - (start - start % size)) // size)
-    if count > MAX_BARS:
-        raise QueryError(
-            f"{count} bars of {resolution} is too many for one query (max {MAX_BARS}); use a larger resolution",
-            details={"field": "resolution", "value": resolution, "bars": count},
-        )
+        check_bars_of(tick_type, resolution)
+    if resolution in BAR_SIZES:
+        check_bar_count(bar_count(start, end, resolution), resolution)
 
 
 async def run_query(state: ServiceState, request: RangeRequest, endpoint: str) -> pd.DataFrame:

@@ -84,6 +84,7 @@ def bar_data(contract_id: int, resolution: str, row: dict[str, Any], kinds: Sequ
         "timestamp": iso_us(row["ts"]),
         "ts": row["ts"],
         "final": row["final"],
+        "revision": row.get("revision", False),
         "empty": bool(row["empty"]),
     }
     for kind in kinds:
@@ -216,7 +217,7 @@ async def bar_messages(
             if items is None or (not items and feed.sub.closed):
                 yield [*out, complete_message(stream_id, "server_shutdown", total, started)]
                 return
-            out += bars(feed.apply(items))
+            out += bars(await feed.update(items))
             if out:
                 yield out
             if out and out[-1]["type"] == "complete":
