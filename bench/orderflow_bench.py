@@ -199,7 +199,7 @@ def main() -> int:
     request = BarsRequest(CONTRACT, day.t0, day.t1 + (-day.t1) % 60_000_000_000, "1m")
     cold, _, want = timed(lambda: ticks_flow.bars(request), 1)
     warm, warm_times, _ = timed(lambda: ticks_flow.bars(request), args.reps)
-    build, _, written = timed(lambda: update_rollups(store), 1)
+    build, _, written = timed(lambda: update_rollups(store.engine), 1)
     rolled, rolled_times, got = timed(lambda: rollup_flow.bars(request), args.reps)
     same(got.table, want.table)
     assert got.side_methods == want.side_methods, (got.side_methods, want.side_methods)
@@ -243,7 +243,7 @@ def main() -> int:
         clock.set(last + 3 * 3600 * 1_000_000_000)
         store.run_archival()
         store.run_compaction()
-        build_m, _, written_m = timed(lambda: update_rollups(store), 1)
+        build_m, _, written_m = timed(lambda: update_rollups(store.engine), 1)
         store.close()
         store = open_store(work / "month", clock)
         ticks_flow, rollup_flow, service_flow = flows(store)
@@ -271,7 +271,7 @@ def main() -> int:
             from ib_stream.store.depth_rollups import update_depth_rollups
 
             snapshots_s, _, _ = timed(store.run_snapshots, 1)
-            build_d, _, written_d = timed(lambda: update_depth_rollups(store), 1)
+            build_d, _, written_d = timed(lambda: update_depth_rollups(store.engine), 1)
             contract = Contract(CONTRACT, "SYN", calendar="XNYS", min_tick=0.01)
             replay = OrderFlow(store.engine, contract, use_rollups=False, use_cache=False)
             rolled_d = OrderFlow(store.engine, contract, use_cache=False)

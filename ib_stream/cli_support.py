@@ -27,6 +27,7 @@ from ib_stream.errors import (
 )
 from ib_stream.settings import Settings, StorageConfig, load_settings
 from ib_stream.store.index import PartitionIndex
+from ib_stream.store.layout import Layout, temp_path
 
 
 def exit_code_for(error: type[IbStreamError]) -> int:
@@ -149,11 +150,11 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
 def announce_service(config: StorageConfig, host: str, port: int) -> Iterator[None]:
     """Write the service's URL and pid into the data root while it runs, so commands that find the data root
     locked (`backfill`) know whom to ask; a file left by a killed service is ignored (its pid is gone)."""
-    config.data_root.mkdir(parents=True, exist_ok=True)
+    path = Layout.of(config).service_file
+    path.parent.mkdir(parents=True, exist_ok=True)
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     client_host = f"[{client_host}]" if ":" in client_host else client_host  # an IPv6 address
-    path = config.service_file
-    temp = path.with_suffix(".tmp")
+    temp = temp_path(path)
     temp.write_bytes(orjson.dumps({"url": f"http://{client_host}:{port}", "pid": os.getpid()}))
     temp.replace(path)
     try:
@@ -165,7 +166,7 @@ def announce_service(config: StorageConfig, host: str, port: int) -> Iterator[No
 def announced_service_url(config: StorageConfig) -> str | None:
     """The URL `announce_service` wrote, when its process still runs; else None."""
     try:
-        announced = orjson.loads(config.service_file.read_bytes())
+        announced = orjson.loads(Layout.of(config).service_file.read_bytes())
         url, pid = str(announced["url"]), int(announced["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

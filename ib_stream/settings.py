@@ -75,6 +75,7 @@ class StorageConfig(BaseModel):
             raise ValueError(f"archive_partition_hours {value} must divide 24 (one of {_PARTITIONS})")
         return value
 
+    # The three tiers the settings can move, resolved; `Layout.of` reads them and builds every other path.
     @property
     def buffer_dir(self) -> Path:
         return self.buffer_path or self.data_root / "buffer"
@@ -89,7 +90,7 @@ class StorageConfig(BaseModel):
 
     @property
     def service_file(self) -> Path:
-        """Where `ib-stream serve` writes its URL and pid while it runs (read by commands that find the root locked)."""
+        """Kept for callers outside the store: `Layout.service_file` is this path (a test checks they agree)."""
         return self.data_root / ".service.json"
 
 

@@ -71,7 +71,7 @@ class AlertEngine:
     @classmethod
     def open(cls, config: AlertsConfig, data_root: Path) -> AlertEngine:
         """The engine with its history at `config.db_path` (default `<data_root>/alerts.db`); blocking."""
-        return cls(config, AlertHistory(config.db_path or data_root / "alerts.db", limit=config.history_limit))
+        return cls(config, AlertHistory.of(config, data_root))
 
     def close(self) -> None:
         self.history.close()

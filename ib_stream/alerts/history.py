@@ -1,5 +1,5 @@
-"""The alert history: every fired alert in its own SQLite file (`<data_root>/alerts.db`), queryable
-by contract and time, bounded to the newest `history_limit` alerts. Survives restarts.
+"""The alert history: every fired alert in its own SQLite file (`<data_root>/alerts.db`, or `alerts.db_path`),
+queryable by contract and time, bounded to the newest `history_limit` alerts. Survives restarts.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 
 from ib_stream.alerts.rules import Alert
+from ib_stream.live_settings import AlertsConfig
+from ib_stream.store.layout import alerts_path
 from ib_stream.store.sqlite_db import SqliteDatabase
 
 _SCHEMA = """
@@ -43,6 +45,11 @@ class AlertHistory(SqliteDatabase):
     def __init__(self, path: Path, *, limit: int = 100_000, readonly: bool = False) -> None:
         super().__init__(path, readonly=readonly)
         self.limit = limit
+
+    @classmethod
+    def of(cls, config: AlertsConfig, data_root: Path) -> AlertHistory:
+        """The history where the settings put it (`alerts.db_path`, default in the data root); blocking."""
+        return cls(alerts_path(config, data_root), limit=config.history_limit)
 
     def add(self, alerts: Sequence[Alert]) -> None:
         """Store alerts (their `id` is set), then prune the oldest beyond the limit."""

@@ -170,7 +170,7 @@ class StorageQuery:
 
     def book_at_sync(self, contract_id: int, at: TimeLike | None = None, levels: int | None = None) -> BookAt:
         """The same as `book_at`, for code without an event loop."""
-        return book_at(self, contract_id, at, levels)
+        return book_at(self.engine, contract_id, at, levels)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

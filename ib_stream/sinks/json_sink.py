@@ -32,6 +32,7 @@ from ib_stream.domain import Contract, TickType
 from ib_stream.errors import ConfigError, SlowConsumerError
 from ib_stream.live.feed import LiveBarFeed
 from ib_stream.live_settings import JsonSinkConfig
+from ib_stream.store.layout import json_sink_dir
 from ib_stream.streaming import LiveItem, StreamingApp
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class JsonSink:
 
     @classmethod
     def from_settings(cls, config: JsonSinkConfig, data_root: Path) -> JsonSink:
-        return cls(config, config.directory or data_root / "viz")
+        return cls(config, json_sink_dir(config, data_root))
 
     def contract(self, app: StreamingApp) -> Contract:
         """The configured contract (ConfigError naming json_sink.contract_id when it is not recorded)."""

@@ -1,8 +1,8 @@
 """Storage: 1-second OBI-from-depth rollups per (contract, partition), so OBI bars from the L2 book over long
 ranges do not replay every depth tick.
 
-A depth rollup (`layout.rollup_path` of the contract's `depth` stream) holds `analytics.rows.depth_rows` of
-the top-`levels` volumes after each depth tick of one closed partition, replayed from the book at the partition
+A depth rollup (`Layout.rollup_path` of the contract's `depth` stream) holds `analytics.rows.depth_rows` of
+the top-`levels` volumes after each book update of one closed partition, replayed from the book at the partition
 start (`snapshots.book_at`), and in its metadata the imbalance of that opening book. Its validity key hashes the
 format, the levels, the partition length, the (file, checksum) list of the partition's depth files and the seq
 watermark of the depth ticks before the partition: a late tick inside the partition changes its files, one
@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ from ib_stream.store.query import QueryEngine
 from ib_stream.store.rollups import RollupStore, by_partition
 from ib_stream.store.snapshots import SeqWatermark, book_at
 
-DEPTH_ROLLUP_VERSION: Final = 1
+DEPTH_ROLLUP_VERSION: Final = 2  # 2: OBI per book update
 OPEN_META: Final = b"ib_stream.depth_rollup.open_obi"
 
 
@@ -153,16 +153,16 @@ def depth_obi_rows(
     return rows, in_force
 
 
-def update_depth_rollups(store: Any, contract_ids: Sequence[int] | None = None) -> int:
+def update_depth_rollups(engine: QueryEngine, contract_ids: Sequence[int] | None = None) -> int:
     """Write the missing and stale depth rollups of every closed partition of every depth stream; return how many.
 
-    `store` is an open `TickStore`. A partition is closed when its end is at or before now and it holds no
-    unarchived depth ticks. Rollups of partitions that no longer hold depth are deleted. Idempotent.
+    `engine` is the query engine of the store that writes the data root (e.g. `TickStore.engine`). A partition
+    is closed when its end is at or before now and it holds no unarchived depth ticks. Rollups of partitions that
+    no longer hold depth are deleted. Idempotent.
     """
-    engine: QueryEngine = store.engine
     rollups = RollupStore.for_engine(engine)
     pn = engine.layout.partition_ns
-    now = store.clock.now_ns()
+    now = engine.clock.now_ns()
     written = 0
     for stream in engine.index.streams():
         if stream.tick_type is not TickType.DEPTH or (

@@ -48,14 +48,12 @@ class DiskHot:
 def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
     """Open the data root of `config` (default: the loaded settings) for queries only."""
     config = config or load_settings().storage
-    if not config.index_file.is_file():
+    layout = Layout.of(config)
+    if not layout.index_file.is_file():
         raise StorageError(
-            f"no catalog at {config.index_file}: is the data root {config.data_root} right, and has data been stored?",
-            details={"path": str(config.index_file)},
+            f"no catalog at {layout.index_file}: is the data root {layout.data_root} right, and has data been stored?",
+            details={"path": str(layout.index_file)},
         )
-    layout = Layout(
-        config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours
-    )
-    index = PartitionIndex(config.index_file, readonly=True)
+    index = PartitionIndex(layout.index_file, readonly=True)
     cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker())
     return QueryEngine(layout, index, DiskHot(layout, index), cache, SystemClock())

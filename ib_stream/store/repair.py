@@ -52,18 +52,14 @@ class RebuildReport:
     streams: dict[StreamKey, int] = field(default_factory=dict)
 
 
-def _layout(config: StorageConfig) -> Layout:
-    return Layout(config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours)
-
-
 def count_archive_files(config: StorageConfig) -> int:
-    return sum(1 for _ in _layout(config).archive_files())
+    return sum(1 for _ in Layout.of(config).archive_files())
 
 
 def verify(config: StorageConfig, *, checksums: bool = True, progress: Progress | None = None) -> VerifyReport:
     """Compare every catalog row with its file and every file with the catalog."""
-    layout = _layout(config)
-    index = PartitionIndex(config.index_file, readonly=True)
+    layout = Layout.of(config)
+    index = PartitionIndex(layout.index_file, readonly=True)
     report = VerifyReport()
     try:
         catalogued = {f.file_path: f for f in index.files()}
@@ -109,7 +105,7 @@ def rebuild(config: StorageConfig, *, progress: Progress | None = None, clock: C
     partition holds entirely, as a compaction interrupted before its catalog swap leaves) are
     retired, not catalogued, so no tick is catalogued twice.
     """
-    layout = _layout(config)
+    layout = Layout.of(config)
     report = RebuildReport()
     described: dict[str, tuple[ArchiveFile, list[str], np.ndarray]] = {}
     for absolute in sorted(layout.archive_files()):
@@ -132,7 +128,7 @@ def rebuild(config: StorageConfig, *, progress: Progress | None = None, clock: C
     archived: dict[StreamKey, int] = {}
     for row in files:
         archived[row.stream] = max(archived.get(row.stream, 0), row.last_seq)
-    index = PartitionIndex(config.index_file)
+    index = PartitionIndex(layout.index_file)
     try:
         index.reset(files, archived, sorted(superseded), (clock or SystemClock()).now_ns())
         StatisticsUpdater(layout, index).refresh_all()

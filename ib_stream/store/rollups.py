@@ -1,6 +1,6 @@
 """Storage: 1-second order-flow rollups per (contract, trade stream, partition) — files, validity, writer, reader.
 
-A rollup file (`layout.rollup_path`, under `<dir of index.db>/rollups/`) holds the rows of
+A rollup file (`Layout.rollup_path`, under `<data_root>/rollups/` wherever the catalog is) holds the rows of
 `ib_stream.analytics.rows.hour_rows` for one closed archive partition, written atomically (temp →
 fsync → rename → fsync dir). Its Parquet metadata holds a validity key: a hash of the rollup format, the
 quote lookback and the sorted (file_path, checksum) lists of the catalog files the rows depend on — the
@@ -49,7 +49,7 @@ from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import StorageError
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import ArchiveFile
-from ib_stream.store.layout import fsync_dir, rollup_path, rollup_root, temp_path
+from ib_stream.store.layout import Layout, fsync_dir, temp_path
 from ib_stream.store.query import QueryEngine
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,19 @@ EMPTY: Final = HourRows(
 
 
 class RollupStore:
-    """The rollup files of one data root."""
+    """The rollup files of one data root (where its layout puts them)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
 
     @classmethod
     def for_engine(cls, engine: QueryEngine) -> RollupStore:
-        """The rollups beside the catalog the engine reads (the data root by default)."""
-        return cls(rollup_root(engine.index.path.parent))
+        """The rollups of the data root the engine reads."""
+        return cls(engine.layout)
 
     def key(self, stream: StreamKey, partition_start: int) -> str | None:
         """The validity key stored in a rollup file (None when missing or unreadable)."""
-        path = rollup_path(self.root, stream, partition_start)
+        path = self.layout.rollup_path(stream, partition_start)
         try:
             metadata = pq.read_schema(path).metadata or {}
         except (OSError, pa.ArrowInvalid):
@@ -87,7 +87,7 @@ class RollupStore:
     def read_table(self, stream: StreamKey, partition_start: int, key: str, schema: pa.Schema) -> pa.Table | None:
         """A rollup table whose key is `key` and whose columns are `schema`'s; None when missing, stale or
         unreadable."""
-        path = rollup_path(self.root, stream, partition_start)
+        path = self.layout.rollup_path(stream, partition_start)
         try:
             table = pq.read_table(path)
         except FileNotFoundError:
@@ -102,7 +102,7 @@ class RollupStore:
 
     def write_table(self, stream: StreamKey, partition_start: int, table: pa.Table, key: str) -> Path:
         """Write a rollup table with its key atomically (temp → fsync → rename → fsync dir)."""
-        final = rollup_path(self.root, stream, partition_start)
+        final = self.layout.rollup_path(stream, partition_start)
         final.parent.mkdir(parents=True, exist_ok=True)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_META: key.encode()})
         temp = temp_path(final)
@@ -139,10 +139,8 @@ class RollupStore:
     def remove_except(self, stream: StreamKey, keep: set[int]) -> int:
         """Delete the rollups of a stream whose partition is not in `keep` (e.g. removed by retention)."""
         removed = 0
-        directory = rollup_path(self.root, stream, 0).parent.parent
-        for path in directory.rglob("*.parquet") if directory.is_dir() else ():
-            start = _partition_start(path)
-            if start is not None and start not in keep:
+        for start, path in self.layout.rollup_files(stream):
+            if start not in keep:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -271,18 +269,18 @@ def load_rows(
 
 
 def update_rollups(
-    store: Any, contract_ids: Sequence[int] | None = None, lookback_ns: int = DEFAULT_LOOKBACK_NS
+    engine: QueryEngine, contract_ids: Sequence[int] | None = None, lookback_ns: int = DEFAULT_LOOKBACK_NS
 ) -> int:
     """Write the missing and stale rollups of every closed partition of every trade stream; return how many.
 
-    `store` is an open `TickStore` (its engine, layout, catalog and clock are used). A partition is
-    closed when its end is at or before now and its streams hold no unarchived ticks; the rest waits for
-    a later run. Rollups of partitions that no longer exist are deleted. Idempotent.
+    `engine` is the query engine of the store that writes the data root (e.g. `TickStore.engine`): its layout,
+    catalog and clock are used. A partition is closed when its end is at or before now and its streams hold no
+    unarchived ticks; the rest waits for a later run. Rollups of partitions that no longer exist are deleted.
+    Idempotent.
     """
-    engine: QueryEngine = store.engine
     rollups = RollupStore.for_engine(engine)
     pn = engine.layout.partition_ns
-    now = store.clock.now_ns()
+    now = engine.clock.now_ns()
     written = 0
     for stream in engine.index.streams():
         if stream.tick_type not in TRADE_STREAMS or (
@@ -318,16 +316,3 @@ def by_partition(files: list[ArchiveFile]) -> dict[int, list[ArchiveFile]]:
     for f in files:
         grouped[f.partition_start].append(f)
     return dict(grouped)
-
-
-def _partition_start(path: Path) -> int | None:
-    """The partition start of a rollup file from its date=/hour= path, None for anything else."""
-    import datetime as dt
-
-    try:
-        day = path.parent.name.removeprefix("date=")
-        hour = path.name.removeprefix("hour=").removesuffix(".parquet")
-        when = dt.datetime.strptime(f"{day} {hour}", "%Y-%m-%d %H").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return None
-    return int(when.timestamp()) * NS_PER_SECOND

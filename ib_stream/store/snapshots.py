@@ -6,8 +6,9 @@ ts <= T applied) is the latest valid snapshot at B <= T plus the ticks with B <=
 writer keeps a snapshot at the end of every partition holding depth, so at most one partition of
 deltas is replayed.
 
-On disk (`layout.snapshot_path`): `<data_root>/snapshots/contract_id=<id>/date=<YYYY-MM-DD>/
-hour=<HH>.seq=<built_seq>.json`, written atomically (temp → fsync → rename → fsync dir).
+On disk (`Layout.snapshot_path`): `<data_root>/snapshots/contract_id=<id>/date=<YYYY-MM-DD>/
+hour=<HH>.seq=<built_seq>.json` — in the data root wherever the catalog is — written atomically (temp → fsync
+→ rename → fsync dir). Readers and the writer find them through the query engine's layout.
 
 Validity — late data. `built_seq` is the highest seq among the ticks the snapshot was built from
 (ts < B). Seqs only grow, so a tick that lands later with ts < B (IB backfill, an import of old
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import orjson
@@ -39,18 +40,7 @@ from ib_stream.analytics.book import Level, OrderBook
 from ib_stream.clock import NS_PER_SECOND, Clock, iso
 from ib_stream.domain import MIN_TS_NS, StreamKey, TickType
 from ib_stream.errors import StorageError, ValidationError
-from ib_stream.store.layout import (
-    DAY_NS,
-    TEMP_MARK,
-    fsync_dir,
-    snapshot_contract_dir,
-    snapshot_contracts,
-    snapshot_dates,
-    snapshot_files,
-    snapshot_path,
-    snapshot_root,
-    temp_path,
-)
+from ib_stream.store.layout import DAY_NS, TEMP_MARK, Layout, fsync_dir, temp_path
 from ib_stream.store.query import QueryEngine
 from ib_stream.times import TimeLike, to_utc_ns
 
@@ -118,20 +108,20 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """The snapshot files of one data root: list, read, write atomically, remove."""
+    """The snapshot files of one data root (where its layout puts them): list, read, write atomically, remove."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
         self.corrupt = 0  # unreadable snapshot files met (each is skipped, then rebuilt by the writer)
 
     def entries(self, contract_id: int, until_ns: int | None = None) -> list[SnapshotEntry]:
         """Snapshots of a contract with boundary <= until_ns, oldest first (the highest built_seq per boundary)."""
-        found = [e for day, d in snapshot_dates(self.root, contract_id) for e in self._files(d, day)]
+        found = [e for day, d in self.layout.snapshot_dates(contract_id) for e in self._files(d, day)]
         return _newest_per_boundary(e for e in found if until_ns is None or e.boundary_ns <= until_ns)
 
     def latest_first(self, contract_id: int, at_ns: int) -> Iterator[SnapshotEntry]:
         """Snapshots of a contract with boundary <= at_ns, newest first, listing one date directory at a time."""
-        for day_ns, directory in reversed(snapshot_dates(self.root, contract_id)):
+        for day_ns, directory in reversed(self.layout.snapshot_dates(contract_id)):
             if day_ns > at_ns:
                 continue
             yield from reversed(
@@ -158,7 +148,7 @@ class SnapshotStore:
 
     def save(self, snapshot: Snapshot) -> Path:
         """Write a snapshot atomically, then remove older files of the same boundary."""
-        final = snapshot_path(self.root, snapshot.contract_id, snapshot.boundary_ns, snapshot.built_seq)
+        final = self.layout.snapshot_path(snapshot.contract_id, snapshot.boundary_ns, snapshot.built_seq)
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_path(final)
         try:
@@ -183,14 +173,14 @@ class SnapshotStore:
         old = [e for e in self.entries(contract_id) if e.boundary_ns < before_ns][:-1]
         for entry in old:
             entry.path.unlink(missing_ok=True)
-        for day_ns, directory in snapshot_dates(self.root, contract_id):
+        for day_ns, directory in self.layout.snapshot_dates(contract_id):
             if day_ns + DAY_NS <= before_ns and not any(directory.iterdir()):
                 directory.rmdir()
         return len(old)
 
     def remove_temp_files(self, contract_id: int) -> int:
         """Delete temp files left by an interrupted write."""
-        directory = snapshot_contract_dir(self.root, contract_id)
+        directory = self.layout.snapshot_contract_dir(contract_id)
         temps = [p for p in directory.rglob(f"*{TEMP_MARK}*") if p.is_file()] if directory.is_dir() else []
         for path in temps:
             path.unlink(missing_ok=True)
@@ -198,7 +188,7 @@ class SnapshotStore:
 
     @staticmethod
     def _files(directory: Path, day_ns: int) -> list[SnapshotEntry]:
-        return [SnapshotEntry(b, s, p) for b, s, p in snapshot_files(directory, day_ns)]
+        return [SnapshotEntry(b, s, p) for b, s, p in Layout.snapshot_files(directory, day_ns)]
 
 
 class SeqWatermark:
@@ -262,10 +252,9 @@ class SnapshotWriter:
         self.grace_ns = int(grace_seconds * NS_PER_SECOND)
 
     @classmethod
-    def for_store(cls, store: Any, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> SnapshotWriter:
-        """The writer of a TickStore's data root."""
-        root = snapshot_root(store.config.data_root)
-        return cls(store.engine, SnapshotStore(root), store.layout.partition_ns, store.clock, grace_seconds)
+    def for_engine(cls, engine: QueryEngine, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> SnapshotWriter:
+        """The writer of the data root the engine reads (its layout, partitions and clock), e.g. a TickStore's."""
+        return cls(engine, SnapshotStore(engine.layout), engine.layout.partition_ns, engine.clock, grace_seconds)
 
     def update(self, contract_ids: list[int] | None = None) -> SnapshotReport:
         """Write a snapshot at the end of every closed partition holding depth where none is valid yet."""
@@ -285,7 +274,7 @@ class SnapshotWriter:
         """Retention: delete every contract's snapshots older than before_ns but its latest such one (and temp files
         left by an interrupted write)."""
         removed = 0
-        for contract_id in snapshot_contracts(self.snapshots.root):
+        for contract_id in self.snapshots.layout.snapshot_contracts():
             self.snapshots.remove_temp_files(contract_id)
             removed += self.snapshots.remove_before(contract_id, before_ns)
         return removed
@@ -351,27 +340,18 @@ class BookAt:
         return self.book.cumulative(self.depth)
 
 
-def book_at(
-    source: Any,
-    contract_id: int,
-    at: TimeLike | None = None,
-    levels: int | None = None,
-    *,
-    snapshot_root_dir: Path | None = None,
-) -> BookAt:
+def book_at(engine: QueryEngine, contract_id: int, at: TimeLike | None = None, levels: int | None = None) -> BookAt:
     """The L2 book of `contract_id` at `at` (default now): the latest valid snapshot <= at plus the deltas after it.
 
-    `source` is a TickStore, a StorageQuery or a QueryEngine (its snapshots are looked for under
-    the data root holding its catalog, unless `snapshot_root_dir` is given). `at` is UTC ns or any
+    The snapshots are those of the engine's data root (its layout says where). `at` is UTC ns or any
     time `StorageQuery` accepts. Blocking: run it in an executor from async code.
     """
-    engine, root = _resolve(source, snapshot_root_dir)
     at_ns = engine.clock.now_ns() if at is None else to_utc_ns(at, "at")
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
         raise ValidationError("levels", levels, "must be a positive integer")
     stream = StreamKey(int(contract_id), TickType.DEPTH)
     end = at_ns + 1
-    snapshots = SnapshotStore(root)
+    snapshots = SnapshotStore(engine.layout)
     watermark = SeqWatermark(engine, stream, end)
     for entry in snapshots.latest_first(stream.contract_id, at_ns):
         if not watermark.is_valid(entry):
@@ -388,17 +368,6 @@ def book_at(
         for lo in range(first - first % _REPLAY_CHUNK_NS, end, _REPLAY_CHUNK_NS):
             replayed += book.apply_table(engine.read_stream(stream, lo, min(lo + _REPLAY_CHUNK_NS, end)))
     return BookAt(stream.contract_id, at_ns, book, None, replayed, levels)
-
-
-def _resolve(source: Any, root: Path | None) -> tuple[QueryEngine, Path]:
-    config = getattr(source, "config", None)
-    engine = source if isinstance(source, QueryEngine) else getattr(source, "engine", None)
-    if not isinstance(engine, QueryEngine):
-        raise TypeError(f"book_at needs a TickStore, StorageQuery or QueryEngine, not {type(source).__name__}")
-    if root is None:
-        data_root = getattr(config, "data_root", None)
-        root = snapshot_root(Path(data_root) if data_root is not None else engine.index.path.parent)
-    return engine, root
 
 
 def _newest_per_boundary(entries: Iterator[SnapshotEntry] | list[SnapshotEntry]) -> list[SnapshotEntry]:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, Any
 
 from ib_stream.clock import Clock, SystemClock
@@ -24,7 +25,7 @@ from ib_stream.store.depth_rollups import update_depth_rollups
 from ib_stream.store.gaps import GapLedger
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import PartitionIndex
-from ib_stream.store.layout import DAY_NS, Layout
+from ib_stream.store.layout import DAY_NS, Layout, lock_path
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.rollups import update_rollups
 from ib_stream.store.snapshots import SnapshotReport, SnapshotWriter
@@ -34,7 +35,8 @@ _EVERYTHING_ARCHIVED = 1 << 62
 
 
 def make_layout(config: StorageConfig) -> Layout:
-    return Layout(config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours)
+    """The layout of `config`'s data root (`Layout.of`)."""
+    return Layout.of(config)
 
 
 class _LiveHot:
@@ -57,7 +59,7 @@ class TickStore:
     def __init__(self, config: StorageConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.layout = make_layout(config)
+        self.layout = Layout.of(config)
         self.tracker = ChangeTracker()
         self.cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, self.tracker)
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_writes, thread_name_prefix="ib-stream-io")
@@ -72,18 +74,18 @@ class TickStore:
     # ---- lifecycle --------------------------------------------------------------------------------
     def open(self) -> TickStore:
         """Lock the data root, recover the buffer and warm the hot cache (blocking; see `aopen`)."""
-        self.config.data_root.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock(self.config.data_root)
+        self.layout.data_root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(self.layout.data_root)
         try:
-            self.index = PartitionIndex(self.config.index_file)
-            self.gaps = GapLedger(self.config.index_file)
+            self.index = PartitionIndex(self.layout.index_file)
+            self.gaps = GapLedger(self.layout.index_file)
             self.buffer = TickBuffer(self.config, self.layout, self.clock)
             self.buffer.listeners.append(self._track)
             self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
             self.temp_files_removed = self.archiver.cleanup_temp_files()
             self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
             self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
-            self.snapshots = SnapshotWriter.for_store(self)
+            self.snapshots = SnapshotWriter.for_engine(self.engine)
         except BaseException:
             self._unlock()
             raise
@@ -152,7 +154,7 @@ class TickStore:
     def run_rollups(self) -> int:
         """Write the missing and stale 1-second order-flow rollups (trades and quotes, and OBI from depth) of
         closed partitions (idempotent); return how many were written."""
-        return update_rollups(self) + update_depth_rollups(self)
+        return update_rollups(self.engine) + update_depth_rollups(self.engine)
 
     def run_snapshots(self) -> SnapshotReport:
         """Write the missing and stale L2 book snapshots at partition boundaries (idempotent)."""
@@ -199,7 +201,7 @@ def lock_data_root(data_root: os.PathLike[str]) -> Iterator[None]:
 
 
 def _lock(data_root: os.PathLike[str]) -> IO[str]:
-    path = os.path.join(data_root, ".lock")
+    path = lock_path(Path(data_root))
     handle = open(path, "a+")  # noqa: SIM115 - held for the life of the store
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -73,7 +73,7 @@ def recorded(server: LiveServer) -> Iterator[tuple[LiveServer, list[dict[str, An
     ticks = ib_rows(start, 3000)
     for i in range(0, len(ticks), 500):
         server.publish(AAPL, "depth", ticks[i : i + 500])
-    report = SnapshotWriter.for_store(server.state.store).update()
+    report = SnapshotWriter.for_engine(server.state.store.engine).update()
     assert report.written == HOURS
     yield server, ticks, start
 

@@ -77,15 +77,15 @@ def test_eurusd_updates_rebuild_the_recorded_final_book(
     store, ticks, final = eurusd
     assert len(ticks) == 271 and all(t["operation"] == "update" for t in ticks)
     last_ts = max(t["ts"] for t in ticks)
-    replayed = book_at(store, EURUSD, last_ts)  # before 21:00: no snapshot yet, a full replay
+    replayed = book_at(store.engine, EURUSD, last_ts)  # before 21:00: no snapshot yet, a full replay
     assert replayed.snapshot is None and replayed.deltas_replayed == 271
     for side in ("bid", "ask"):
         assert replayed.book.rows(side) == final_rows(final, side)
     assert replayed.book.complete and replayed.book.by_price is False
 
-    report = SnapshotWriter.for_store(store).update()
+    report = SnapshotWriter.for_engine(store.engine).update()
     assert report.written == 1  # at 21:00, the end of the only hour with depth
-    later = book_at(store, EURUSD, ns("2022-02-21T21:30:00Z"), levels=5)
+    later = book_at(store.engine, EURUSD, ns("2022-02-21T21:30:00Z"), levels=5)
     assert later.snapshot is not None and later.snapshot.boundary_ns == ns("2022-02-21T21:00:00Z")
     assert later.deltas_replayed == 0 and later.book == replayed.book
     assert later.bids == [(p, s) for p, s, _ in final_rows(final, "bid")]
@@ -142,13 +142,13 @@ def test_binance_price_level_snapshot_then_diff(tmp_path: Path) -> None:
         store.append_batch_sync(BTCUSDT, "depth", binance_ticks(snap), source="import")
         store.append_batch_sync(BTCUSDT, "depth", binance_ticks(update), source="import")
         snap_ts, update_ts = int(snap.timestamp.iloc[0]) * 1_000_000, int(update.timestamp.iloc[0]) * 1_000_000
-        assert SnapshotWriter.for_store(store).update().written == 1  # at 2022-11-02T00:00Z
+        assert SnapshotWriter.for_engine(store.engine).update().written == 1  # at 2022-11-02T00:00Z
 
-        first = book_at(store, BTCUSDT, snap_ts)
+        first = book_at(store.engine, BTCUSDT, snap_ts)
         assert first.book.levels() == pandas_book([snap]) and len(first.bids) == 100 and first.asks == []
         assert first.bids == sorted(first.bids, reverse=True)
 
-        after = book_at(store, BTCUSDT, update_ts, levels=20)
+        after = book_at(store.engine, BTCUSDT, update_ts, levels=20)
         bids, asks = pandas_book([snap, update])
         assert after.book.levels() == (bids, asks) and after.snapshot is None
         assert after.bids == bids[:20] and after.asks == asks[:20]
@@ -156,7 +156,7 @@ def test_binance_price_level_snapshot_then_diff(tmp_path: Path) -> None:
         assert [c for _, c in cumulative_asks] == pytest.approx(pd.Series([s for _, s in asks[:20]]).cumsum().tolist())
         assert cumulative_bids[-1][1] == pytest.approx(sum(s for _, s in bids[:20]))
 
-        next_day = book_at(store, BTCUSDT, ns("2022-11-02T00:30:00Z"))
+        next_day = book_at(store.engine, BTCUSDT, ns("2022-11-02T00:30:00Z"))
         assert next_day.snapshot is not None and next_day.deltas_replayed == 0 and next_day.book == after.book
     finally:
         store.close()

@@ -113,7 +113,7 @@ def test_book_at_equals_a_full_replay(
             store.run_archival()  # the first part goes to Parquet, the rest stays in the hot tier
         if cut < len(ticks):
             store.append_batch_sync(CONTRACT, "depth", ticks[cut:], source="test")
-        writer = SnapshotWriter.for_store(store)
+        writer = SnapshotWriter.for_engine(store.engine)
         writer.update()
         stored = list(ticks)
         if late_ticks:
@@ -126,7 +126,7 @@ def test_book_at_equals_a_full_replay(
         stored = [stored[i] for i in order]
         for offset in instants:
             at = BASE + offset * 10**9
-            result = book_at(store, CONTRACT, at)
+            result = book_at(store.engine, CONTRACT, at)
             upto = [t for t in stored if t["ts"] <= at]
             assert observed(result.book, by_price) == expected_book(upto, by_price), f"at {offset}s"
             hour_start = at - at % HOUR_NS

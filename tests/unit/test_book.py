@@ -18,7 +18,7 @@ from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery, TickStore
-from ib_stream.store.layout import HOUR_NS, snapshot_root
+from ib_stream.store.layout import HOUR_NS, Layout
 from ib_stream.store.snapshots import Snapshot, SnapshotStore, SnapshotWriter, book_at
 from tests.conftest import T0_NS, seconds
 from tests.support.depth_oracle import DepthBook
@@ -264,7 +264,7 @@ def test_a_book_round_trips_through_json_exactly(by_price: bool) -> None:
 
 
 def test_a_snapshot_is_written_atomically_and_replaces_older_builds(tmp_path: Path) -> None:
-    snapshots = SnapshotStore(tmp_path)
+    snapshots = SnapshotStore(Layout.of(StorageConfig(data_root=tmp_path)))
     book = OrderBook()
     book.apply(level("bid", "insert", 1.0, 2.0))
     first = snapshots.save(Snapshot(7, T0_NS, 10, book))
@@ -299,7 +299,7 @@ def test_after_retention_a_rebuild_starts_from_the_kept_snapshot(tmp_path: Path)
         store.append_batch_sync(5, "depth", old + recent, source="test")
         clock.advance(16 * 60)
         store.run_archival()
-        writer = SnapshotWriter.for_store(store)
+        writer = SnapshotWriter.for_engine(store.engine)
         assert writer.update().written == 3  # 07:00, 08:00, 13:00
         # The 06:00 and 07:00 hours are older than 6 hours: deleted, and the 07:00 snapshot with them
         # (08:00 stays as the base of later rebuilds).
@@ -312,7 +312,7 @@ def test_after_retention_a_rebuild_starts_from_the_kept_snapshot(tmp_path: Path)
         assert report.rebuilt == 1 and report.deltas_replayed == 2
         expected = OrderBook()
         expected.apply_records(old + recent + late)
-        result = book_at(store, 5, T0_NS)
+        result = book_at(store.engine, 5, T0_NS)
         assert result.book == expected and result.snapshot is not None and result.deltas_replayed == 0
 
 
@@ -322,20 +322,20 @@ def test_the_writer_snapshots_every_closed_hour_with_depth_and_skips_the_open_on
     hours = [T0_NS - 3 * HOUR_NS, T0_NS - 2 * HOUR_NS, T0_NS]  # 11:00, 12:00 (13:00 empty), 14:00 (open)
     events = [level("bid", "insert", 100.0 + i, 1.0, h + seconds(i)) for i, h in enumerate(hours)]
     store.append_batch_sync(5, "depth", events, source="test")
-    report = SnapshotWriter.for_store(store).update()
-    entries = SnapshotStore(snapshot_root(store.config.data_root)).entries(5)
+    report = SnapshotWriter.for_engine(store.engine).update()
+    entries = SnapshotStore(store.layout).entries(5)
     assert [e.boundary_ns for e in entries] == [T0_NS - 2 * HOUR_NS, T0_NS - HOUR_NS]
     assert [e.built_seq for e in entries] == [1, 2] and report.written == 2
-    assert SnapshotWriter.for_store(store).update().written == 0  # idempotent
+    assert SnapshotWriter.for_engine(store.engine).update().written == 0  # idempotent
     clock.advance(3600 + 61)
-    assert SnapshotWriter.for_store(store).update().written == 1  # the 14:00 hour closed
-    at = book_at(store, 5, T0_NS + seconds(10), levels=2)
+    assert SnapshotWriter.for_engine(store.engine).update().written == 1  # the 14:00 hour closed
+    at = book_at(store.engine, 5, T0_NS + seconds(10), levels=2)
     assert at.snapshot is not None and at.snapshot.boundary_ns == T0_NS - HOUR_NS and at.deltas_replayed == 1
     assert at.bids == [(102.0, 1.0), (101.0, 1.0)]
     # Another process's read-only engine (DiskHot reads the unarchived segments) finds the same snapshots.
     readonly = StorageQuery(config=store.config)
     try:
-        other = book_at(readonly, 5, T0_NS + seconds(10), levels=2)
+        other = book_at(readonly.engine, 5, T0_NS + seconds(10), levels=2)
         assert other.book == at.book and other.snapshot == at.snapshot and other.deltas_replayed == 1
     finally:
         readonly.close()

@@ -101,9 +101,9 @@ def test_depth_rollups_give_the_replay_answer_and_late_depth_is_never_served_sta
     clock.set(T0_NS + 6 * HOUR)
     store.run_archival()
     store.run_snapshots()
-    assert update_rollups(store) >= 4
-    assert update_depth_rollups(store) == 3  # 14:00, 15:00 and 17:00: the quiet 16:00 hour has none
-    assert update_depth_rollups(store) == 0  # idempotent
+    assert update_rollups(store.engine) >= 4
+    assert update_depth_rollups(store.engine) == 3  # 14:00, 15:00 and 17:00: the quiet 16:00 hour has none
+    assert update_depth_rollups(store.engine) == 0  # idempotent
     for source in ("auto", "depth"):
         compare(store, ALL, obi_source=source)
 
@@ -118,7 +118,7 @@ def test_depth_rollups_give_the_replay_answer_and_late_depth_is_never_served_sta
     store.run_archival()
     compare(store, BEFORE_15)  # archived: 15:00's files changed, 17:00's watermark too: both stale
     store.run_snapshots()
-    assert update_depth_rollups(store) == 2  # 15:00 and 17:00 (14:00 is before the late tick)
+    assert update_depth_rollups(store.engine) == 2  # 15:00 and 17:00 (14:00 is before the late tick)
     compare(store, ALL)
 
 
@@ -130,7 +130,7 @@ def test_without_depth_the_rollups_leave_the_choice_to_the_replay(store: TickSto
     clock.set(T0_NS + 4 * HOUR)
     store.run_archival()
     store.run_snapshots()
-    assert update_depth_rollups(store) == 2
+    assert update_depth_rollups(store.engine) == 2
     quiet = BarsRequest(CONTRACT, T0_NS + HOUR, T0_NS + 2 * HOUR, "1m", ("obi",))
     assert depth_obi_rows(store.engine, CONTRACT, quiet.start_ns, quiet.end_ns, 10) is None
     rolled = OrderFlow(store.engine, AAPL, use_cache=False).bars(quiet)

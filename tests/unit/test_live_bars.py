@@ -200,7 +200,11 @@ def test_ticks_within_the_lateness_amend_open_bars_and_older_ones_are_counted_no
     builder.update([(trade, {"ts": T0_NS, "price": 10.0, "size": 1.0, "side": 1})])
     rows = builder.update([(trade, {"ts": T0_NS + 2 * MINUTE, "price": 11.0, "size": 2.0, "side": 1})])
     # The watermark (T0 + 2 min) passed the first bar's end + the lateness: it is final, sent once.
-    assert [(r["ts"], r["final"]) for r in rows] == [(T0_NS, True), (T0_NS + MINUTE, False), (T0_NS + 2 * MINUTE, False)]
+    assert [(r["ts"], r["final"]) for r in rows] == [
+        (T0_NS, True),
+        (T0_NS + MINUTE, False),
+        (T0_NS + 2 * MINUTE, False),
+    ]
     before = builder.snapshot()
     assert builder.update([(trade, {"ts": T0_NS + 5, "price": 99.0, "size": 5.0, "side": -1})]) == []
     assert builder.late_ticks == 1 and builder.late_since == T0_NS + 5  # the owner re-reads the store (revision)

@@ -145,8 +145,8 @@ def test_stored_rollups_give_the_tick_answer_and_late_data_is_never_served_stale
     trades["side"][::7] = 0  # ... except every 7th, classified by quotes / ticks
     write_day(store, trades, quotes)
     archive_all(store, clock, T0_NS + 8 * HOUR)
-    assert update_rollups(store) >= 5
-    assert update_rollups(store) == 0  # idempotent
+    assert update_rollups(store.engine) >= 5
+    assert update_rollups(store.engine) == 0  # idempotent
     start, end = T0_NS + 45 * MINUTE, T0_NS + 5 * HOUR
     compare(store, start, end, expect_rollups=True)
     compare(store, T0_NS + 2 * HOUR, T0_NS + 4 * HOUR + 30 * MINUTE, expect_rollups=True)
@@ -172,10 +172,10 @@ def test_stored_rollups_give_the_tick_answer_and_late_data_is_never_served_stale
     assert 250.0 in highs.table["high"].to_pylist()
     archive_all(store, clock, T0_NS + 9 * HOUR)
     compare(store, start, end, expect_rollups=True)  # the stale hour is computed from ticks, the rest rolled up
-    assert update_rollups(store) == 1
+    assert update_rollups(store.engine) == 1
     compare(store, start, end, expect_rollups=True)
     store.run_compaction()
-    assert update_rollups(store) >= 1  # compaction replaced the files: new keys
+    assert update_rollups(store.engine) >= 1  # compaction replaced the files: new keys
     compare(store, start, end, expect_rollups=True)
 
 
@@ -187,7 +187,7 @@ def test_rollup_files_are_keyed_and_without_rollups_the_tick_path_answers(store:
     start, end = T0_NS + 45 * MINUTE, T0_NS + 2 * HOUR
     assert load_rows(store.engine, stream, T0_NS + 30 * MINUTE, start, end) is None  # nothing stored yet
     compare(store, start, end, expect_rollups=False)
-    update_rollups(store)
+    update_rollups(store.engine)
     rollups = RollupStore.for_engine(store.engine)
     assert rollups.key(stream, T0_NS + HOUR) is not None
     assert rollups.read(stream, T0_NS + HOUR, "not-the-key") is None
@@ -204,7 +204,7 @@ def test_sides_that_depend_on_earlier_partitions_are_carried_in_exactly(store: T
     keep = ((quotes["ts"] - T0_NS) % HOUR >= 10 * MINUTE) & ((quotes["ts"] - T0_NS) % HOUR < 50 * MINUTE)
     write_day(store, trades, {k: v[keep] for k, v in quotes.items()})
     archive_all(store, clock, T0_NS + 8 * HOUR)
-    assert update_rollups(store) >= 5
+    assert update_rollups(store.engine) >= 5
     rollups = RollupStore.for_engine(store.engine)
     stream = StreamKey(CONTRACT, TickType.LAST)
     sensitive = [
@@ -241,7 +241,7 @@ def test_a_flat_hour_carries_the_direction_of_its_price_change_from_the_hour_bef
         CONTRACT, "last", [{"ts": t, "price": p, "size": 1.0} for t, p in zip(ts, flat, strict=True)]
     )
     archive_all(store, clock, T0_NS + 6 * HOUR)
-    assert update_rollups(store) == 3
+    assert update_rollups(store.engine) == 3
     request = BarsRequest(CONTRACT, T0_NS + 3 * HOUR, T0_NS + 4 * HOUR, resolution="1h", kinds=("ohlc", "cvd"))
     rolled = OrderFlow(store.engine, AAPL, depth_volumes=None).bars(request).table.to_pydict()
     ticks = OrderFlow(store.engine, AAPL, depth_volumes=None, use_rollups=False).bars(request).table.to_pydict()

@@ -48,7 +48,7 @@ async def depth(
     started = time.perf_counter()
     try:
         result = await asyncio.get_running_loop().run_in_executor(
-            state.store.executor, lambda: book_at(state.store, contract_id, at_ns, count)
+            state.store.executor, lambda: book_at(state.store.engine, contract_id, at_ns, count)
         )
     finally:
         observe_query(state, time.perf_counter() - started, "depth")
