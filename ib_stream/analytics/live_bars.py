@@ -125,6 +125,7 @@ class LiveBarBuilder:
         self._trade_carry = zero_rows(0)  # at most one row: the cumulative state before the open bars
         self._obi_carry = zero_rows(0)
         self._dirty = False
+        self._first_bar: int | None = None  # the first bar that held a tick (gaps are filled after it)
 
     @property
     def _obi_from_book(self) -> bool:
@@ -172,6 +173,7 @@ class LiveBarBuilder:
         self.watermark = max(self.watermark, until_ns)
         self.bars.clear()
         self.late_since = None
+        self._first_bar = None
 
     # ---- input -----------------------------------------------------------------------------------------
     def update(self, items: Iterable[tuple[StreamKey, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -224,7 +226,7 @@ class LiveBarBuilder:
         final_until -= final_until % self.bar_ns  # the bars ending at or before it are final
         out = self._freeze(final_until) if final_until > self._open.since else []
         forming_end = self.watermark - self.watermark % self.bar_ns + self.bar_ns
-        return out + self._rows(self._starts(self._open.since, forming_end), final=False)
+        return out + self._rows(self._starts(self._open.since, forming_end, forming=True), final=False)
 
     def flush(self) -> list[dict[str, Any]]:
         """Make every bar up to the watermark's final (the end of the input) and return their rows."""
@@ -251,17 +253,22 @@ class LiveBarBuilder:
         self._obi_carry = _last_obi(obi, self._obi_carry)
         return rows
 
-    def _starts(self, since: int, until: int) -> np.ndarray:
-        """The bars of [since, until) to send: each bar holding ticks and, filling gaps, the last `window` - 1
-        bars before `until` (a long gap is not filled further back)."""
+    def _starts(self, since: int, until: int, forming: bool = False) -> np.ndarray:
+        """The bars of [since, until) to send: each bar holding ticks and, filling gaps, the bars after the first
+        one that held a tick — at most the last `window` - 1 before `until` (a long gap is not filled further
+        back) — and, `forming`, the last bar."""
         assert self._open is not None
         size = self.bar_ns
         held = {ts - ts % size for name in ("trades", "quotes", "obi") for ts, *_ in getattr(self._open, name)}
+        if held and self._first_bar is None:
+            self._first_bar = min(held)
         starts = {s for s in held if since <= s < until}
-        if self.fill_gaps:
-            first = max(since, until - (self.window - 1) * size)
-            starts.update(range(first, until, size))
-        starts.add(until - size)  # the last bar (the forming one while open) is always sent
+        if self._first_bar is not None:
+            if self.fill_gaps:
+                first = max(since, self._first_bar, until - (self.window - 1) * size)
+                starts.update(range(first, until, size))
+            if forming:
+                starts.add(until - size)
         return np.array(sorted(s for s in starts if s >= since), dtype=np.int64)
 
     def _tick_rows(self, opened: _Open) -> tuple[Any, Rows]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from ib_stream.analytics.book import top_volumes
@@ -93,9 +94,11 @@ def test_eurusd_updates_rebuild_the_recorded_final_book(
     assert later.snapshot.boundary_ns - last_ts < HOUR_NS
 
     depth = store.engine.read_stream(StreamKey(EURUSD, TickType.DEPTH), 0, 2**62)
+    updates = len(set(depth.column("ts").cast(pa.int64()).to_pylist()))  # ticks sharing a stamp: one update
+    assert updates < 271
     for levels in (1, 3, 5):
         volumes = top_volumes(depth, levels)
-        assert volumes.num_rows == 271
+        assert volumes.num_rows == updates
         assert volumes.column("bid_volume")[-1].as_py() == sum(s for _, s, _ in final_rows(final, "bid")[:levels])
         assert volumes.column("ask_volume")[-1].as_py() == sum(s for _, s, _ in final_rows(final, "ask")[:levels])
 
