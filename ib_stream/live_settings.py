@@ -64,6 +64,9 @@ class AlertsConfig(BaseModel):
     resolution: LiveResolution = Field("1m", description="Bar size the rules are evaluated on (1s .. 1h).")
     session_type: str = Field("regular", description="Session whose start resets CVD and the session VWAP.")
     trade_type: Literal["last", "all_last"] = Field("last", description="Trades the bars are built from.")
+    lateness_seconds: float = Field(
+        2.0, ge=0, le=3600, description="A bar is final once ticks this long past its end have arrived."
+    )
     obi_source: Literal["auto", "depth", "quotes"] = Field(
         "auto", description="OBI from the top levels of the depth book, top-of-book sizes, or auto (as /v2/bars)."
     )
@@ -93,6 +96,9 @@ class JsonSinkConfig(BaseModel):
     )
     session_type: str = Field("regular", description="Session whose start resets CVD.")
     trade_type: Literal["last", "all_last"] = Field("last", description="Trades the bars are built from.")
+    lateness_seconds: float = Field(
+        2.0, ge=0, le=3600, description="A bar is final once ticks this long past its end have arrived."
+    )
 
 
 __all__ = [

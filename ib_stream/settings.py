@@ -110,6 +110,12 @@ class ApiConfig(BaseModel):
     )
     max_range_days: float = Field(31, gt=0, description="Longest time range one tick-level request may ask for.")
     max_limit: int = Field(1_000_000, ge=1, description="Largest limit a request may ask for.")
+    live_bar_lateness_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Live bar streams: a bar is final once ticks this long past its end have arrived.",
+    )
 
 
 class SimConfig(BaseModel):

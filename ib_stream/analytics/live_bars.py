@@ -126,6 +126,8 @@ class LiveBarBuilder:
         self._obi_carry = zero_rows(0)
         self._dirty = False
         self._first_bar: int | None = None  # the first bar that held a tick (gaps are filled after it)
+        self._context: int | None = None  # where the first seed's trades were read from
+        self._obi_from: int | None = None  # where the first seed's OBI events were counted from
 
     @property
     def _obi_from_book(self) -> bool:
@@ -145,17 +147,32 @@ class LiveBarBuilder:
     # ---- seeding ---------------------------------------------------------------------------------------
     def context_start(self, until_ns: int) -> int:
         """Where `seed` wants its trades from: the start of the session in progress at `until_ns` (at most
-        MAX_CONTEXT_NS back); its quotes from QUOTE_LOOKBACK_NS before that."""
+        MAX_CONTEXT_NS back) — or, once seeded, where the first seed's were from (a re-seed continues the same
+        classification, as one batch request over the whole stream would); its quotes from QUOTE_LOOKBACK_NS
+        before that."""
+        if self._context is not None:
+            return self._context
         return max(self.session_of(until_ns), until_ns - MAX_CONTEXT_NS)
 
-    def seed(self, trades: pa.Table, quotes: pa.Table, book: OrderBook | None, until_ns: int) -> None:
-        """Start at `until_ns` (a bar start) from the state the batch service computes for a range starting there:
-        `trades` (ts, price, size, side) from `context_start(until_ns)`, `quotes` (ts, bid/ask price and size)
-        from QUOTE_LOOKBACK_NS before that, `book` the depth book in force just before `until_ns` (`book_at`).
-        Any earlier state is replaced; the window of bars is cleared."""
-        context = self.context_start(until_ns)
+    @property
+    def first_seed(self) -> int | None:
+        """Where the first seed started (the batch request every later bar equals starts there)."""
+        return None if self._obi_from is None else self._obi_from + QUOTE_LOOKBACK_NS
+
+    def seed(
+        self, trades: pa.Table, quotes: pa.Table, book: OrderBook | None, until_ns: int, depth_obi: float | None = None
+    ) -> None:
+        """Start at `until_ns` (a bar start) from the state the batch service computes for a range starting there
+        — or, on a re-seed, for a range starting at `first_seed`: `trades` (ts, price, size, side) from
+        `context_start(until_ns)`, `quotes` (ts, bid/ask price and size) from QUOTE_LOOKBACK_NS before that,
+        `book` the depth book in force just before `until_ns` (`book_at`), and on a re-seed `depth_obi`, the last
+        depth OBI with a value since `first_seed` (a book without volume has none, so the value in force may
+        be older than the book). Any earlier state is replaced; the window of bars is cleared."""
+        context = self._context = self.context_start(until_ns)
         self.quotes_from = context - QUOTE_LOOKBACK_NS
-        rolled = hour_rows(trades, quotes, until_ns - QUOTE_LOOKBACK_NS, QUOTE_LOOKBACK_NS, context)
+        if self._obi_from is None:  # OBI events count from the first seed's look-back on (as a batch request from it)
+            self._obi_from = until_ns - QUOTE_LOOKBACK_NS
+        rolled = hour_rows(trades, quotes, self._obi_from, QUOTE_LOOKBACK_NS, context)
         self._carry = Carry().after(rolled.summary, self.quotes_from)
         self._trade_carry = _last_traded(rolled.rows, self.session_of, zero_rows(0))
         if self.book is not None:
@@ -163,7 +180,7 @@ class LiveBarBuilder:
         obi = zero_rows(0)
         if self._obi_from_book and self.book is not None:
             bid, ask = self.book.top_volumes(self.depth_levels)
-            value = float(imbalance(np.array([bid]), np.array([ask]))[0])
+            value = float(imbalance(np.array([bid]), np.array([ask]))[0]) if depth_obi is None else depth_obi
             if not math.isnan(value):
                 obi = _obi_row(until_ns - NS_PER_SECOND, value)
         else:
@@ -173,7 +190,6 @@ class LiveBarBuilder:
         self.watermark = max(self.watermark, until_ns)
         self.bars.clear()
         self.late_since = None
-        self._first_bar = None
 
     # ---- input -----------------------------------------------------------------------------------------
     def update(self, items: Iterable[tuple[StreamKey, dict[str, Any]]]) -> list[dict[str, Any]]:

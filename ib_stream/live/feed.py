@@ -19,6 +19,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from ib_stream.analytics.book import OrderBook
 from ib_stream.analytics.grid import BAR_SIZES
 from ib_stream.analytics.live_bars import QUOTE_LOOKBACK_NS, SEED_TRADES, LiveBarBuilder
@@ -27,6 +29,7 @@ from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, ValidationError
+from ib_stream.orderflow.inputs import book_top_volumes, depth_obi
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.schema import table_to_records
@@ -96,12 +99,20 @@ def builder_for(
 def seed_builder(builder: LiveBarBuilder, engine: QueryEngine, contract_id: int, until_ns: int) -> None:
     """Read what a builder starts from at `until_ns` (see `LiveBarBuilder.seed`) and seed it: the trades since the
     session start, the quotes before them, and the depth book in force through the same `book_at` as the batch
-    path (the latest snapshot plus at most an hour of deltas)."""
+    path (the latest snapshot plus at most an hour of deltas); on a re-seed also the last depth OBI with a value
+    since the first seed (depth rollups where they serve, else the replay)."""
     context = builder.context_start(until_ns)
     trades = engine.read_stream(StreamKey(contract_id, builder.trade_type), context, until_ns, SEED_TRADES)
     quotes = engine.read_stream(StreamKey(contract_id, TickType.BID_ASK), context - QUOTE_LOOKBACK_NS, until_ns)
     book = book_at(engine, contract_id, until_ns - 1).book if builder.book is not None else None
-    builder.seed(trades, quotes, book, until_ns)
+    in_force = None
+    first = builder.first_seed
+    if book is not None and first is not None and first < until_ns:
+        edges = np.array([first, until_ns], dtype=np.int64)
+        rows = depth_obi(engine, contract_id, first, until_ns, builder.depth_levels, edges, book_top_volumes, True)
+        valid = np.flatnonzero(rows["obi_count"] > 0) if rows is not None else np.zeros(0, dtype=np.intp)
+        in_force = float(rows["obi_last"][valid[-1]]) if rows is not None and len(valid) else math.nan
+    builder.seed(trades, quotes, book, until_ns, in_force)
 
 
 class FeedSettings(Protocol):
@@ -117,6 +128,8 @@ class FeedSettings(Protocol):
     def obi_source(self) -> str: ...
     @property
     def levels(self) -> int: ...
+    @property
+    def lateness_seconds(self) -> float: ...
 
 
 class LiveBarFeed:
@@ -162,6 +175,7 @@ class LiveBarFeed:
             obi_source=settings.obi_source,
             levels=settings.levels,
             history_bars=history_bars,
+            lateness_ns=int(settings.lateness_seconds * NS_PER_SECOND),
         )
 
     @classmethod
@@ -177,16 +191,19 @@ class LiveBarFeed:
         levels: int = 10,
         history_bars: int = 0,
         max_queue: int | None = None,
+        lateness_ns: int = 0,
     ) -> LiveBarFeed:
-        """A feed with its builder (see `builder_for`); the builder keeps only the two mutable bars."""
+        """A feed with its builder (see `builder_for`); a bar is final once ticks `lateness_ns` past its end
+        arrived; the builder keeps the open bars and few rows."""
         builder = builder_for(
             contract,
             resolution,
-            window=2,
+            window=max(1000, history_bars + 2),
             session_type=session_type,
             trade_type=trade_type,
             obi_source=obi_source,
             levels=levels,
+            lateness_ns=lateness_ns,
         )
         return cls(
             app,

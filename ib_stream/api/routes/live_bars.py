@@ -45,6 +45,7 @@ from ib_stream.api.sse import (
     heartbeat_seconds,
 )
 from ib_stream.api.state import ServiceState, State
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.errors import IbStreamError, SlowConsumerError, ValidationError
 from ib_stream.live.feed import LiveBarFeed
 from ib_stream.streaming import LiveItem
@@ -135,6 +136,7 @@ def _request(
         obi_source=obi_source,
         levels=request.levels,
         history_bars=history,
+        lateness_ns=int(state.settings.api.live_bar_lateness_seconds * NS_PER_SECOND),
     )
     return request, feed
 
