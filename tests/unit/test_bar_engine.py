@@ -86,7 +86,7 @@ def book_row_market(store: TickStore, clock: ManualClock) -> tuple[int, int]:
             level(row_ts, "bid", 98.0, 10.0),
             level(row_ts, "ask", 101.0, 5.0),
             level(row_ts, "ask", 102.0, 5.0),
-        ],  # fmt: skip
+        ],
         source="import",
     )
     later = T0_NS + 45 * NS_PER_SECOND
