@@ -57,5 +57,6 @@ def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
         config.buffer_dir, config.archive_dir, config.buffer_rotation_minutes, config.archive_partition_hours
     )
     index = PartitionIndex(config.index_file, readonly=True)
-    cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker())
-    return QueryEngine(layout, index, DiskHot(layout, index), cache, SystemClock())
+    clock = SystemClock()
+    cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker(), clock)
+    return QueryEngine(layout, index, DiskHot(layout, index), cache, clock)
