@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ib_stream.analytics.book import Level, OrderBook
-from ib_stream.clock import NS_PER_SECOND, Clock, iso
+from ib_stream.clock import NS_PER_SECOND, Clock
 from ib_stream.domain import MIN_TS_NS, StreamKey, TickType
 from ib_stream.errors import StorageError, ValidationError
 from ib_stream.store.layout import (
@@ -52,7 +52,7 @@ from ib_stream.store.layout import (
     temp_path,
 )
 from ib_stream.store.query import QueryEngine
-from ib_stream.times import TimeLike, to_utc_ns
+from ib_stream.times import TimeLike, iso_us, to_utc_ns
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION: Final = 1
@@ -87,7 +87,7 @@ class Snapshot:
                 "format": FORMAT_VERSION,
                 "contract_id": self.contract_id,
                 "tick_type": TickType.DEPTH.value,
-                "boundary": iso(self.boundary_ns),
+                "boundary": iso_us(self.boundary_ns),
                 "boundary_ns": self.boundary_ns,
                 "built_seq": self.built_seq,
                 "base_ns": self.base_ns,
