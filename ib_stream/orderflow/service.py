@@ -31,13 +31,14 @@ from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.analytics.rollups import obi_bars_from_rows, rollup_bars
 from ib_stream.analytics.side import TradeSides, classify, floats, recorded_sides, ts_ns
 from ib_stream.calendars import MarketSessions, Session
-from ib_stream.clock import NS_PER_SECOND, iso_ns
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
 from ib_stream.store.depth_rollups import depth_obi_rows
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.rollups import load_rows
 from ib_stream.store.snapshots import book_at
+from ib_stream.times import iso_ns
 
 # Trades before the range are read from the session start, but never more than this far back.
 MAX_CONTEXT_NS: Final = 4 * 86_400 * NS_PER_SECOND
