@@ -31,6 +31,7 @@ from ib_stream.store.index import PartitionIndex
 from ib_stream.store.readonly import open_readonly_engine
 from ib_stream.store.repair import count_archive_files, rebuild, verify
 from ib_stream.store.tickstore import TickStore, lock_data_root, make_layout
+from ib_stream.times import parse_cli_time
 
 EXPORT_FORMATS = (".csv", ".parquet")
 DEFAULT_SHOWN_ROWS = 20
@@ -185,8 +186,8 @@ def query(
         raise ValidationError(
             "--output", str(output), f"has an unknown extension (use one of {', '.join(EXPORT_FORMATS)})"
         )
-    start_time = support.parse_cli_time("--start", start)
-    end_time = support.parse_cli_time("--end", end) if end is not None else None
+    start_time = parse_cli_time(start, "--start")
+    end_time = parse_cli_time(end, "--end") if end is not None else None
     if end_time is not None and end_time <= start_time:
         raise ValidationError("--end", end, f"is not after --start {start}")
     config = support.storage_config(ctx)

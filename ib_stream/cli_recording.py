@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from ib_stream import cli_support as support
 from ib_stream.api.params import parse_duration, parse_tick_types
-from ib_stream.clock import NS_PER_SECOND, SystemClock, to_ns
+from ib_stream.clock import NS_PER_SECOND, SystemClock
 from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError, DataRootLockedError, SourceError, ValidationError
@@ -36,6 +36,7 @@ from ib_stream.store.coverage import stream_coverage
 from ib_stream.store.gaps import GapLedger
 from ib_stream.store.readonly import open_readonly_engine
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import parse_cli_time
 
 log = logging.getLogger(__name__)
 ContractOption = Annotated[int, typer.Option("--contract", help="Contract id (conId) from the contracts file.")]
@@ -126,8 +127,8 @@ def backfill(
     settings = support.settings(ctx)
     config = support.storage_config(ctx)
     contract = _contract(ctx, contract_id)
-    start_ns = to_ns(support.parse_cli_time("--start", start))
-    end_ns = to_ns(support.parse_cli_time("--end", end))
+    start_ns = parse_cli_time(start, "--start")
+    end_ns = parse_cli_time(end, "--end")
     if end_ns <= start_ns:
         raise ValidationError("--end", end, "must be after --start")
     asked = parse_tick_types(tick_types, "--tick-types") if tick_types else contract.tick_types

@@ -6,7 +6,6 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +49,6 @@ class RootGroup(TyperGroup):
 class GlobalOptions:
     config_file: Path | None
     data_dir: Path | None
-
-
-def parse_cli_time(option: str, value: str) -> datetime:
-    """Parse an ISO-8601 time given on the command line; it must carry an offset or Z."""
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(option, value, "is not an ISO-8601 time (e.g. 2025-01-10T14:30:00Z)") from None
-    if when.tzinfo is None:
-        raise ValidationError(option, value, "has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)")
-    return when
 
 
 def settings(ctx: typer.Context) -> Settings:

@@ -24,10 +24,9 @@ import httpx
 import pandas as pd
 import pyarrow as pa
 
-from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import CorruptFileError, IbStreamError, ValidationError
-from ib_stream.times import TimeLike, to_utc_ns
+from ib_stream.times import TimeLike, iso_ns, to_utc_ns
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT: Final = 60.0

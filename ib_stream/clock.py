@@ -56,14 +56,3 @@ def to_ns(when: datetime) -> int:
 def from_ns(ns: int) -> datetime:
     """Convert UTC int64 ns to an aware UTC datetime (microsecond precision)."""
     return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC).replace(microsecond=(ns % NS_PER_SECOND) // 1000)
-
-
-def iso(ns: int) -> str:
-    """UTC ISO-8601 with microseconds and Z."""
-    return from_ns(ns).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def iso_ns(ns: int) -> str:
-    """UTC ISO-8601 with nanoseconds and Z (the time format of query results and bars)."""
-    seconds, nanos = divmod(ns, NS_PER_SECOND)
-    return f"{datetime.fromtimestamp(seconds, tz=UTC).strftime('%Y-%m-%dT%H:%M:%S')}.{nanos:09d}Z"

@@ -1,23 +1,53 @@
-"""Times at the edges (core): parsing what callers pass in, and formatting UTC int64 ns for output.
+"""Times at the edges (core): one parser per surface, each with its rule for a time without an offset, and the
+one family of formatters of UTC int64 ns.
 
 At rest every timestamp is UTC int64 ns; time zones appear only here and in the session rules.
+docs/concepts/times.md explains the rules to users.
+
+| surface    | parser                 | a time without an offset           | accepts                                      |
+|------------|------------------------|------------------------------------|----------------------------------------------|
+| Python API | `to_utc_ns`            | local time (as `datetime.now()`)    | datetime, date, Timestamp, str, datetime64; ints are ns since the epoch |
+| HTTP       | `parse_http_time`      | refused                            | ISO-8601 up to ns, years 1990..2199          |
+| CLI        | `parse_cli_time`       | refused                            | ISO-8601 (`datetime.fromisoformat`), to the µs |
+| importers  | `parse_recording_time` | UTC                                | ISO-8601, `T` or space, up to 9 fraction digits |
+
+Formatters, all UTC with `Z`: `iso_ns` (9 fraction digits), `iso_us` (6 digits, truncated; the hot path of
+the streaming protocol), `iso_compact` (only the digits the value needs) and `iso_basic` (to the second,
+for file names).
 """
 
 from __future__ import annotations
 
+import calendar
+import re
+import time
 from datetime import date, datetime
+from functools import lru_cache
+from typing import Final
 
 import numpy as np
 import pandas as pd
 
-from ib_stream.clock import to_ns
+from ib_stream.clock import NS_PER_SECOND, to_ns
 from ib_stream.errors import ValidationError
 
 TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
 
+HTTP_YEARS: Final = (1990, 2199)
+_OFFSET: Final = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+_RECORDING_ISO: Final = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*$",
+    re.IGNORECASE,
+)
 
+
+# ---- parsers: one per surface ------------------------------------------------------------------------------
 def to_utc_ns(value: TimeLike, field: str = "time") -> int:
-    """Convert a time to UTC int64 ns; naive values are local time, ints are ns since the epoch."""
+    """Convert a time from Python code to UTC int64 ns (the Python API's parser).
+
+    A naive value (datetime, Timestamp or text without an offset) is local time, like `datetime.now()`;
+    a `date` is local midnight; ints are nanoseconds since the epoch.
+    """
     if isinstance(value, bool):
         raise ValidationError(field, value, "is not a time")
     if isinstance(value, int | np.integer):
@@ -39,10 +69,93 @@ def to_utc_ns(value: TimeLike, field: str = "time") -> int:
         # Local time with the offset in force on that date (DST), like datetime.astimezone().
         offset = stamp.to_pydatetime(warn=False).astimezone().utcoffset()
         assert offset is not None
-        return int(stamp.value) - (offset.days * 86_400 + offset.seconds) * 1_000_000_000
+        return int(stamp.value) - (offset.days * 86_400 + offset.seconds) * NS_PER_SECOND
     return int(stamp.tz_convert("UTC").value)
 
 
+def parse_http_time(value: str, field: str) -> int:
+    """Parse a time of an HTTP request into UTC int64 ns.
+
+    ISO-8601 with `Z` or an offset (`+HH:MM` or `+HHMM`), up to nanoseconds, years 1990..2199. A time
+    without an offset is refused: over HTTP nobody can tell whose local time it would be.
+    """
+    text = value.strip()
+    if not _OFFSET.search(text):
+        raise ValidationError(field, value, "needs a UTC offset or Z (e.g. 2025-01-10T14:30:00Z)")
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError) as e:
+        raise ValidationError(field, value, "is not an ISO-8601 time") from e
+    if stamp is pd.NaT or stamp.tzinfo is None:
+        raise ValidationError(field, value, "is not an ISO-8601 time with an offset")
+    first, last = HTTP_YEARS
+    if not first <= stamp.year <= last:
+        raise ValidationError(field, value, f"is outside the years {first}..{last}")
+    return int(stamp.tz_convert("UTC").value)
+
+
+def parse_cli_time(value: str, option: str) -> int:
+    """Parse a time given on the command line into UTC int64 ns.
+
+    ISO-8601 as `datetime.fromisoformat` reads it (`Z`, `+HH:MM`, `+HHMM` or `+HH`; fraction digits past
+    the microsecond are dropped). A time without an offset is refused rather than guessed.
+    """
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(option, value, "is not an ISO-8601 time (e.g. 2025-01-10T14:30:00Z)") from None
+    if when.tzinfo is None:
+        raise ValidationError(option, value, "has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)")
+    return to_ns(when)
+
+
+def parse_recording_time(text: str) -> int:
+    """Parse a time written in an imported recording into UTC int64 ns, exactly (no float rounding).
+
+    ISO-8601 with `T` or a space, seconds optional, up to 9 fraction digits (`.` or `,`), then `Z`,
+    `±HH`, `±HHMM` or `±HH:MM`. A time without an offset is UTC: recordings are written in UTC.
+    Raises ValueError when the text is not such a time.
+    """
+    match = _RECORDING_ISO.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an ISO-8601 time")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    fields = (int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
+    datetime(*fields)  # raises ValueError on a day or hour that does not exist
+    ns = calendar.timegm(fields) * NS_PER_SECOND + (int(fraction.ljust(9, "0")) if fraction else 0)
+    if offset and offset.upper() != "Z":
+        sign = -1 if offset[0] == "-" else 1
+        digits = offset[1:].replace(":", "")
+        minutes = int(digits[:2]) * 60 + (int(digits[2:4]) if len(digits) > 2 else 0)
+        ns -= sign * minutes * 60 * NS_PER_SECOND
+    return ns
+
+
+# ---- formatters ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Ticks of a stream share their second: caching its text makes iso_us ~6x faster than datetime.isoformat.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_ns(ns: int) -> str:
+    """UTC ISO-8601 with nanoseconds and Z: `2025-01-10T14:30:00.000000001Z` (query results, bars, depth)."""
+    seconds, rest = divmod(ns, NS_PER_SECOND)
+    return f"{_second(seconds)}.{rest:09d}Z"
+
+
+def iso_us(ns: int) -> str:
+    """UTC ISO-8601 with microseconds (truncated) and Z: `2025-01-10T14:30:00.000000Z` (streaming protocol,
+    sessions, ledgers)."""
+    seconds, rest = divmod(ns, NS_PER_SECOND)
+    return f"{_second(seconds)}.{rest // 1000:06d}Z"
+
+
 def iso_compact(ns: int) -> str:
-    """UTC ISO-8601 with Z and only the fraction digits the value needs (for messages)."""
+    """UTC ISO-8601 with Z and only the fraction digits the value needs: `2025-01-10T14:30:00Z` (messages)."""
     return pd.Timestamp(ns, unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def iso_basic(ns: int) -> str:
+    """UTC ISO-8601 basic format to the second: `20250110T143000Z` (file names)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns // NS_PER_SECOND))

@@ -25,7 +25,6 @@ from ib_stream.live_settings import AlertsConfig
 from ib_stream.streaming import StreamingApp
 
 log = logging.getLogger(__name__)
-ALERT_ENGINE_KEY = "alert_engine"  # where the service keeps the running engine: ServiceState.extras[ALERT_ENGINE_KEY]
 LISTENER_QUEUE = 1000  # alerts a listener may hold unread before the oldest are dropped
 RESUBSCRIBE_SECONDS = 1.0
 

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from ib_stream.analytics.grid import parse_bar_resolution
-from ib_stream.clock import iso_ns
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
+from ib_stream.times import iso_ns
 
 KINDS: Final = ("ohlc", "cvd", "obi")
 ANCHORS: Final = ("session", "range")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import FastAPI
 
 from ib_stream import __version__
-from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, stop_task
+from ib_stream.alerts.engine import AlertEngine, stop_task
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.routes import (
@@ -35,7 +35,7 @@ from ib_stream.api.routes import (
     system,
     ws,
 )
-from ib_stream.api.state import ServiceState
+from ib_stream.api.service import ServiceState
 from ib_stream.calendars import MarketSessions
 from ib_stream.clock import Clock, SystemClock
 from ib_stream.contracts import load_contracts
@@ -160,7 +160,7 @@ def create_app(
             await streaming.start(chosen)
             if settings.alerts.enabled:
                 engine = await asyncio.to_thread(AlertEngine.open, settings.alerts, settings.storage.data_root)
-                state.extras[ALERT_ENGINE_KEY] = engine
+                state.alerts = engine
                 consumers.append(asyncio.create_task(engine.run(streaming), name="alerts"))
             if settings.json_sink.enabled:
                 sink = JsonSink.from_settings(settings.json_sink, settings.storage.data_root)

@@ -1,17 +1,17 @@
 """Prometheus metrics of one service: the store's and the streaming app's counters read at scrape time.
 
-Each app has its own `CollectorRegistry` (held in `ServiceState.extras`), never the process-global
-one, so several services in one process (the tests) keep separate numbers. Most values are read
-from the components' own stats by a custom collector when `/metrics` is scraped; the only metrics
-recorded as they happen are the query latency histogram (`observe_query`, called by the query
-routes) and the ingest outcomes of `POST /v2/ticks` (`count_ingest`).
+Each service has its own `CollectorRegistry` (`ServiceState.metrics`), never the process-global one,
+so several services in one process (the tests) keep separate numbers. Most values are read from the
+components' own stats by a custom collector when `/metrics` is scraped; the only metrics recorded as
+they happen are the query latency histogram (`observe_query`, fed by the service façade around every
+query) and the ingest outcomes of `POST /v2/ticks` (`count_ingest`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,18 +25,26 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ib_stream import __version__
-from ib_stream.api.state import ServiceState
+from ib_stream.store.tickstore import TickStore
+from ib_stream.streaming import StreamingApp
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 QUERY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_QUANTILES: Final = (0.5, 0.9, 0.99, 1.0)
-_EXTRAS_KEY: Final = "metrics"
+
+
+class ServiceStatus(Protocol):
+    """What the collector reads of the service itself (the façade provides it)."""
+
+    source_name: str
+    ready: bool
+    started_at: float
 
 
 class ServiceMetrics:
-    """The registry of one app: the scrape-time collector plus the histograms routes feed."""
+    """The registry of one service: the scrape-time collector plus the histogram and counter fed as things happen."""
 
-    def __init__(self, state: ServiceState) -> None:
+    def __init__(self, service: ServiceStatus, store: TickStore, streaming: StreamingApp) -> None:
         self.registry = CollectorRegistry()
         self.query_seconds = Histogram(
             "ib_stream_query_seconds",
@@ -51,49 +59,43 @@ class ServiceMetrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.registry.register(StatsCollector(state))
+        self.registry.register(StatsCollector(service, store, streaming))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
+    def observe_query(self, endpoint: str, seconds: float) -> None:
+        """Record how long a query of `endpoint` took."""
+        self.query_seconds.labels(endpoint=endpoint).observe(seconds)
 
-def metrics_of(state: ServiceState) -> ServiceMetrics:
-    """The app's metrics, created on first use."""
-    metrics = state.extras.get(_EXTRAS_KEY)
-    if not isinstance(metrics, ServiceMetrics):
-        metrics = state.extras[_EXTRAS_KEY] = ServiceMetrics(state)
-    return metrics
-
-
-def observe_query(state: ServiceState, seconds: float, endpoint: str = "historical") -> None:
-    """Record how long a query took (call it from any route that reads the store)."""
-    metrics_of(state).query_seconds.labels(endpoint=endpoint).observe(seconds)
-
-
-def count_ingest(state: ServiceState, outcome: str) -> None:
-    """Count one POST /v2/ticks batch by outcome: stored, replayed or rejected."""
-    metrics_of(state).ingest_batches.labels(outcome=outcome).inc()
+    def count_ingest(self, outcome: str) -> None:
+        """Count one POST /v2/ticks batch by outcome: stored, replayed or rejected."""
+        self.ingest_batches.labels(outcome=outcome).inc()
 
 
 class StatsCollector(Collector):
     """Reads the buffer, archiver, cache and streaming stats of one service at scrape time."""
 
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+    def __init__(self, service: ServiceStatus, store: TickStore, streaming: StreamingApp) -> None:
+        self.service = service
+        self.store = store
+        self.streaming = streaming
 
     def collect(self) -> Iterator[Metric]:
-        state = self.state
-        buffer = state.store.buffer.stats
-        streaming = state.streaming.stats
-        cache = state.store.cache
+        service, store, app = self.service, self.store, self.streaming
+        buffer = store.buffer.stats
+        streaming = app.stats
+        cache = store.cache
 
         yield InfoMetricFamily(
-            "ib_stream_build", "Version and live source.", {"version": __version__, "source": state.source_name}
+            "ib_stream_build", "Version and live source.", {"version": __version__, "source": service.source_name}
         )
-        yield GaugeMetricFamily("ib_stream_ready", "1 when the service is ready to serve.", 1.0 if state.ready else 0.0)
         yield GaugeMetricFamily(
-            "ib_stream_uptime_seconds", "Seconds since the service started.", time.time() - state.started_at
+            "ib_stream_ready", "1 when the service is ready to serve.", 1.0 if service.ready else 0.0
+        )
+        yield GaugeMetricFamily(
+            "ib_stream_uptime_seconds", "Seconds since the service started.", time.time() - service.started_at
         )
 
         # Ingest: rate() of these gives ticks per second.
@@ -112,7 +114,7 @@ class StatsCollector(Collector):
         )
         yield _counter("ib_stream_source_errors", "Live sources that stopped with an error.", streaming.source_errors)
         yield GaugeMetricFamily(
-            "ib_stream_pending_writes", "Appends waiting to become durable.", state.store.buffer.pending_writes()
+            "ib_stream_pending_writes", "Appends waiting to become durable.", store.buffer.pending_writes()
         )
 
         # Durability: fsync latency as a summary (rate(_sum) / rate(_count) is the mean fsync time).
@@ -127,9 +129,7 @@ class StatsCollector(Collector):
         yield _counter(
             "ib_stream_ticks_fanned_out", "Ticks delivered to live subscriber queues.", streaming.ticks_fanned_out
         )
-        yield GaugeMetricFamily(
-            "ib_stream_live_subscribers", "Live SSE/WebSocket subscribers.", state.streaming.subscriber_count
-        )
+        yield GaugeMetricFamily("ib_stream_live_subscribers", "Live SSE/WebSocket subscribers.", app.subscriber_count)
         yield _counter(
             "ib_stream_slow_subscriber_disconnects",
             "Live subscribers disconnected for falling behind.",
@@ -153,12 +153,12 @@ class StatsCollector(Collector):
         durations = GaugeMetricFamily(
             "ib_stream_archive_job_duration_seconds", "Duration of the last run of each archive job.", labels=["job"]
         )
-        for job, seconds in sorted(state.store.archiver.last_durations.items()):
+        for job, seconds in sorted(store.archiver.last_durations.items()):
             durations.add_metric([job], seconds)
         yield durations
 
         # Live sources that report their state (the IB source): connection, reconnects, pacing.
-        sources = state.streaming.source_status().items()
+        sources = app.source_status().items()
         for name, documentation, key, family in _SOURCE_METRICS:
             metric = family(name, documentation, labels=["source"])
             for source, status in sources:

@@ -1,37 +1,23 @@
-"""Parsing of request parameters shared by the routes; every failure names the field and value."""
+"""Parsing of request parameters shared by the routes; every failure names the field and value.
+
+Times of a request are parsed by `ib_stream.times.parse_http_time` (an offset or Z is required).
+"""
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Annotated, Final
 
-import pandas as pd
 from fastapi import Path
 
-from ib_stream.clock import NS_PER_SECOND, iso
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
-from ib_stream.errors import ValidationError
+from ib_stream.errors import QueryError, ValidationError
+from ib_stream.settings import ApiConfig
+from ib_stream.times import iso_us
 
-_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)\s*$", re.IGNORECASE)
 _UNIT_NS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def parse_time(value: str, field: str) -> int:
-    """Parse an ISO-8601 time that carries an offset or `Z` into UTC int64 ns."""
-    text = value.strip()
-    if not _OFFSET.search(text):
-        raise ValidationError(field, value, "needs a UTC offset or Z (e.g. 2025-01-10T14:30:00Z)")
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError) as e:
-        raise ValidationError(field, value, "is not an ISO-8601 time") from e
-    if stamp is pd.NaT or stamp.tzinfo is None:
-        raise ValidationError(field, value, "is not an ISO-8601 time with an offset")
-    if not 1990 <= stamp.year <= 2199:
-        raise ValidationError(field, value, "is outside the years 1990..2199")
-    return int(stamp.tz_convert("UTC").value)
 
 
 def parse_tick_types(
@@ -56,9 +42,15 @@ def parse_duration(value: str, field: str = "buffer_duration") -> int:
     return int(seconds * NS_PER_SECOND)
 
 
-def now_iso() -> str:
-    """The server's current UTC time, ISO-8601 with Z."""
-    return iso(time.time_ns())
+def check_range(api: ApiConfig, start_ns: int, end_ns: int, field: str = "start_time") -> None:
+    """Refuse ranges longer than api.max_range_days (naming the field)."""
+    days = (end_ns - start_ns) / NS_PER_SECOND / 86400
+    if days > api.max_range_days:
+        raise QueryError(
+            f"{field} {iso_us(start_ns)} asks for {days:.1f} days; at most {api.max_range_days:g} "
+            "days per request (api.max_range_days)",
+            details={"field": field, "value": iso_us(start_ns), "max_range_days": api.max_range_days},
+        )
 
 
 MAX_CONTRACT_ID: Final = 2**63 - 1  # a conId is a positive 64-bit integer at most

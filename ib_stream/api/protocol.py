@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -20,6 +19,7 @@ from ib_stream.errors import (
     InvalidTickTypeError,
     ValidationError,
 )
+from ib_stream.times import iso_us
 
 PROTOCOL_VERSION: Final = "2.0.0"
 MESSAGE_TYPES: Final = ("tick", "info", "error", "complete")
@@ -118,18 +118,8 @@ _NOT_A_TICK_TYPE: Final = (
 
 
 # ---- times and ids -------------------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
-def _second_iso(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def iso_us(ns: int) -> str:
-    """UTC ISO-8601 with microseconds and Z (the same text as `params.iso`, computed faster)."""
-    seconds, rest = divmod(ns, NS_PER_SECOND)
-    return f"{_second_iso(seconds)}.{rest // 1000:06d}Z"
-
-
 def now_iso() -> str:
+    """The current UTC time as the protocol writes it (`iso_us`)."""
     return iso_us(time.time_ns())
 
 

@@ -1,28 +1,26 @@
 """Importers: turn the text and JSON values of recorded files into tick field values (times, numbers, sides).
 
 Every parser raises `BadValue(reason)` with a short, stable reason; the importers count skipped rows
-by those reasons. Times become UTC int64 nanoseconds, exactly (no float rounding of nanoseconds).
+by those reasons. Times become UTC int64 nanoseconds, exactly (no float rounding of nanoseconds); a
+time written without an offset (ISO-8601 text, a strptime pattern) is UTC, the importers' rule (ISO-8601
+text is read by `ib_stream.times.parse_recording_time`).
 """
 
 from __future__ import annotations
 
-import calendar
 import math
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
+
+from ib_stream.times import parse_recording_time
 
 TIME_UNITS: Final = ("auto", "s", "ms", "us", "ns", "iso")
 _UNIT_NS: Final = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 # `auto` reads a bare number by its magnitude: below 1e11 seconds (up to year 5138), below 1e14
 # milliseconds, below 1e17 microseconds, else nanoseconds; each covers 1973..5138 in its unit.
 _AUTO_LIMITS: Final = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
-_ISO: Final = re.compile(
-    r"^\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*$",
-    re.IGNORECASE,
-)
 _BUY: Final = frozenset({"buy", "b", "bid", "+1", "1", "buyer"})
 _SELL: Final = frozenset({"sell", "s", "a", "ask", "-1", "seller"})
 _UNKNOWN_SIDE: Final = frozenset({"", "n", "none", "null", "0", "unknown"})
@@ -61,7 +59,7 @@ def time_parser(unit: str) -> Callable[[Any], int]:
     if "%" in unit:
         return lambda value: strptime_ns(value, unit)
     if unit == "iso":
-        return iso_ns
+        return parse_iso_ns
     if unit == "auto":
         return auto_ns
     if unit in _UNIT_NS:
@@ -88,7 +86,7 @@ def epoch_ns(value: Any, scale: int) -> int:
 def auto_ns(value: Any) -> int:
     """Parse an ISO-8601 text, or an epoch number whose unit is read from its magnitude."""
     if isinstance(value, str) and not _looks_numeric(value):
-        return iso_ns(value)
+        return parse_iso_ns(value)
     try:
         magnitude = abs(float(value))
     except (TypeError, ValueError):
@@ -99,26 +97,14 @@ def auto_ns(value: Any) -> int:
     return epoch_ns(value, 1)
 
 
-def iso_ns(value: Any) -> int:
-    """Parse ISO-8601 (`T` or space, up to 9 fraction digits, `Z` / ±HH:MM / none = UTC) to UTC ns."""
+def parse_iso_ns(value: Any) -> int:
+    """Parse an ISO-8601 cell to UTC ns by the importers' rule (`times.parse_recording_time`: no offset = UTC)."""
     if not isinstance(value, str):
         raise BadValue("bad timestamp", value)
-    match = _ISO.match(value)
-    if match is None:
-        raise BadValue("bad timestamp", value)
-    year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
-        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
+        return parse_recording_time(value)
     except ValueError:
         raise BadValue("bad timestamp", value) from None
-    seconds = calendar.timegm((int(year), int(month), int(day), int(hour), int(minute), int(second or 0)))
-    ns = seconds * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
-    if offset and offset.upper() != "Z":
-        sign = -1 if offset[0] == "-" else 1
-        digits = offset[1:].replace(":", "")
-        minutes = int(digits[:2]) * 60 + (int(digits[2:4]) if len(digits) > 2 else 0)
-        ns -= sign * minutes * 60 * 1_000_000_000
-    return ns
 
 
 def strptime_ns(value: Any, pattern: str) -> int:

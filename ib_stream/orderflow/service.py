@@ -30,7 +30,7 @@ from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.analytics.rows import Rows
 from ib_stream.analytics.side import floats, ts_ns
 from ib_stream.calendars import MarketSessions, Session
-from ib_stream.clock import NS_PER_SECOND, iso_ns
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
 from ib_stream.orderflow.inputs import (
@@ -43,6 +43,7 @@ from ib_stream.orderflow.inputs import (
     trade_rows,
 )
 from ib_stream.store.query import QueryEngine
+from ib_stream.times import iso_ns
 
 # Trades before the range are read from the session start, but never more than this far back.
 MAX_CONTEXT_NS: Final = 4 * 86_400 * NS_PER_SECOND

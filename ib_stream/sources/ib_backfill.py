@@ -27,13 +27,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ib_stream.clock import NS_PER_SECOND, iso
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.sources import ib_parsing as parse
 from ib_stream.sources.ib_history import TICKS_PER_REQUEST
 from ib_stream.store.gaps import BackfillState, Gap
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import iso_us
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ class BackfillResult:
     def summary(self) -> dict[str, Any]:
         return {
             "tick_type": self.stream.tick_type.value,
-            "start": iso(self.start_ns),
-            "end": iso(self.end_ns),
+            "start": iso_us(self.start_ns),
+            "end": iso_us(self.end_ns),
             "received": self.received,
             "stored": self.stored,
             "duplicates": self.duplicates,
@@ -84,7 +85,7 @@ class BackfillResult:
 
     def describe(self) -> str:
         return (
-            f"{self.stream.tick_type.value} {iso(self.start_ns)} .. {iso(self.end_ns)}: {self.received} received, "
+            f"{self.stream.tick_type.value} {iso_us(self.start_ns)} .. {iso_us(self.end_ns)}: {self.received} received, "
             f"{self.stored} stored, {self.duplicates} already held, {self.requests} requests"
         )
 
@@ -145,7 +146,7 @@ class Backfiller:
         end_ns, note = gap.end_ns, ""
         if self.max_seconds is not None and end_ns - gap.start_ns > self.max_seconds * NS_PER_SECOND:
             end_ns = gap.start_ns + int(self.max_seconds * NS_PER_SECOND)
-            note = f"filled up to {iso(end_ns)} (ib.backfill_max_seconds); `ib-stream backfill` can do the rest"
+            note = f"filled up to {iso_us(end_ns)} (ib.backfill_max_seconds); `ib-stream backfill` can do the rest"
         try:
             result = await self.fill(contract, gap.stream.tick_type, gap.start_ns, end_ns)
         except Exception as e:
@@ -168,7 +169,7 @@ class Backfiller:
         Returns the result and how many recorded gaps were marked.
         """
         result = await self.fill(contract, tick_type, start_ns, end_ns, progress)
-        ledger, note = self.store.gaps, f"backfilled on demand: {iso(start_ns)} .. {iso(end_ns)}"
+        ledger, note = self.store.gaps, f"backfilled on demand: {iso_us(start_ns)} .. {iso_us(end_ns)}"
 
         def mark() -> int:
             covered = [

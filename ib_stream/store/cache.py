@@ -1,6 +1,7 @@
 """Query result cache (cachetools LRU + TTL) that is never stale: entries carry the change
 version they were computed at, and any change to a stream's data in their time range since
-then (new hot ticks, a new part, compaction, retention) makes them miss.
+then (new hot ticks, a new part, compaction, retention) makes them miss. Entries expire by the
+store's injected clock.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from ib_stream.clock import NS_PER_SECOND, Clock
 from ib_stream.domain import StreamKey
 from ib_stream.store.layout import HOUR_NS, MINUTE_NS
 
@@ -74,13 +76,14 @@ class ChangeTracker:
 
 
 class QueryCache:
-    """Thread-safe LRU + TTL cache of query results, validated against a `ChangeTracker`."""
+    """Thread-safe LRU + TTL cache of query results, validated against a `ChangeTracker`; an entry lives
+    `ttl_seconds` of `clock` time."""
 
-    def __init__(self, size: int, ttl_seconds: float, tracker: ChangeTracker) -> None:
+    def __init__(self, size: int, ttl_seconds: float, tracker: ChangeTracker, clock: Clock) -> None:
         self.tracker = tracker
         self._lock = threading.Lock()
         self._cache: TTLCache[Hashable, tuple[int, Any]] | None = (
-            TTLCache(maxsize=size, ttl=ttl_seconds) if size > 0 else None
+            TTLCache(maxsize=size, ttl=ttl_seconds, timer=lambda: clock.now_ns() / NS_PER_SECOND) if size > 0 else None
         )
         self.hits = 0
         self.misses = 0

@@ -15,11 +15,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from ib_stream.clock import NS_PER_SECOND, iso
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey
 from ib_stream.store.gaps import GapLedger, gap_summary
 from ib_stream.store.hotcache import Chunk
 from ib_stream.store.query import QueryEngine
+from ib_stream.times import iso_us
 
 GAP_REASON_NO_DATA: Final = "no data"
 GAP_REASONS_NOTE: Final = (
@@ -125,8 +126,8 @@ def stream_coverage(engine: QueryEngine, ledger: GapLedger | None, stream: Strea
         why = [g for g in recorded if g.overlaps(prev_hi, lo)]
         holes.append(
             {
-                "start": iso(prev_hi),
-                "end": iso(lo),
+                "start": iso_us(prev_hi),
+                "end": iso_us(lo),
                 "duration_seconds": (lo - prev_hi) / NS_PER_SECOND,
                 "reason": ", ".join(sorted({g.reason for g in why})) or GAP_REASON_NO_DATA,
                 "recorded_gaps": [g.id for g in why],
@@ -135,7 +136,8 @@ def stream_coverage(engine: QueryEngine, ledger: GapLedger | None, stream: Strea
     return {
         **holding.summary(),
         "intervals": [
-            {"start": iso(lo), "end": iso(hi), "duration_seconds": (hi - lo) / NS_PER_SECOND} for lo, hi in intervals
+            {"start": iso_us(lo), "end": iso_us(hi), "duration_seconds": (hi - lo) / NS_PER_SECOND}
+            for lo, hi in intervals
         ],
         "gaps": holes,
         "recorded_gaps": [gap_summary(g) for g in recorded],
@@ -148,4 +150,4 @@ def _range(span: tuple[int, int] | None) -> dict[str, Any]:
 
 
 def _iso_or_none(ns: int | None) -> str | None:
-    return None if ns is None else iso(ns)
+    return None if ns is None else iso_us(ns)

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Sequence
 
 from ib_stream.calendars import MarketSessions
-from ib_stream.clock import iso
 from ib_stream.domain import Contract, StreamKey
 from ib_stream.store.gaps import BackfillState, GapLedger, GapReason, ServiceRun
+from ib_stream.times import iso_us
 
 log = logging.getLogger(__name__)
 SESSION_TYPE = "extended"  # the sessions a recorder is expected to cover (the watchdog uses the same)
@@ -48,7 +48,7 @@ def record_downtime(
         return 0
     reason = GapReason.SERVICE_CRASH if previous.crashed else GapReason.SERVICE_DOWN
     how = "crashed (no clean stop; last alive" if previous.crashed else "was stopped (at"
-    since = iso(previous.down_from_ns)
+    since = iso_us(previous.down_from_ns)
     count = 0
     for contract in contracts:
         for lo, hi in open_intervals(contract, previous.down_from_ns, now_ns):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ib_stream.clock import iso
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.store.sqlite_db import SqliteDatabase
+from ib_stream.times import iso_us
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gaps (
@@ -282,8 +282,8 @@ def gap_summary(gap: Gap) -> dict[str, Any]:
     return {
         "id": gap.id,
         "tick_type": gap.tick_type,
-        "start": iso(gap.start_ns),
-        "end": iso(gap.end_ns) if gap.end_ns is not None else None,
+        "start": iso_us(gap.start_ns),
+        "end": iso_us(gap.end_ns) if gap.end_ns is not None else None,
         "duration_seconds": None if gap.end_ns is None else (gap.end_ns - gap.start_ns) / 1e9,
         "reason": gap.reason,
         "code": gap.code,

@@ -55,5 +55,6 @@ def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
             details={"path": str(layout.index_file)},
         )
     index = PartitionIndex(layout.index_file, readonly=True)
-    cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker())
-    return QueryEngine(layout, index, DiskHot(layout, index), cache, SystemClock())
+    clock = SystemClock()
+    cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker(), clock)
+    return QueryEngine(layout, index, DiskHot(layout, index), cache, clock)

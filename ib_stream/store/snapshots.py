@@ -37,12 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ib_stream.analytics.book import Level, OrderBook
-from ib_stream.clock import NS_PER_SECOND, Clock, iso
+from ib_stream.clock import NS_PER_SECOND, Clock
 from ib_stream.domain import MIN_TS_NS, StreamKey, TickType
 from ib_stream.errors import StorageError, ValidationError
 from ib_stream.store.layout import DAY_NS, TEMP_MARK, Layout, fsync_dir, temp_path
 from ib_stream.store.query import QueryEngine
-from ib_stream.times import TimeLike, to_utc_ns
+from ib_stream.times import TimeLike, iso_us, to_utc_ns
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION: Final = 1
@@ -77,7 +77,7 @@ class Snapshot:
                 "format": FORMAT_VERSION,
                 "contract_id": self.contract_id,
                 "tick_type": TickType.DEPTH.value,
-                "boundary": iso(self.boundary_ns),
+                "boundary": iso_us(self.boundary_ns),
                 "boundary_ns": self.boundary_ns,
                 "built_seq": self.built_seq,
                 "base_ns": self.base_ns,

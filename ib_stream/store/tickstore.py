@@ -61,7 +61,7 @@ class TickStore:
         self.clock = clock or SystemClock()
         self.layout = Layout.of(config)
         self.tracker = ChangeTracker()
-        self.cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, self.tracker)
+        self.cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, self.tracker, self.clock)
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_writes, thread_name_prefix="ib-stream-io")
         self._lock_file: IO[str] | None = None
         self.index: PartitionIndex

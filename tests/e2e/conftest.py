@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from ib_stream.api.app import create_app
 from ib_stream.api.state import ServiceState
 from ib_stream.settings import Settings, load_settings
-from ib_stream.storage import AppendResult
+from ib_stream.storage import AppendResult, TickStore
 from ib_stream.streaming import TickSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +39,11 @@ class LiveServer:
     def state(self) -> ServiceState:
         state: ServiceState = self.app.state.service
         return state
+
+    @property
+    def store(self) -> TickStore:
+        """The store the service owns: the tests reach it here, the routes cannot (the façade keeps it private)."""
+        return self.state._store
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""

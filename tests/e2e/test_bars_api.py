@@ -31,6 +31,7 @@ MS = 1_000_000
 START = "2025-01-10T14:00:00Z"
 END = "2025-01-10T14:10:00Z"
 START_NS, END_NS = T0_NS, T0_NS + 600 * NS_PER_SECOND
+TRADES = [trade(T0_NS + i * 200 * MS, i, side=(1, -1, None)[i % 3]) for i in range(N)]  # what the service is sent
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         if bars_routes not in app_module.ROUTERS:
             patch.setattr(app_module, "ROUTERS", (*app_module.ROUTERS, bars_routes))
         live, stop = start_server(service_settings(tmp_path_factory.mktemp("bars") / "storage"))
-    trades = [trade(T0_NS + i * 200 * MS, i, side=(1, -1, None)[i % 3]) for i in range(N)]
-    live.publish(AAPL, "last", trades)
+    live.publish(AAPL, "last", TRADES)
     live.publish(AAPL, "bid_ask", [quote(T0_NS + i * 200 * MS - 1, i) for i in range(N)])
-    live.state.extras["test_trades"] = trades
     yield live
     stop()
 
@@ -57,7 +56,7 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
 def library(server: LiveServer, **options: Any) -> pa.Table:
     contract = server.state.streaming.require_contract(AAPL)
     request = BarsRequest(AAPL, START_NS, END_NS, **options)
-    return OrderFlow(server.state.store.engine, contract).bars(request).table
+    return OrderFlow(server.store.engine, contract).bars(request).table
 
 
 def get(http: httpx.Client, path: str = "", contract_id: int = AAPL, **params: Any) -> httpx.Response:
@@ -89,7 +88,7 @@ def test_json_bars_equal_the_library_and_add_up_to_the_trades(server: LiveServer
     for column in expected.columns[1:]:
         assert [r[column] for r in rows] == [plain(v) for v in expected[column]], column
     # Independently of the service: volume and recorded-side volume per minute from the published trades.
-    trades = pd.DataFrame(server.state.extras["test_trades"])
+    trades = pd.DataFrame(TRADES)
     minute = (trades["ts"] - START_NS) // (60 * NS_PER_SECOND)
     volume = trades.groupby(minute)["size"].sum().reindex(range(10), fill_value=0.0)
     assert [r["volume"] for r in rows] == volume.tolist() and [r["empty"] for r in rows] == [False] * 3 + [True] * 7
@@ -119,11 +118,11 @@ def test_summary_equals_the_library(server: LiveServer, http: httpx.Client) -> N
     assert response.status_code == 200, response.text
     body = response.json()
     contract = server.state.streaming.require_contract(AAPL)
-    expected = OrderFlow(server.state.store.engine, contract).summary(
+    expected = OrderFlow(server.store.engine, contract).summary(
         BarsRequest(AAPL, START_NS, END_NS), profile_levels=True
     )
     assert body == expected
-    trades = pd.DataFrame(server.state.extras["test_trades"])
+    trades = pd.DataFrame(TRADES)
     assert body["volume"] == trades["size"].sum() and body["trade_count"] == N
     assert body["vwap"] == pytest.approx((trades["price"] * trades["size"]).sum() / trades["size"].sum())
     assert sum(v for _, v in body["profile"]["levels"]) == trades["size"].sum()

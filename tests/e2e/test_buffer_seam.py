@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ib_stream.api.params import iso
+from ib_stream.times import iso_us, parse_http_time
 from tests.conftest import quote, trade
 from tests.e2e.conftest import AAPL, LiveServer
 from tests.e2e.test_live_sse import is_kind, sse, ticks
@@ -105,7 +105,7 @@ def test_history_window_then_live(live_server: LiveServer, client: httpx.Client)
     assert head[-1].data["data"]["after_seq"] == {"last": 10}
     assert [t["seq"] for t in ticks(tail)] == [11, 12]
     assert tail[-1].kind == "complete" and tail[-1].data["data"]["total_ticks"] == 2  # limit counts live ticks
-    since = iso(now - 3 * HOUR).replace("+00:00", "Z")
+    since = iso_us(now - 3 * HOUR).replace("+00:00", "Z")
     with sse(client, f"/v2/stream/{AAPL}/buffer?tick_types=last&start_time={since}&limit=1") as stream:
         head = stream.until(is_kind("info", "live_start"))
     assert [t["seq"] for t in ticks(head)] == list(range(1, 14))
@@ -141,7 +141,7 @@ def _publish_mixed(live_server: LiveServer, t0: int) -> tuple[list[dict[str, Any
 def test_v3_query_expanded_messages_in_time_order(live_server: LiveServer, client: httpx.Client) -> None:
     t0 = (time.time_ns() // NS - 600) * NS
     quotes, trades = _publish_mixed(live_server, t0)
-    start, end = iso(t0 + NS), iso(t0 + 9 * NS)  # [1 s, 9 s): trades 0..3, quotes 1..4
+    start, end = iso_us(t0 + NS), iso_us(t0 + 9 * NS)  # [1 s, 9 s): trades 0..3, quotes 1..4
     body = client.get(f"/v3/buffer/{AAPL}/query?tick_types=BidAsk,last&start_time={start}&end_time={end}").json()
     assert set(body) == {
         "contract_id",
@@ -163,9 +163,9 @@ def test_v3_query_expanded_messages_in_time_order(live_server: LiveServer, clien
         "contract_id": AAPL,
         "tick_type": "last",
         "ib_timestamp": trades[0]["ts"] // 1000,
-        "ib_timestamp_iso": iso(trades[0]["ts"]),
+        "ib_timestamp_iso": iso_us(trades[0]["ts"]),
         "system_timestamp": first_trade["system_timestamp"],
-        "system_timestamp_iso": iso(first_trade["system_timestamp"] * 1000),
+        "system_timestamp_iso": iso_us(first_trade["system_timestamp"] * 1000),
         "request_id": 1,
         "price": trades[0]["price"],
         "size": trades[0]["size"],
@@ -208,9 +208,7 @@ def test_v3_query_raw_messages_and_buffer_duration(live_server: LiveServer, clie
 
 
 def _ns(text: str) -> int:
-    from ib_stream.api.params import parse_time
-
-    return parse_time(text, "t")
+    return parse_http_time(text, "t")
 
 
 _BAD_V3_QUERIES = [

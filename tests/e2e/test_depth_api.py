@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from ib_stream.api.routes import depth
-from ib_stream.clock import iso_ns
 from ib_stream.store.layout import HOUR_NS
 from ib_stream.store.snapshots import SnapshotWriter
+from ib_stream.times import iso_ns
 from tests.e2e.conftest import AAPL, LiveServer
 
 HOURS = 3
@@ -73,7 +73,7 @@ def recorded(server: LiveServer) -> Iterator[tuple[LiveServer, list[dict[str, An
     ticks = ib_rows(start, 3000)
     for i in range(0, len(ticks), 500):
         server.publish(AAPL, "depth", ticks[i : i + 500])
-    report = SnapshotWriter.for_engine(server.state.store.engine).update()
+    report = SnapshotWriter.for_engine(server.store.engine).update()
     assert report.written == HOURS
     yield server, ticks, start
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from ib_stream.api.params import iso
 from ib_stream.cli import app
+from ib_stream.times import iso_us
 from tests.e2e.conftest import AAPL, REPO, start_server
 from tests.e2e.conftest import test_settings as service_settings
 from tests.support.fake_tws import AAPL as FAKE_AAPL
@@ -44,7 +44,7 @@ def test_source_ib_records_the_ticks_tws_sends(tmp_path: Path) -> None:
             for t, price, size in sent:
                 tws.emit_tick_by_tick(AAPL, "Last", time=t, price=price, size=size, exchange="NASDAQ")
             url = f"{server.url}/v2/historical/{AAPL}"
-            params = {"tick_types": "last", "start_time": iso((second - 60) * 10**9), "format": "json"}
+            params = {"tick_types": "last", "start_time": iso_us((second - 60) * 10**9), "format": "json"}
 
             def stored() -> bool:
                 return httpx.get(url, params=params, timeout=5).json()["count"] == len(sent)
@@ -90,7 +90,11 @@ def test_backfill_through_the_running_service_by_http_and_by_the_cli(tmp_path: P
         try:
             tws.wait_subscribed(AAPL, "reqTickByTickData", "Last", timeout=10)
             url = f"{server.url}/v2/contracts/{AAPL}/backfill"
-            span = {"start_time": iso(second * 10**9), "end_time": iso((second + 3) * 10**9), "tick_types": "last"}
+            span = {
+                "start_time": iso_us(second * 10**9),
+                "end_time": iso_us((second + 3) * 10**9),
+                "tick_types": "last",
+            }
             assert httpx.post(url, params=span, timeout=30).status_code == 401
             auth = {"Authorization": "Bearer tok"}
             bad = httpx.post(url, params={**span, "end_time": span["start_time"]}, headers=auth, timeout=30)
@@ -109,13 +113,13 @@ def test_backfill_through_the_running_service_by_http_and_by_the_cli(tmp_path: P
             cli = CliRunner().invoke(
                 app,
                 ["--config", str(config), "backfill", "--contract", str(AAPL), "--tick-types", "last",
-                 "--start", iso(second * 10**9), "--end", iso((second + 6) * 10**9)],
+                 "--start", iso_us(second * 10**9), "--end", iso_us((second + 6) * 10**9)],
                 env={"IB_STREAM_API__TOKEN": "tok"},
             )  # fmt: skip
             assert cli.exit_code == 0, cli.output
             assert "the service holds the data root" in cli.output
             assert ": 6 received, 3 stored, 3 already held" in cli.output
-            params = {"tick_types": "last", "start_time": iso((second - 60) * 10**9), "format": "json"}
+            params = {"tick_types": "last", "start_time": iso_us((second - 60) * 10**9), "format": "json"}
             rows = httpx.get(f"{server.url}/v2/historical/{AAPL}", params=params, timeout=5).json()["data"]
             assert [(r["ts"] // 10**9 - second, r["price"], r["source"]) for r in rows] == [
                 (s, 230.0 + s, "ib_hist") for s in range(6)

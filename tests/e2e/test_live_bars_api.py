@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from websockets.sync.client import connect
 
-from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, stop_task
+from ib_stream.alerts.engine import AlertEngine, stop_task
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.live_settings import AlertsConfig, ObiImbalanceRule
 from tests.e2e.conftest import AAPL, LiveServer, start_server
@@ -32,7 +32,7 @@ RULES = AlertsConfig(rules=(ObiImbalanceRule(threshold=0.5, bars=1),))
 def server(live_server: LiveServer, tmp_path: Path) -> Iterator[LiveServer]:
     """The live server with an alert engine of known rules (the test service runs none of its own)."""
     state = live_server.state
-    before = state.extras.get(ALERT_ENGINE_KEY)
+    before = state.alerts
     subscribers = state.streaming.subscriber_count
 
     async def start() -> tuple[AlertEngine, asyncio.Task[None]]:
@@ -40,12 +40,12 @@ def server(live_server: LiveServer, tmp_path: Path) -> Iterator[LiveServer]:
         return engine, asyncio.get_running_loop().create_task(engine.run(state.streaming))
 
     engine, task = live_server.run(start())
-    state.extras[ALERT_ENGINE_KEY] = engine
+    state.alerts = engine
     wait_for(lambda: state.streaming.subscriber_count >= subscribers + len(state.contracts))
     yield live_server
     live_server.run(stop_task(task))
     engine.close()
-    state.extras[ALERT_ENGINE_KEY] = before
+    state.alerts = before
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ib_stream.api.params import iso
+from ib_stream.times import iso_us
 from tests.conftest import quote, trade
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import AAPL, LiveServer
@@ -172,7 +172,7 @@ def test_live_ticks_arrive_in_seq_order_with_the_published_values(
     for tick, sent in zip(got, published, strict=True):
         assert tick["contract_id"] == AAPL and tick["tick_type"] == "last" and tick["type"] == "time_sales"
         assert tick["ts"] == sent["ts"] and tick["unix_time"] == sent["ts"] // 1_000_000_000
-        assert tick["timestamp"] == iso(sent["ts"])
+        assert tick["timestamp"] == iso_us(sent["ts"])
         assert {k: tick.get(k) for k in _expected_trade(sent)} == _expected_trade(sent)
         assert ("side" in tick) == (sent.get("side") is not None)
     complete = events[-1].data

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ib_stream.api.params import iso
-from ib_stream.api.routes.buffer import holdings
+from ib_stream.api.reads import holdings
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.storage import TickStore
+from ib_stream.times import iso_us
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 from tests.e2e.conftest import AAPL, ES, LiveServer
 
@@ -58,7 +58,7 @@ def test_v2_info_describes_the_protocol_and_what_is_held(live_server: LiveServer
     assert {c["contract_id"] for c in body["contracts"]} == {AAPL, ES}
     last = _stream(body, AAPL, "last")
     assert last["tick_count"] == 7 and last["last_seq"] == 7 and last["archived_ticks"] == 0
-    assert last["first_time"] == iso(t0) and last["last_time"] == iso(t0 + 6 * NS)
+    assert last["first_time"] == iso_us(t0) and last["last_time"] == iso_us(t0 + 6 * NS)
     assert _stream(body, ES, "bid_ask")["tick_count"] == 3
     assert len(body["streams"]) == 2
 
@@ -74,7 +74,7 @@ def test_v3_info_and_buffer_info(live_server: LiveServer, client: httpx.Client) 
     info = client.get(f"/v3/buffer/{AAPL}/info").json()
     assert info["contract_id"] == AAPL and info["configured"] is True and info["contract_info"]["symbol"] == "AAPL"
     assert [s["tick_type"] for s in info["streams"]] == ["mid_point"]
-    assert info["streams"][0]["first_time"] == iso(t0) and info["streams"][0]["last_time"] == iso(t0 + 3)
+    assert info["streams"][0]["first_time"] == iso_us(t0) and info["streams"][0]["last_time"] == iso_us(t0 + 3)
     assert client.get(f"/v3/buffer/{ES}/info").json()["streams"] == []
     missing = client.get("/v3/buffer/5/info")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "CONTRACT_NOT_FOUND"
@@ -91,7 +91,7 @@ def test_latest_is_the_most_recent_tick_of_each_type(live_server: LiveServer, cl
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("/v2/latest read the store")
 
-    engine = live_server.state.store.engine
+    engine = live_server.store.engine
     original = engine.read_stream
     engine.read_stream = fail  # type: ignore[method-assign]
     try:
@@ -101,7 +101,7 @@ def test_latest_is_the_most_recent_tick_of_each_type(live_server: LiveServer, cl
     assert body["contract_id"] == AAPL and body["tick_types"] == ["last", "bid_ask", "mid_point"]
     last = body["ticks"]["last"]
     assert last["seq"] == 6 and last["price"] == 231.5 and last["side"] == -1 and last["ts"] == now + 9
-    assert last["type"] == "time_sales" and last["timestamp"] == iso(now + 9)
+    assert last["type"] == "time_sales" and last["timestamp"] == iso_us(now + 9)
     assert body["ticks"]["bid_ask"]["bid_price"] == quote(now, 3)["bid_price"]
     assert body["ticks"]["mid_point"] is None
     assert client.get("/v2/latest/77").json()["error"]["code"] == "CONTRACT_NOT_FOUND"
@@ -118,5 +118,5 @@ def test_holdings_count_archived_and_hot_ticks_once(store: TickStore, clock: Man
     assert held["archived_ticks"] == 10 and held["archive_files"] >= 1
     assert held["hot_ticks"] == 15  # the hot tier still holds the archived ticks too
     assert held["tick_count"] == 15 and held["last_seq"] == 15
-    assert held["first_time"] == iso(T0_NS) and held["last_time"] == iso(T0_NS + seconds(1004))
+    assert held["first_time"] == iso_us(T0_NS) and held["last_time"] == iso_us(T0_NS + seconds(1004))
     assert holdings(store, [StreamKey(CONTRACT, TickType.BID_ASK)]) == []

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ib_stream.api.params import iso
+from ib_stream.times import iso_us
 from tests.conftest import quote, trade
 from tests.e2e.conftest import AAPL, LiveServer
 from tests.e2e.test_live_sse import Event, assert_well_framed, sse, ticks
@@ -47,7 +47,7 @@ def _replay(client: httpx.Client, query: str) -> tuple[list[Event], float, bytes
 def test_speed_zero_replays_exactly_the_stored_ticks_in_order(live_server: LiveServer, client: httpx.Client) -> None:
     t0 = (time.time_ns() // NS - 3600) * NS
     quotes, trades = _store(live_server, t0, 10.0, 300)
-    start, end = iso(t0), iso(t0 + 10 * NS)
+    start, end = iso_us(t0), iso_us(t0 + 10 * NS)
     events, elapsed, raw = _replay(client, f"tick_types=bid_ask,Last&start_time={start}&end_time={end}&speed=0")
     assert events[0].kind == "info" and events[0].data["data"]["status"] == "replay_start"
     info = events[0].data["data"]
@@ -64,7 +64,7 @@ def test_speed_zero_replays_exactly_the_stored_ticks_in_order(live_server: LiveS
             ("bid_price", "bid_size", "ask_price", "ask_size") if tick["tick_type"] == "bid_ask" else ("price", "size")
         )
         assert all(tick[f] == sent[f] for f in fields)
-        assert tick["timestamp"] == iso(sent["ts"])  # original event time
+        assert tick["timestamp"] == iso_us(sent["ts"])  # original event time
     assert {e.data["stream_id"] for e in events if e.data} == {events[0].data["stream_id"]}
     complete = events[-1].data["data"]
     assert events[-1].kind == "complete" and complete["reason"] == "replay_complete" and complete["total_ticks"] == 600
@@ -75,13 +75,13 @@ def test_speed_zero_replays_exactly_the_stored_ticks_in_order(live_server: LiveS
 def test_a_sub_range_and_limit(live_server: LiveServer, client: httpx.Client) -> None:
     t0 = (time.time_ns() // NS - 3600) * NS
     _store(live_server, t0, 10.0, 100)  # a quote every 0.1 s
-    start, end = iso(t0 + 2 * NS), iso(t0 + 3 * NS)
+    start, end = iso_us(t0 + 2 * NS), iso_us(t0 + 3 * NS)
     events, _, _ = _replay(client, f"tick_types=bid_ask&start_time={start}&end_time={end}&speed=0")
     assert [t["seq"] for t in ticks(events)] == list(range(21, 31))
-    events, _, _ = _replay(client, f"tick_types=bid_ask&start_time={iso(t0)}&end_time={end}&speed=0&limit=5")
+    events, _, _ = _replay(client, f"tick_types=bid_ask&start_time={iso_us(t0)}&end_time={end}&speed=0&limit=5")
     assert [t["seq"] for t in ticks(events)] == [1, 2, 3, 4, 5]
     assert events[-1].data["data"] == {**events[-1].data["data"], "reason": "limit_reached", "total_ticks": 5}
-    events, _, _ = _replay(client, f"start_time={iso(t0 - 3600 * NS)}&end_time={iso(t0 - 60 * NS)}&speed=0")
+    events, _, _ = _replay(client, f"start_time={iso_us(t0 - 3600 * NS)}&end_time={iso_us(t0 - 60 * NS)}&speed=0")
     assert ticks(events) == [] and events[-1].data["data"]["total_ticks"] == 0
     assert events[0].data["data"]["tick_types"] == ["bid_ask", "last", "mid_point", "depth"]
 
@@ -92,7 +92,7 @@ def test_speed_paces_the_replay(
 ) -> None:
     t0 = (time.time_ns() // NS - 3600) * NS
     _store(live_server, t0, 2.0, 200)  # ticks over [0, 2) s: ~2 s of market time
-    query = f"tick_types=bid_ask,last&start_time={iso(t0)}&end_time={iso(t0 + 3 * NS)}&speed={speed}"
+    query = f"tick_types=bid_ask,last&start_time={iso_us(t0)}&end_time={iso_us(t0 + 3 * NS)}&speed={speed}"
     events, elapsed, _ = _replay(client, query)
     assert len(ticks(events)) == 400
     assert low <= elapsed <= high, f"speed {speed}: {elapsed:.2f} s for ~{2 / speed:.2f} s of paced ticks"

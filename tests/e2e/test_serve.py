@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from ib_stream.api.params import iso
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery
 from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.times import iso_us
 from tests.e2e.conftest import AAPL, REPO, free_port
 
 
@@ -72,7 +72,7 @@ def test_ticks_acknowledged_before_sigterm_are_all_there_after_restart(tmp_path:
         _wait_until_up(url, restarted)
         frame = httpx.get(
             f"{url}/v2/historical/{AAPL}",
-            params={"tick_types": "all_last", "start_time": iso(time.time_ns() - 3600 * 10**9), "format": "json"},
+            params={"tick_types": "all_last", "start_time": iso_us(time.time_ns() - 3600 * 10**9), "format": "json"},
             timeout=30,
         ).json()["data"]
     finally:
@@ -103,7 +103,7 @@ def test_serve_records_the_simulated_market_and_shuts_down_cleanly(tmp_path: Pat
         announced = json.loads((data_root / ".service.json").read_text())
         assert announced == {"url": f"http://127.0.0.1:{port}", "pid": process.pid}
         # A command that finds the data root locked asks the service where it says it listens.
-        span = ["--start", iso(time.time_ns() - 60 * 10**9), "--end", iso(time.time_ns())]
+        span = ["--start", iso_us(time.time_ns() - 60 * 10**9), "--end", iso_us(time.time_ns())]
         backfill = subprocess.run(
             [sys.executable, "-m", "ib_stream.cli", "--data-dir", str(data_root), "backfill", "--contract", str(AAPL),
              *span],

@@ -134,7 +134,7 @@ def test_each_app_has_its_own_registry(live_server: LiveServer, tmp_path: Path) 
 def archive(server: LiveServer, clock: ManualClock) -> None:
     """Seal the open segments (move the clock past them) and archive them."""
     clock.advance(20 * 60)
-    report = server.run(server.state.store.run_in_background("archive"))
+    report = server.run(server.store.run_in_background("archive"))
     assert report.files_written > 0
 
 
@@ -199,7 +199,7 @@ def test_coverage_merges_intervals_and_reports_gaps(clocked: tuple[LiveServer, M
     ]
     assert stream["recorded_gaps"] == []
     # A gap the ledger recorded (here: the service was down) explains the hole.
-    ledger = server.state.store.gaps
+    ledger = server.store.gaps
     gap_id = ledger.add(StreamKey(AAPL, TickType.LAST), T0_NS + seconds(150), T0_NS + seconds(590),
                         GapReason.SERVICE_DOWN, "service was stopped")  # fmt: skip
     explained = httpx.get(url, params={"tick_types": "last"}, timeout=10).json()["streams"][0]

@@ -10,7 +10,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ib_stream.api.app import create_app
-from ib_stream.api.metrics import metrics_of
 from ib_stream.api.state import ServiceState
 from ib_stream.client import error_classes
 from ib_stream.clock import ManualClock
@@ -93,7 +92,7 @@ def test_every_metric_is_documented_and_every_documented_metric_exists(tmp_path:
     try:
         contracts = load_contracts(settings.contracts_file)
         state = ServiceState(settings, clock, store, StreamingApp(store, contracts), contracts, "sim")
-        families = {f.name for f in text_string_to_metric_families(metrics_of(state).render().decode())}
+        families = {f.name for f in text_string_to_metric_families(state.metrics.render().decode())}
     finally:
         store.close()
     table = re.findall(r"^\| `(ib_stream_\w+)` \| (\w+) \|", api_text(), re.M)

@@ -155,6 +155,23 @@ async def test_entries_expire_after_the_ttl(tmp_path: Path, clock: ManualClock) 
     with TickStore(config, clock) as store:
         await seed(store, clock)
         await query(store)
-        time.sleep(0.1)
+        clock.advance(0.1)
         await query(store)
         assert store.cache.hits == 0
+
+
+async def test_the_ttl_follows_the_stores_clock_not_the_wall_clock(tmp_path: Path, clock: ManualClock) -> None:
+    config = StorageConfig(data_root=tmp_path / "root", fsync_interval_ms=1, query_cache_ttl_seconds=300)
+    with TickStore(config, clock) as store:
+        await seed(store, clock)
+        first = await query(store)
+        clock.advance(299)
+        await assert_cached(store, first)  # 299 s of store time: still fresh
+        clock.advance(2)
+        await assert_recomputed(store)  # 301 s of store time: expired, though the wall clock barely moved
+    short = StorageConfig(data_root=tmp_path / "short", fsync_interval_ms=1, query_cache_ttl_seconds=0.05)
+    with TickStore(short, clock) as store:
+        await seed(store, clock)
+        first = await query(store)
+        time.sleep(0.1)  # twice the TTL of wall time, none of store time
+        await assert_cached(store, first)

@@ -14,7 +14,7 @@ from typer.testing import Result
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import ValidationError
 from ib_stream.importers import PRESETS, Output, Recipe, import_file, parse_mapping, preset
-from ib_stream.importers.values import BadValue, auto_ns, epoch_ns, iso_ns, strptime_ns, trade_side
+from ib_stream.importers.values import BadValue, auto_ns, epoch_ns, parse_iso_ns, strptime_ns, trade_side
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
 from ib_stream.store.schema import table_to_records
@@ -52,13 +52,13 @@ def custom(tick_type: TickType, mapping: str, **options: Any) -> Recipe:
 def test_iso_times_are_exact_to_the_nanosecond(text: str) -> None:
     expected = pd.Timestamp(text)
     expected = expected.tz_localize("UTC") if expected.tzinfo is None else expected
-    assert iso_ns(text) == expected.value
+    assert parse_iso_ns(text) == expected.value
 
 
 @pytest.mark.parametrize("text", ["2024-02-30T00:00:00Z", "yesterday", "2024-07-01", "1700000000", ""])
 def test_bad_iso_times_are_refused(text: str) -> None:
     with pytest.raises(BadValue):
-        iso_ns(text)
+        parse_iso_ns(text)
 
 
 def test_epoch_numbers_in_every_unit() -> None:

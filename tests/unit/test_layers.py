@@ -45,6 +45,7 @@ def test_the_layers_contract_holds(project: Path) -> None:
         ("store/layout.py", "from ib_stream.orderflow.service import OrderFlow"),  # storage -> service
         ("client.py", "from ib_stream.store.schema import arrow_schema"),  # client -> storage
         ("settings.py", "from ib_stream.alerts.rules import RuleState"),  # core -> consumer
+        ("api/routes/replay.py", "from ib_stream.api.routes.buffer import router"),  # route -> route
     ],
 )
 def test_an_upward_import_breaks_it(project: Path, module: str, line: str) -> None:

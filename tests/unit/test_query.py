@@ -221,8 +221,9 @@ async def test_order_flow_bars_from_the_public_query_api(store: TickStore, monke
     store.append_batch_sync(CONTRACT, "bid_ask", [quote(T0_NS + seconds(i), i) for i in range(0, 600, 7)])
     store.append_batch_sync(CONTRACT, "last", [trade(T0_NS + seconds(i) + 1, i) for i in range(0, 600, 3)])
     end = T0_NS + seconds(600)
-    got = await StorageQuery(store.engine).bars(CONTRACT, T0_NS, end, "1m")
-    want = OrderFlow(store.engine, Contract(CONTRACT, "AAPL", calendar="XNAS")).bars(BarsRequest(CONTRACT, T0_NS, end))
+    aapl = Contract(CONTRACT, "AAPL", calendar="XNAS")
+    got = await StorageQuery(store.engine, contracts=[aapl]).bars(CONTRACT, T0_NS, end, "1m")
+    want = OrderFlow(store.engine, aapl).bars(BarsRequest(CONTRACT, T0_NS, end))
     pd.testing.assert_frame_equal(got, want.to_pandas())
     assert len(got) == 10 and got["trade_count"].sum() == 200 and {"cvd_close", "obi_close"} <= set(got.columns)
     # Read-only, as another process would: the same bars; an unconfigured id gets XNYS, `calendar` overrides.

@@ -6,10 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine
-from ib_stream.api.params import parse_time
-from ib_stream.api.protocol import iso_us
 from ib_stream.api.state import State
+from ib_stream.times import iso_us, parse_http_time
 
 router = APIRouter(tags=["alerts"])
 MAX_ALERTS = 10_000
@@ -23,8 +21,8 @@ async def alerts(
     limit: int = Query(100, ge=1, le=MAX_ALERTS, description="At most this many alerts (the newest)."),
 ) -> dict[str, Any]:
     """Fired alerts, newest first: rule, contract, bar, direction, value, threshold and message."""
-    since_ns = parse_time(since, "since") if since is not None else None
-    engine: AlertEngine | None = state.extras.get(ALERT_ENGINE_KEY)
+    since_ns = parse_http_time(since, "since") if since is not None else None
+    engine = state.alerts
     found = await engine.query(contract_id, since_ns, limit) if engine is not None else []
     return {
         "enabled": engine is not None,
@@ -46,7 +44,7 @@ async def alerts(
 @router.get("/v2/alerts/rules")
 async def alert_rules(state: State) -> dict[str, Any]:
     """The alert rules in force (empty when the alert engine is not running)."""
-    engine: AlertEngine | None = state.extras.get(ALERT_ENGINE_KEY)
+    engine = state.alerts
     if engine is None:
         return {"enabled": False, "resolution": None, "rules": []}
     config = engine.config

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from ib_stream.api.params import ContractIdPath, parse_tick_types, parse_time
-from ib_stream.api.routes.ingest import require_token
+from ib_stream.api.auth import require_token
+from ib_stream.api.params import ContractIdPath, parse_tick_types
 from ib_stream.api.state import State
 from ib_stream.errors import IbStreamError, ValidationError
-from ib_stream.sources.ib_backfill import Backfiller, backfillable
+from ib_stream.sources.ib_backfill import backfillable
+from ib_stream.times import parse_http_time
 
 router = APIRouter(tags=["recording"])
 
@@ -50,7 +51,7 @@ async def backfill(
 ) -> dict[str, Any]:
     """Request the span from IB and store the ticks the store does not hold; mark covered ledger gaps."""
     contract = state.streaming.require_contract(contract_id)
-    start_ns, end_ns = parse_time(start_time, "start_time"), parse_time(end_time, "end_time")
+    start_ns, end_ns = parse_http_time(start_time, "start_time"), parse_http_time(end_time, "end_time")
     if end_ns <= start_ns:
         raise ValidationError("end_time", end_time, "must be after start_time")
     asked = parse_tick_types(tick_types) if tick_types else contract.tick_types
@@ -65,7 +66,7 @@ async def backfill(
             f"the service records from {state.source_name}, not IB: backfill needs the IB source",
             details={"source": state.source_name},
         )
-    backfiller = Backfiller(state.store, source.fetch_history)
+    backfiller = state.backfiller(source.fetch_history)
     results = []
     for tick_type in wanted:
         result, marked = await backfiller.fill_span(contract, tick_type, start_ns, end_ns)

@@ -2,16 +2,13 @@
 
 The range is [start_time, end_time), or without start_time the session of `date` (default: the
 current one) of type `session`. Bars come back in the formats of /v2/historical (JSON, CSV,
-Arrow IPC, Parquet); the computation runs in the store's executor, off the event loop.
+Arrow IPC, Parquet); the service façade runs the computation off the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any, Final
 
-import pandas as pd
 from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
@@ -29,13 +26,12 @@ from ib_stream.analytics.request import (
     parse_trades,
 )
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, streaming_response
-from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import ContractIdPath, parse_time
+from ib_stream.api.params import ContractIdPath
 from ib_stream.api.state import ServiceState, State
 from ib_stream.calendars import SESSION_TYPES, check_session_type, parse_date
-from ib_stream.clock import iso_ns
 from ib_stream.errors import ValidationError
 from ib_stream.orderflow.service import OrderFlow
+from ib_stream.times import iso_basic, iso_ns, parse_http_time
 
 router = APIRouter(prefix="/v2/bars", tags=["bars"])
 
@@ -110,11 +106,7 @@ async def bars(
     flow, request = await _request(
         state, contract_id, kinds, resolution, start_time, end_time, session, date, levels, trades, anchor, obi_source
     )
-    started = time.perf_counter()
-    try:
-        result = await asyncio.get_running_loop().run_in_executor(state.store.executor, flow.bars, request)
-    finally:
-        observe_query(state, time.perf_counter() - started, "bars")
+    result = await state.bars(flow, request)
     header = {
         **_describe(request),
         "format": "json",
@@ -125,8 +117,9 @@ async def bars(
     headers = {"X-Total-Count": str(result.table.num_rows)}
     if result.obi_source is not None:
         headers["X-OBI-Source"] = result.obi_source
-    start_label = pd.Timestamp(request.start_ns, unit="ns", tz="UTC").strftime("%Y%m%dT%H%M%SZ")
-    filename = f"{request.contract_id}_bars_{'-'.join(request.kinds)}_{request.resolution}_{start_label}"
+    filename = (
+        f"{request.contract_id}_bars_{'-'.join(request.kinds)}_{request.resolution}_{iso_basic(request.start_ns)}"
+    )
     return streaming_response(fmt, result.table, json_header=header, filename=filename, headers=headers)
 
 
@@ -160,13 +153,7 @@ async def summary(
         obi_source,
         check_grid=False,
     )
-    started = time.perf_counter()
-    try:
-        return await asyncio.get_running_loop().run_in_executor(
-            state.store.executor, lambda: flow.summary(request, profile_levels=profile)
-        )
-    finally:
-        observe_query(state, time.perf_counter() - started, "bars_summary")
+    return await state.bars_summary(flow, request, profile_levels=profile)
 
 
 async def _request(
@@ -191,16 +178,15 @@ async def _request(
     check_session_type(session, "session")
     parsed_levels = parse_levels(levels)
     trade_type = parse_trades(trades)
-    start = None if start_time is None else parse_time(start_time, "start_time")
-    end = None if end_time is None else parse_time(end_time, "end_time")
+    start = None if start_time is None else parse_http_time(start_time, "start_time")
+    end = None if end_time is None else parse_http_time(end_time, "end_time")
     if start is not None and date is not None:
         raise ValidationError("date", date, "cannot be combined with start_time (give one or the other)")
     day = None if date is None else parse_date(date, "date")
     now = state.clock.now_ns()
-    # Building a calendar (first use) takes ~0.2 s: off the event loop.
-    flow = await asyncio.to_thread(OrderFlow, state.store.engine, contract)
+    flow = await state.order_flow(contract)
     if start is None:
-        window_start, window_end = await asyncio.to_thread(flow.session_window, session, now, day)
+        window_start, window_end = await state.run(flow.session_window, session, now, day)
         start, end = window_start, window_end if end is None else end
     elif end is None:
         end = now

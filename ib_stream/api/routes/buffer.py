@@ -5,22 +5,19 @@ and holdings descriptions (`/v2/info`, `/v3/info`, `/v3/buffer/{id}/info`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import heapq
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
-from ib_stream.api.params import parse_duration, parse_time
+from ib_stream.api.params import check_range, parse_duration
 from ib_stream.api.protocol import (
     PROTOCOL_VERSION,
     V3_FIELD_MAPPING,
     contract_info,
     info_message,
-    iso_us,
     new_stream_id,
     parse_stream_tick_types,
     protocol_description,
@@ -40,78 +37,14 @@ from ib_stream.api.sse import (
     pump_live,
 )
 from ib_stream.api.state import ServiceState, State
-from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
-from ib_stream.errors import ContractNotFoundError, QueryError, ValidationError
-from ib_stream.store.query import QueryEngine
-from ib_stream.store.schema import table_to_records
-from ib_stream.store.tickstore import TickStore
+from ib_stream.domain import StreamKey
+from ib_stream.errors import QueryError, ValidationError
+from ib_stream.streaming import LiveItem
+from ib_stream.times import iso_us, parse_http_time
 
 router = APIRouter(tags=["buffer"])
 _HISTORY_CHUNK = 1000  # historical events per write
 _HISTORY_QUEUE_FACTOR = 10  # the live queue may grow this much larger while the history is being sent
-T = TypeVar("T")
-LiveItem = tuple[StreamKey, dict[str, Any]]
-
-
-async def off_loop(state: ServiceState, fn: Callable[[], T]) -> T:
-    """Run blocking store work (files, SQLite) on the store's executor."""
-    return await asyncio.get_running_loop().run_in_executor(state.store.executor, fn)
-
-
-async def history_contract(state: ServiceState, contract_id: int) -> tuple[Contract | None, tuple[TickType, ...]]:
-    """The configured contract and its tick types, or for a contract that is only stored (imported,
-    no longer recorded) None and the stored types; CONTRACT_NOT_FOUND when neither."""
-    contract = state.streaming.contracts.get(contract_id)
-    if contract is not None:
-        return contract, contract.tick_types
-    stored = {s for s in state.store.buffer.streams() if s.contract_id == contract_id}
-    stored |= {s for s in await off_loop(state, state.store.index.streams) if s.contract_id == contract_id}
-    if not stored:
-        known = ", ".join(str(c) for c in sorted(state.streaming.contracts))
-        raise ContractNotFoundError(
-            f"contract_id {contract_id} is neither configured nor stored (configured: {known})",
-            details={"field": "contract_id", "value": contract_id},
-        )
-    return None, tuple(sorted({s.tick_type for s in stored}, key=list(TickType).index))
-
-
-def check_range(state: ServiceState, start_ns: int, end_ns: int, field: str = "start_time") -> None:
-    """Refuse ranges longer than api.max_range_days (naming the field)."""
-    days = (end_ns - start_ns) / NS_PER_SECOND / 86400
-    if days > state.settings.api.max_range_days:
-        raise QueryError(
-            f"{field} {iso_us(start_ns)} asks for {days:.1f} days; at most {state.settings.api.max_range_days:g} "
-            "days per request (api.max_range_days)",
-            details={"field": field, "value": iso_us(start_ns), "max_range_days": state.settings.api.max_range_days},
-        )
-
-
-# ---- history then live ------------------------------------------------------------------------------
-def read_merged(engine: QueryEngine, streams: Sequence[StreamKey], start_ns: int, end_ns: int) -> list[LiveItem]:
-    """Every stored tick of the streams with start_ns <= ts < end_ns, merged by time (ties: stream
-    order, then seq); each stream's own order is (ts, seq)."""
-    per_stream = [
-        [(stream, r) for r in table_to_records(engine.read_stream(stream, start_ns, end_ns))] for stream in streams
-    ]
-    if len(per_stream) == 1:
-        return per_stream[0]
-    return list(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
-
-
-def read_history(store: TickStore, streams: Sequence[StreamKey], start_ns: int) -> tuple[list[LiveItem], dict]:
-    """Every stored tick of the streams with ts >= start_ns, merged in (ts, seq) order, and per
-    stream the seq through which the live stream must skip (everything visible when read)."""
-    through: dict[StreamKey, int] = {}
-    for stream in streams:  # visible before the read: every such tick in range is in the history
-        hot = store.buffer.hot(stream)
-        chunks = hot.snapshot().chunks if hot is not None else ()
-        through[stream] = chunks[-1].last_seq if chunks else 0
-    items = read_merged(store.engine, streams, start_ns, MAX_TS_NS)
-    for stream, record in items:
-        if record["seq"] > through[stream]:
-            through[stream] = record["seq"]
-    return items, through
 
 
 @router.get("/v2/stream/{contract_id}/buffer", response_class=EventSourceResponse, responses=SSE_RESPONSES)
@@ -131,10 +64,10 @@ async def buffer_stream(
     types = parse_stream_tick_types(tick_types) if tick_types is not None else contract.tick_types
     now = state.clock.now_ns()
     if start_time is not None:
-        start_ns = parse_time(start_time, "start_time")
+        start_ns = parse_http_time(start_time, "start_time")
     else:
         start_ns = now - parse_duration(buffer_duration, "buffer_duration")
-    check_range(state, start_ns, now)
+    check_range(state.settings.api, start_ns, now)
     limit = check_limit(limit, state.settings)
     streams = [StreamKey(contract_id, t) for t in types]
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
@@ -146,7 +79,7 @@ async def buffer_stream(
         # Subscribe first, so every tick made durable during the history read reaches the queue.
         sub = state.streaming.subscribe(contract_id, types, max_queue=queue_size * _HISTORY_QUEUE_FACTOR)
         try:
-            items, through = await off_loop(state, lambda: read_history(state.store, streams, start_ns))
+            items, through = await state.read_history(streams, start_ns)
             yield frame(
                 info_message(
                     stream_id,
@@ -196,14 +129,9 @@ async def buffer_stream(
 
 
 # ---- /v3 buffer query ------------------------------------------------------------------------------------
-def query_messages(
-    store: TickStore, streams: Sequence[StreamKey], start_ns: int, end_ns: int, limit: int, raw: bool
-) -> list[dict[str, Any]]:
-    """Ticks of [start, end) of the streams, merged in time order, as /v3 messages (at most `limit`)."""
-    return [
-        v3_message(stream, record, raw)
-        for stream, record in read_merged(store.engine, streams, start_ns, end_ns)[:limit]
-    ]
+def query_messages(items: Sequence[LiveItem], limit: int, raw: bool) -> list[dict[str, Any]]:
+    """The first `limit` merged ticks as /v3 messages."""
+    return [v3_message(stream, record, raw) for stream, record in items[:limit]]
 
 
 @router.get("/v3/buffer/{contract_id}/query")
@@ -221,11 +149,11 @@ async def v3_buffer_query(
     """History of a contract merged in time order, in the /v3 message format IB-Studies reads."""
     if format != "json":
         raise ValidationError("format", format, "is not supported (use json)")
-    _, default_types = await history_contract(state, contract_id)
+    _, default_types = await state.history_contract(contract_id)
     types = parse_stream_tick_types(tick_types) if tick_types is not None else default_types
     now = state.clock.now_ns()
-    end_ns = parse_time(end_time, "end_time") if end_time is not None else None
-    start_ns = parse_time(start_time, "start_time") if start_time is not None else None
+    end_ns = parse_http_time(end_time, "end_time") if end_time is not None else None
+    start_ns = parse_http_time(start_time, "start_time") if start_time is not None else None
     if start_ns is None or end_ns is None:
         duration = parse_duration(buffer_duration, "buffer_duration")
         if start_ns is not None:
@@ -238,11 +166,10 @@ async def v3_buffer_query(
             f"end_time {iso_us(end_ns)} is not after start_time {iso_us(start_ns)}",
             details={"field": "end_time", "value": iso_us(end_ns), "start_time": iso_us(start_ns)},
         )
-    check_range(state, start_ns, end_ns)
+    check_range(state.settings.api, start_ns, end_ns)
     limit = check_limit(limit, state.settings) or state.settings.api.max_limit
-    streams = [StreamKey(contract_id, t) for t in types]
-    s, e, n = start_ns, end_ns, limit
-    messages = await off_loop(state, lambda: query_messages(state.store, streams, s, e, n, raw))
+    items = await state.read_merged([StreamKey(contract_id, t) for t in types], start_ns, end_ns)
+    messages = await state.run(query_messages, items, limit, raw)
     return {
         "contract_id": contract_id,
         "tick_types": [t.value for t in types],
@@ -255,60 +182,17 @@ async def v3_buffer_query(
 
 
 # ---- what is held ----------------------------------------------------------------------------------------
-def holdings(store: TickStore, streams: Sequence[StreamKey]) -> list[dict[str, Any]]:
-    """Per stream: ticks held (catalog + hot tier, each tick once), first/last event time, last seq."""
-    archived_seqs = store.index.archived_seqs()
-    out = []
-    for stream in streams:
-        files = store.index.files(stream)
-        hot = store.buffer.hot(stream)
-        chunks = hot.snapshot().chunks if hot is not None else ()
-        archived = sum(f.tick_count for f in files)
-        # The catalog holds every seq <= archived_seq; the hot tier is a contiguous seq suffix.
-        hot_only = 0
-        if chunks:
-            below = max(chunks[0].first_seq - 1, archived_seqs.get(stream, 0))
-            hot_only = max(0, chunks[-1].last_seq - below)
-        firsts = [f.start_time for f in files] + [c.min_ts for c in chunks]
-        lasts = [f.end_time for f in files] + [c.max_ts for c in chunks]
-        if not firsts:
-            continue
-        out.append(
-            {
-                "contract_id": stream.contract_id,
-                "tick_type": stream.tick_type.value,
-                "tick_count": archived + hot_only,
-                "archived_ticks": archived,
-                "archive_files": len(files),
-                "hot_ticks": sum(c.table.num_rows for c in chunks),
-                "first_time": iso_us(min(firsts)),
-                "last_time": iso_us(max(lasts)),
-                "last_seq": max([f.last_seq for f in files] + [c.last_seq for c in chunks]),
-            }
-        )
-    return out
-
-
-async def held_streams(state: ServiceState, contract_id: int | None = None) -> list[dict[str, Any]]:
-    def work() -> list[dict[str, Any]]:
-        streams = set(state.store.index.streams()) | set(state.store.buffer.streams())
-        chosen = sorted(s for s in streams if contract_id is None or s.contract_id == contract_id)
-        return holdings(state.store, chosen)
-
-    return await off_loop(state, work)
-
-
 @router.get("/v3/buffer/{contract_id}/info")
 async def v3_buffer_info(state: State, contract_id: int) -> dict[str, Any]:
     """What is held for a contract, per tick type (catalog + hot tier)."""
-    contract, types = await history_contract(state, contract_id)
+    contract, types = await state.history_contract(contract_id)
     return {
         "contract_id": contract_id,
         "contract_info": contract_info(contract) if contract is not None else None,
         "configured": contract is not None,
         "tick_types": [t.value for t in types],
         "timestamp": iso_us(state.clock.now_ns()),
-        "streams": await held_streams(state, contract_id),
+        "streams": await state.holdings(contract_id),
     }
 
 
@@ -333,7 +217,7 @@ async def v2_info(state: State) -> dict[str, Any]:
             "subscriber_queue_size": api.subscriber_queue_size,
         },
         "contracts": _contracts(state),
-        "streams": await held_streams(state),
+        "streams": await state.holdings(),
     }
 
 
@@ -367,5 +251,5 @@ async def v3_info(state: State) -> dict[str, Any]:
         },
         "server_time": iso_us(state.clock.now_ns()),
         "contracts": _contracts(state),
-        "streams": await held_streams(state),
+        "streams": await state.holdings(),
     }

@@ -7,27 +7,17 @@ Coverage (intervals, holes, the gap ledger) is computed by `ib_stream.store.cove
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from ib_stream.api.params import ContractIdPath, parse_duration, parse_tick_types
-from ib_stream.api.state import ServiceState, State
+from ib_stream.api.state import State
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import Contract, StreamKey
-from ib_stream.store.coverage import GAP_REASONS_NOTE, stream_coverage, stream_holding
+from ib_stream.domain import Contract
+from ib_stream.store.coverage import GAP_REASONS_NOTE
 
 router = APIRouter(tags=["contracts"])
-
-
-def contract_streams(state: ServiceState, contract: Contract) -> list[StreamKey]:
-    """The configured streams of a contract plus any other stream of it the store holds."""
-    held = {
-        s for s in [*state.store.index.streams(), *state.store.buffer.streams()] if s.contract_id == contract.con_id
-    }
-    configured = [StreamKey(contract.con_id, t) for t in contract.tick_types]
-    return configured + sorted(held - set(configured))
 
 
 def describe_contract(contract: Contract) -> dict[str, Any]:
@@ -49,15 +39,11 @@ def describe_contract(contract: Contract) -> dict[str, Any]:
 @router.get("/v2/contracts", summary="Configured contracts and what is held of each stream")
 async def list_contracts(state: State) -> dict[str, Any]:
     """Return every configured contract with, per stream, the first/last tick time and the tick count."""
-
-    def gather() -> list[dict[str, Any]]:
-        out = []
-        for contract in state.contracts:
-            streams = [stream_holding(state.store.engine, s).summary() for s in contract_streams(state, contract)]
-            out.append({**describe_contract(contract), "streams": streams})
-        return out
-
-    contracts = await asyncio.get_running_loop().run_in_executor(state.store.executor, gather)
+    held = await state.contract_holdings(state.contracts)
+    contracts = [
+        {**describe_contract(contract), "streams": streams}
+        for contract, streams in zip(state.contracts, held, strict=True)
+    ]
     return {"count": len(contracts), "contracts": contracts}
 
 
@@ -80,12 +66,7 @@ async def coverage(
     contract = state.streaming.require_contract(contract_id)
     gap_ns = parse_duration(min_gap, "min_gap")
     asked = parse_tick_types(tick_types) if tick_types is not None and tick_types.strip() else None
-
-    def gather() -> list[dict[str, Any]]:
-        streams = contract_streams(state, contract) if asked is None else [StreamKey(contract_id, t) for t in asked]
-        return [stream_coverage(state.store.engine, state.store.gaps, s, gap_ns) for s in streams]
-
-    report = await asyncio.get_running_loop().run_in_executor(state.store.executor, gather)
+    report = await state.coverage(contract, asked, gap_ns)
     return {
         "contract_id": contract_id,
         "symbol": contract.symbol,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query
 
 from ib_stream.analytics.book import Level
 from ib_stream.analytics.request import DEFAULT_LEVELS, MAX_LEVELS, parse_levels
-from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import ContractIdPath, parse_time
+from ib_stream.api.params import ContractIdPath
 from ib_stream.api.state import State
-from ib_stream.clock import iso_ns
-from ib_stream.store.snapshots import BookAt, book_at
+from ib_stream.store.snapshots import BookAt
+from ib_stream.times import iso_ns, parse_http_time
 
 router = APIRouter(tags=["depth"])
 
@@ -43,16 +40,8 @@ async def depth(
 ) -> dict[str, Any]:
     """Return the book of a contract at `at`: the latest valid snapshot before it plus the depth updates since."""
     state.streaming.require_contract(contract_id)
-    at_ns = state.clock.now_ns() if at is None else parse_time(at, "at")
-    count = parse_levels(levels)
-    started = time.perf_counter()
-    try:
-        result = await asyncio.get_running_loop().run_in_executor(
-            state.store.executor, lambda: book_at(state.store.engine, contract_id, at_ns, count)
-        )
-    finally:
-        observe_query(state, time.perf_counter() - started, "depth")
-    return depth_document(result)
+    at_ns = state.clock.now_ns() if at is None else parse_http_time(at, "at")
+    return depth_document(await state.book_at(contract_id, at_ns, parse_levels(levels)))
 
 
 def depth_document(result: BookAt) -> dict[str, Any]:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.grid import BAR_SIZES, RESOLUTIONS, bar_count, check_bar_count, parse_resolution
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, streaming_response
-from ib_stream.api.metrics import observe_query
-from ib_stream.api.params import ContractIdPath, iso, parse_tick_types, parse_time
+from ib_stream.api.params import ContractIdPath, parse_tick_types
 from ib_stream.api.state import ServiceState, State
-from ib_stream.clock import NS_PER_SECOND, iso_ns
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
 from ib_stream.orderflow.historical import check_bars_of
+from ib_stream.times import iso_basic, iso_ns, iso_us, parse_http_time
 
 router = APIRouter(tags=["historical"])
 DAY_NS = 86_400 * NS_PER_SECOND
@@ -76,8 +73,10 @@ async def historical(
 ) -> StreamingResponse:
     """Return the ticks (or bars) of a contract in [start_time, end_time), streamed in the asked format."""
     request = parse_range_request(state, contract_id, tick_types, start_time, end_time, resolution, limit)
-    frame = await run_query(state, request, endpoint="historical")
-    table = await asyncio.get_running_loop().run_in_executor(state.store.executor, frame_to_table, frame, request.limit)
+    frame = await state.query_range(
+        request.contract_id, request.tick_types, request.start_ns, request.end_ns, request.resolution
+    )
+    table = await state.run(frame_to_table, frame, request.limit)
     total, returned = len(frame), table.num_rows
     truncated = total > returned
     header = {
@@ -93,9 +92,9 @@ async def historical(
         "limit": request.limit,
     }
     headers = {"X-Total-Count": str(total), "X-Result-Count": str(returned), "X-Truncated": str(truncated).lower()}
-    start_label = pd.Timestamp(request.start_ns, unit="ns", tz="UTC").strftime("%Y%m%dT%H%M%SZ")
     filename = (
-        f"{request.contract_id}_{'-'.join(t.value for t in request.tick_types)}_{request.resolution}_{start_label}"
+        f"{request.contract_id}_{'-'.join(t.value for t in request.tick_types)}_{request.resolution}_"
+        f"{iso_basic(request.start_ns)}"
     )
     return streaming_response(fmt, table, json_header=header, filename=filename, headers=headers)
 
@@ -114,12 +113,12 @@ def parse_range_request(
     types = parse_tick_types(tick_types)
     if start_time is None:
         raise ValidationError("start_time", "", "is required (ISO-8601 with Z or an offset)")
-    start = parse_time(start_time, "start_time")
-    end = state.clock.now_ns() if end_time is None else parse_time(end_time, "end_time")
+    start = parse_http_time(start_time, "start_time")
+    end = state.clock.now_ns() if end_time is None else parse_http_time(end_time, "end_time")
     if end <= start:
         raise QueryError(
-            f"end_time {iso(end)} is not after start_time {iso(start)}",
-            details={"field": "end_time", "value": iso(end), "start_time": iso(start)},
+            f"end_time {iso_us(end)} is not after start_time {iso_us(start)}",
+            details={"field": "end_time", "value": iso_us(end), "start_time": iso_us(start)},
         )
     resolved = parse_resolution(resolution or "tick")
     max_limit = state.settings.api.max_limit
@@ -129,13 +128,13 @@ def parse_range_request(
     if resolved == "tick" and end - start > max_days * DAY_NS:
         days = (end - start) / DAY_NS
         raise QueryError(
-            f"range start_time {iso(start)} .. end_time {iso(end)} spans {days:.1f} days; tick-level queries "
+            f"range start_time {iso_us(start)} .. end_time {iso_us(end)} spans {days:.1f} days; tick-level queries "
             f"may span at most {max_days:g} days (api.max_range_days): narrow the range or ask for bars "
             "(resolution=1m, ...)",
             details={
                 "field": "end_time",
-                "value": iso(end),
-                "start_time": iso(start),
+                "value": iso_us(end),
+                "start_time": iso_us(start),
                 "range_days": round(days, 3),
                 "max_range_days": max_days,
             },
@@ -151,14 +150,3 @@ def _check_bars(types: tuple[TickType, ...], start: int, end: int, resolution: s
         check_bars_of(tick_type, resolution)
     if resolution in BAR_SIZES:
         check_bar_count(bar_count(start, end, resolution), resolution)
-
-
-async def run_query(state: ServiceState, request: RangeRequest, endpoint: str) -> pd.DataFrame:
-    """Run the range query off the event loop and record its latency."""
-    started = time.perf_counter()
-    try:
-        return await state.query.query_range(
-            request.contract_id, request.tick_types, request.start_ns, request.end_ns, request.resolution
-        )
-    finally:
-        observe_query(state, time.perf_counter() - started, endpoint)

@@ -21,7 +21,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Query, WebSocket
 from sse_starlette import EventSourceResponse
 
-from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine, AlertListener
+from ib_stream.alerts.engine import AlertEngine, AlertListener
 from ib_stream.analytics.request import DEFAULT_LEVELS, OBI_SOURCES, parse_kinds, parse_levels, parse_trades
 from ib_stream.api.protocol import (
     complete_message,
@@ -145,7 +145,7 @@ async def bar_messages(
     state: ServiceState, request: BarStreamRequest, feed: LiveBarFeed, stream_id: str, shutdown: Shutdown | None
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
     """The messages of one live bar stream, in batches; the last is always `complete` or `error`."""
-    engine: AlertEngine | None = state.extras.get(ALERT_ENGINE_KEY)
+    engine: AlertEngine | None = state.alerts
     listener: AlertListener | None = engine.listen(request.contract_id) if engine and request.alerts else None
     started = time.monotonic()
     total = 0

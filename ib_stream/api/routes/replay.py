@@ -6,24 +6,21 @@ as possible), between an `info` replay_start and a `complete` (replay_complete).
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 
 from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
-from ib_stream.api.params import parse_time
+from ib_stream.api.params import check_range
 from ib_stream.api.protocol import (
     complete_message,
     info_message,
-    iso_us,
     new_stream_id,
     now_iso,
     parse_stream_tick_types,
     tick_message,
 )
-from ib_stream.api.routes.buffer import check_range, history_contract, off_loop, read_merged
 from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
@@ -38,6 +35,7 @@ from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey
 from ib_stream.errors import QueryError
+from ib_stream.times import iso_us, parse_http_time
 
 router = APIRouter(tags=["replay"])
 MAX_SPEED = 1_000_000.0
@@ -58,7 +56,7 @@ async def windows(
     at = start_ns
     while at < end_ns:
         until = min(end_ns, at + size)
-        items = await off_loop(state, functools.partial(read_merged, state.store.engine, streams, at, until))
+        items = await state.read_merged(streams, at, until)
         if items:
             yield items
         if len(items) < _SPARSE_TICKS:
@@ -124,16 +122,16 @@ async def replay(
     heartbeat: float | None = HeartbeatQuery,
 ) -> EventSourceResponse:
     """Re-play a stored range over SSE in the live envelope, at `speed`× the original pace."""
-    _, default_types = await history_contract(state, contract_id)
+    _, default_types = await state.history_contract(contract_id)
     types = parse_stream_tick_types(tick_types) if tick_types is not None else default_types
-    start_ns = parse_time(start_time, "start_time")
-    end_ns = parse_time(end_time, "end_time")
+    start_ns = parse_http_time(start_time, "start_time")
+    end_ns = parse_http_time(end_time, "end_time")
     if end_ns <= start_ns:
         raise QueryError(
             f"end_time {end_time} is not after start_time {start_time}",
             details={"field": "end_time", "value": end_time, "start_time": start_time},
         )
-    check_range(state, start_ns, end_ns)
+    check_range(state.settings.api, start_ns, end_ns)
     limit = check_limit(limit, state.settings)
     streams = [StreamKey(contract_id, t) for t in types]
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")

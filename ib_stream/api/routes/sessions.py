@@ -8,41 +8,26 @@ session's order-flow bars; `format=csv|arrow|parquet` returns those bars as the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.responses import StreamingResponse
 
 from ib_stream.analytics.request import KINDS, BarsRequest, BarsResult, parse_bar_resolution, parse_kinds
 from ib_stream.api.formats import ResultFormat, json_rows, streaming_response
-from ib_stream.api.params import ContractIdPath, iso, parse_tick_types
+from ib_stream.api.params import ContractIdPath, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.calendars import SESSION_TYPES, MarketSessions, Session, check_session_type, parse_date
-from ib_stream.domain import Contract, StreamKey, TickType
+from ib_stream.domain import Contract, TickType
 from ib_stream.errors import ValidationError
 from ib_stream.orderflow.service import OrderFlow
-from ib_stream.store.query import QueryEngine
-from ib_stream.store.schema import table_to_records
+from ib_stream.times import iso_us
 
 router = APIRouter(prefix="/v2/sessions", tags=["sessions"])
 
 DEFAULT_LIMIT: Final = 10_000
-# Where the session summary comes from, in order of preference, and the columns each needs.
-SUMMARY_SOURCES: Final = (TickType.LAST, TickType.ALL_LAST, TickType.MID_POINT, TickType.BID_ASK)
-_COLUMNS: Final[dict[TickType, list[str]]] = {
-    TickType.LAST: ["ts", "price", "size"],
-    TickType.ALL_LAST: ["ts", "price", "size"],
-    TickType.MID_POINT: ["ts", "mid_point"],
-    TickType.BID_ASK: ["ts", "bid_price", "ask_price"],
-    TickType.DEPTH: ["ts"],
-}
-_TYPE_ORDER: Final = {t: i for i, t in enumerate(TickType)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,42 +132,35 @@ async def _answer(
         return pick(sessions)
 
     # The first use of a calendar builds it (~0.2 s): keep that off the event loop.
-    session = await asyncio.to_thread(find)
+    session = await state.run(find)
     data_end = max(session.start_ns, min(session.end_ns, now))  # a session in progress ends now
-    engine = state.store.engine
-    loop = asyncio.get_running_loop()
     if options.fmt != "json":
-        result = await loop.run_in_executor(
-            state.store.executor, lambda: _bars_result(engine, contract, session, data_end, options)
-        )
+        flow = await state.order_flow(contract)
+        result = await state.run(_bars_result, flow, session, data_end, options)
         return _bars_table(contract, session, data_end, options, result)
-    read = await loop.run_in_executor(
-        state.store.executor,
-        lambda: _read(engine, contract.con_id, tick_types, session.start_ns, data_end, options),
+    read = await state.session_reads(
+        contract.con_id, tick_types, session.start_ns, data_end, options.include_ticks, options.limit
     )
     answer = {**_describe(contract, session, now, data_end, tick_types), **read}
     if options.bars:
-        answer["bars"] = await loop.run_in_executor(
-            state.store.executor, lambda: _bars(engine, contract, session, data_end, options)
-        )
+        flow = await state.order_flow(contract)
+        answer["bars"] = await state.run(_bars, flow, session, data_end, options)
     return answer
 
 
-def _bars_result(
-    engine: QueryEngine, contract: Contract, session: Session, end: int, options: SessionOptions
-) -> BarsResult:
+def _bars_result(flow: OrderFlow, session: Session, end: int, options: SessionOptions) -> BarsResult:
     """The session's order-flow bars (ib_stream.analytics), up to `end` for a session in progress; a session
     that has not started has none (the columns of a one-nanosecond request, no rows)."""
     started = end > session.start_ns
     request = BarsRequest(
-        contract.con_id,
+        flow.contract.con_id,
         session.start_ns,
         end if started else session.start_ns + 1,
         options.resolution,
         options.bars,
         session=options.session,
     )
-    result = OrderFlow(engine, contract).bars(request)
+    result = flow.bars(request)
     return result if started else BarsResult(result.table.slice(0, 0), None, {})
 
 
@@ -191,9 +169,9 @@ def _bars_table(
 ) -> StreamingResponse:
     headers = {
         "X-Session-Date": session.date.isoformat(),
-        "X-Session-Start": iso(session.start_ns),
-        "X-Session-End": iso(session.end_ns),
-        "X-Data-End": iso(data_end),
+        "X-Session-Start": iso_us(session.start_ns),
+        "X-Session-End": iso_us(session.end_ns),
+        "X-Data-End": iso_us(data_end),
         "X-Total-Count": str(result.table.num_rows),
     }
     if result.obi_source is not None:
@@ -205,12 +183,10 @@ def _bars_table(
     return streaming_response(options.fmt, result.table, json_header={}, filename=filename, headers=headers)
 
 
-def _bars(
-    engine: QueryEngine, contract: Contract, session: Session, end: int, options: SessionOptions
-) -> dict[str, Any]:
+def _bars(flow: OrderFlow, session: Session, end: int, options: SessionOptions) -> dict[str, Any]:
     """The session's order-flow bars as the `bars` member of the JSON answer."""
     header: dict[str, Any] = {"kinds": list(options.bars), "resolution": options.resolution}
-    result = _bars_result(engine, contract, session, end, options)
+    result = _bars_result(flow, session, end, options)
     rows = [row for batch in result.table.to_batches() for row in json_rows(batch)]
     return {
         **header,
@@ -232,117 +208,13 @@ def _describe(
         "session_type": session.session_type,
         "date": session.date.isoformat(),
         "timezone": session.timezone,
-        "start": iso(session.start_ns),
-        "end": iso(session.end_ns),
+        "start": iso_us(session.start_ns),
+        "end": iso_us(session.end_ns),
         "start_exchange": start_local.isoformat(),
         "end_exchange": end_local.isoformat(),
-        "breaks": [{"start": iso(a), "end": iso(b)} for a, b in session.breaks],
+        "breaks": [{"start": iso_us(a), "end": iso_us(b)} for a, b in session.breaks],
         "is_open": session.is_open(now),
         "in_progress": session.in_progress(now),
-        "data_end": iso(data_end),
+        "data_end": iso_us(data_end),
         "tick_types": [t.value for t in tick_types],
     }
-
-
-def _read(
-    engine: QueryEngine,
-    contract_id: int,
-    tick_types: tuple[TickType, ...],
-    start: int,
-    end: int,
-    options: SessionOptions,
-) -> dict[str, Any]:
-    """Counts, summary and (optionally) ticks of [start, end), reading only the columns each needs."""
-    tables: dict[TickType, pa.Table] = {}
-    if end > start:
-        for tick_type in tick_types:
-            tables[tick_type] = engine.read_stream(StreamKey(contract_id, tick_type), start, end, _COLUMNS[tick_type])
-    counts = {t.value: (tables[t].num_rows if t in tables else 0) for t in tick_types}
-    source, summary = _summary(tables)
-    out: dict[str, Any] = {
-        "tick_counts": counts,
-        "total_ticks": sum(counts.values()),
-        "summary_source": source,
-        "summary": summary,
-    }
-    if options.include_ticks:
-        ticks, truncated = _ticks(engine, contract_id, tables, start, options.limit)
-        out.update(limit=options.limit, truncated=truncated, ticks=ticks)
-    return out
-
-
-def _summary(tables: dict[TickType, pa.Table]) -> tuple[str | None, dict[str, Any] | None]:
-    """OHLC of the session from trades, else from mid-points, else from the bid/ask mid."""
-    for tick_type in SUMMARY_SOURCES:
-        table = tables.get(tick_type)
-        if table is None or table.num_rows == 0:
-            continue
-        ts = table.column("ts").cast(pa.int64()).to_numpy()
-        if tick_type in (TickType.LAST, TickType.ALL_LAST):
-            prices = table.column("price").to_numpy()
-            sizes = table.column("size").to_numpy()
-            volume = float(sizes.sum())
-            return tick_type.value, _ohlc(
-                prices,
-                ts,
-                volume=volume,
-                vwap=float((prices * sizes).sum() / volume) if volume > 0 else None,
-                trade_count=len(prices),
-            )
-        if tick_type == TickType.MID_POINT:
-            return tick_type.value, _ohlc(table.column("mid_point").to_numpy(), ts)
-        bid = table.column("bid_price").to_numpy()
-        ask = table.column("ask_price").to_numpy()
-        two_sided = (bid > 0) & (ask > 0)  # a missing side is quoted as 0: its "mid" means nothing
-        if two_sided.any():
-            return tick_type.value, _ohlc((bid[two_sided] + ask[two_sided]) / 2, ts[two_sided])
-    return None, None
-
-
-def _ohlc(
-    values: np.ndarray,
-    ts: np.ndarray,
-    volume: float | None = None,
-    vwap: float | None = None,
-    trade_count: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "open": float(values[0]),
-        "high": float(values.max()),
-        "low": float(values.min()),
-        "close": float(values[-1]),
-        "volume": volume,
-        "vwap": vwap,
-        "trade_count": trade_count,
-        "tick_count": len(values),
-        "first_time": iso(int(ts[0])),
-        "last_time": iso(int(ts[-1])),
-    }
-
-
-def _ticks(
-    engine: QueryEngine, contract_id: int, tables: dict[TickType, pa.Table], start: int, limit: int
-) -> tuple[list[dict[str, Any]], bool]:
-    """The first `limit` ticks of the session in (ts, tick type, seq) order, and whether more exist."""
-    stamps = [t.column("ts").cast(pa.int64()).to_numpy() for t in tables.values() if t.num_rows]
-    if not stamps:
-        return [], False
-    every = np.concatenate(stamps)
-    truncated = len(every) > limit
-    # Read full rows only up to the limit-th tick's time (inclusive: ticks may share a timestamp).
-    cutoff = int(np.partition(every, limit - 1)[limit - 1]) if truncated else int(every.max())
-    rows: list[tuple[int, int, int, dict[str, Any]]] = []
-    for tick_type in tables:
-        table = engine.read_stream(StreamKey(contract_id, tick_type), start, cutoff + 1)
-        times = np.datetime_as_string(pc.cast(table.column("ts"), pa.int64()).to_numpy().astype("datetime64[ns]"), "us")
-        for when, record in zip(times, table_to_records(table), strict=True):
-            rows.append(
-                (
-                    record["ts"],
-                    _TYPE_ORDER[tick_type],
-                    record["seq"],
-                    {"tick_type": tick_type.value, "timestamp": f"{when}Z", **record},
-                )
-            )
-    rows.sort(key=lambda row: row[:3])
-    return [row[3] for row in rows[:limit]], truncated

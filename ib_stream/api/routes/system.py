@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ib_stream import __version__
-from ib_stream.api.metrics import CONTENT_TYPE, metrics_of
-from ib_stream.api.params import now_iso
+from ib_stream.api.metrics import CONTENT_TYPE
+from ib_stream.api.protocol import now_iso
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.state import ServiceState, State
 
@@ -51,12 +51,12 @@ async def ready(state: State) -> OrjsonResponse:
 )
 async def metrics(state: State) -> Response:
     """Return every metric in the Prometheus text format (see docs/reference/api.md for the list)."""
-    return Response(metrics_of(state).render(), media_type=CONTENT_TYPE)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def readiness_checks(state: ServiceState) -> dict[str, dict[str, Any]]:
     """Each readiness condition with whether it holds and why not."""
-    store_ok, store_detail = _store_writable(state)
+    store_ok, store_detail = state.store_status()
     streaming_ok = _streaming_started(state)
     return {
         "startup": {"ok": state.ready, "detail": "start-up finished" if state.ready else "starting or stopping"},
@@ -66,15 +66,6 @@ def readiness_checks(state: ServiceState) -> dict[str, dict[str, Any]]:
             "detail": f"{state.streaming.subscriber_count} live subscribers" if streaming_ok else "not started",
         },
     }
-
-
-def _store_writable(state: ServiceState) -> tuple[bool, str]:
-    buffer = state.store.buffer
-    if buffer.failure is not None:
-        return False, f"buffer writer stopped after an error: {buffer.failure}"
-    if not buffer.running:
-        return False, "buffer writer is not running"
-    return True, f"{buffer.pending_writes()} writes pending"
 
 
 def _streaming_started(state: ServiceState) -> bool:
