@@ -251,9 +251,11 @@ def test_the_service_runs_the_alert_engine_and_the_json_sink_from_its_settings(t
     viz = tmp_path / "viz"
     settings = service_settings(
         tmp_path / "storage",
-        alerts={"enabled": True, "resolution": "1s", "rules": [{"kind": "obi_imbalance", "threshold": 0.5, "bars": 1}]},
+        # No lateness allowance: these 1.2 s of ticks are all there is, so a bar is final once the next one starts.
+        alerts={"enabled": True, "resolution": "1s", "lateness_seconds": 0,
+                "rules": [{"kind": "obi_imbalance", "threshold": 0.5, "bars": 1}]},
         json_sink={"enabled": True, "directory": str(viz), "contract_id": AAPL, "resolution": "1s",
-                   "min_write_interval_ms": 20, "window": 5},
+                   "min_write_interval_ms": 20, "window": 5, "lateness_seconds": 0},
     )  # fmt: skip
     server, stop = start_server(settings)
     try:
