@@ -35,7 +35,7 @@ from ib_stream.analytics.book import OrderBook
 from ib_stream.analytics.engine import BAR_COLUMNS, bars_from_rows
 from ib_stream.analytics.grid import BarGrid
 from ib_stream.analytics.obi import VOLUMES_SCHEMA, imbalance
-from ib_stream.analytics.rows import Carry, Rows, concat_rows, hour_rows, obi_rows, zero_rows
+from ib_stream.analytics.rows import Carry, HourRows, Rows, concat_rows, hour_rows, obi_rows, zero_rows
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import ValidationError
@@ -63,17 +63,16 @@ class LiveBar:
 
 
 @dataclass(slots=True)
-class _Open:
-    """The ticks of the open bars (at or after `since`), in arrival order."""
+class _Ticks:
+    """Ticks in arrival order."""
 
-    since: int
     trades: list[tuple[int, float, float, int]] = field(default_factory=list)  # ts, price, size, side (0: none)
     quotes: list[tuple[int, float, float, float, float]] = field(default_factory=list)  # ts, bid, bid sz, ask, ask sz
     obi: list[tuple[int, float, float]] = field(default_factory=list)  # ts, bid volume, ask volume
 
-    def split(self, at: int) -> _Open:
-        """Remove and return the ticks before `at` (the part that becomes final)."""
-        head = _Open(self.since)
+    def split(self, at: int) -> _Ticks:
+        """Remove and return the ticks before `at`."""
+        head = _Ticks()
         for name in ("trades", "quotes", "obi"):
             kept: list[Any] = []
             gone: list[Any] = []
@@ -81,8 +80,29 @@ class _Open:
                 (gone if item[0] < at else kept).append(item)
             setattr(self, name, kept)
             setattr(head, name, gone)
-        self.since = at
         return head
+
+
+@dataclass(slots=True)
+class _Open:
+    """The open bars (from `since`): their settled seconds as rows (before `settled`, past the watermark less the
+    lateness: computed once, not at every drain) and the ticks after, in arrival order. A tick for a settled
+    second (rare) makes them open again."""
+
+    since: int
+    settled: int
+    carry: Carry = field(default_factory=Carry)  # the classification's state at `since`
+    rows: Rows = field(default_factory=lambda: zero_rows(0))
+    obi_rows: Rows = field(default_factory=lambda: zero_rows(0))
+    settled_ticks: _Ticks = field(default_factory=_Ticks)  # the ticks the rows were made from
+    ticks: _Ticks = field(default_factory=_Ticks)
+
+    def unsettle(self) -> None:
+        """Forget the rows: every tick since `since` is open again (a tick arrived for a settled second)."""
+        for name in ("trades", "quotes", "obi"):
+            setattr(self.ticks, name, getattr(self.settled_ticks, name) + getattr(self.ticks, name))
+        self.settled_ticks = _Ticks()
+        self.rows, self.obi_rows, self.settled = zero_rows(0), zero_rows(0), self.since
 
 
 class LiveBarBuilder:
@@ -128,6 +148,7 @@ class LiveBarBuilder:
         self._first_bar: int | None = None  # the first bar that held a tick (gaps are filled after it)
         self._context: int | None = None  # where the first seed's trades were read from
         self._obi_from: int | None = None  # where the first seed's OBI events were counted from
+        self._last_update = 0  # the last depth book update applied
 
     @property
     def _obi_from_book(self) -> bool:
@@ -186,7 +207,8 @@ class LiveBarBuilder:
         else:
             obi = _last_obi(rolled.rows, obi)
         self._obi_carry = obi
-        self._open = _Open(until_ns)
+        self._open = _Open(until_ns, until_ns, self._carry)
+        self._last_update = 0
         self.watermark = max(self.watermark, until_ns)
         self.bars.clear()
         self.late_since = None
@@ -202,12 +224,15 @@ class LiveBarBuilder:
         """Apply one record; its upserts are collected until `drain`."""
         ts = int(record["ts"])
         if self._open is None:
-            self._open = _Open(ts - ts % self.bar_ns)
+            self._open = _Open(ts - ts % self.bar_ns, ts - ts % self.bar_ns)
         if ts < self._open.since:
             self.late_ticks += 1
             self.late_since = ts if self.late_since is None else min(self.late_since, ts)
             return
-        opened = self._open
+        if ts < self._open.settled and tick_type != TickType.DEPTH:
+            self._open.unsettle()
+            self._carry = self._open.carry
+        opened = self._open.ticks
         if tick_type == self.trade_type:
             side = record.get("side")
             opened.trades.append((ts, float(record["price"]), float(record["size"]), side if side in (1, -1) else 0))
@@ -217,7 +242,7 @@ class LiveBarBuilder:
             if not self._obi_from_book:
                 opened.obi.append((ts, float(record["bid_size"]), float(record["ask_size"])))
         elif tick_type == TickType.DEPTH and self.book is not None:
-            if opened.obi and ts < opened.obi[-1][0]:  # the book is applied in order: an older update is late
+            if ts < self._last_update:  # the book is applied in order: an older update is late
                 self.late_ticks += 1
                 self.late_since = ts if self.late_since is None else min(self.late_since, ts)
                 return
@@ -227,6 +252,7 @@ class LiveBarBuilder:
                 opened.obi[-1] = event
             else:
                 opened.obi.append(event)
+            self._last_update = ts
         else:
             return
         self.watermark = max(self.watermark, ts)
@@ -238,8 +264,10 @@ class LiveBarBuilder:
         if not self._dirty or self._open is None:
             return []
         self._dirty = False
-        final_until = self.watermark - self.lateness_ns
-        final_until -= final_until % self.bar_ns  # the bars ending at or before it are final
+        settled = self.watermark - self.lateness_ns
+        if settled - settled % NS_PER_SECOND > self._open.settled:  # whole seconds no tick may change any more
+            self._settle(settled - settled % NS_PER_SECOND)
+        final_until = settled - settled % self.bar_ns  # the bars ending at or before it are final
         out = self._freeze(final_until) if final_until > self._open.since else []
         forming_end = self.watermark - self.watermark % self.bar_ns + self.bar_ns
         return out + self._rows(self._starts(self._open.since, forming_end, forming=True), final=False)
@@ -249,24 +277,47 @@ class LiveBarBuilder:
         if self._open is None:
             return []
         end = self.watermark - self.watermark % self.bar_ns + self.bar_ns
-        return self._freeze(end) if end > self._open.since else []
+        if end <= self._open.since:
+            return []
+        self._settle(end)
+        return self._freeze(end)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every bar in the window, oldest first (the forming one last, not final)."""
         return [bar.row for bar in self.bars]
 
     # ---- internals -------------------------------------------------------------------------------------
-    def _freeze(self, until: int) -> list[dict[str, Any]]:
-        """Make the bars before `until` final, send them once, then fold their ticks into the carry."""
+    def _settle(self, until: int) -> None:
+        """Fold the ticks before `until` into rows (classified after the carry, which moves past them)."""
         assert self._open is not None
-        rows = self._rows(self._starts(self._open.since, until), final=True)
-        head = self._open.split(until)
-        trades, obi = self._tick_rows(head)
+        opened = self._open
+        head = opened.ticks.split(until)
+        trades, obi = self._tick_rows(head, opened.settled)
         self._carry = self._carry.after(trades.summary, self.quotes_from)
+        for name in ("trades", "quotes", "obi"):
+            getattr(opened.settled_ticks, name).extend(getattr(head, name))
+        opened.rows = concat_rows([opened.rows, trades.rows])
+        opened.obi_rows = concat_rows([opened.obi_rows, obi])
+        opened.settled = until
+
+    def _freeze(self, until: int) -> list[dict[str, Any]]:
+        """Make the bars before `until` (all settled) final, send them once, then fold their rows into the carry."""
+        assert self._open is not None
+        opened = self._open
+        rows = self._rows(self._starts(opened.since, until), final=True)
+        cut = int(np.searchsorted(opened.rows["second"], until))
         self._trade_carry = _last_traded(
-            concat_rows([self._trade_carry, trades.rows]), self.session_of, self._trade_carry
+            concat_rows([self._trade_carry, _head(opened.rows, cut)]), self.session_of, self._trade_carry
         )
-        self._obi_carry = _last_obi(obi, self._obi_carry)
+        opened.rows = _tail(opened.rows, cut)
+        cut = int(np.searchsorted(opened.obi_rows["second"], until))
+        self._obi_carry = _last_obi(_head(opened.obi_rows, cut), self._obi_carry)
+        opened.obi_rows = _tail(opened.obi_rows, cut)
+        final = opened.settled_ticks.split(until)  # the classification's state at `until`: after the final ticks
+        opened.carry = opened.carry.after(
+            self._tick_rows(final, opened.since, opened.carry)[0].summary, self.quotes_from
+        )
+        opened.since = until
         return rows
 
     def _starts(self, since: int, until: int, forming: bool = False) -> np.ndarray:
@@ -275,7 +326,10 @@ class LiveBarBuilder:
         back) — and, `forming`, the last bar."""
         assert self._open is not None
         size = self.bar_ns
-        held = {ts - ts % size for name in ("trades", "quotes", "obi") for ts, *_ in getattr(self._open, name)}
+        opened = self._open
+        held = {ts - ts % size for name in ("trades", "quotes", "obi") for ts, *_ in getattr(opened.ticks, name)}
+        for rows in (opened.rows, opened.obi_rows):
+            held.update((rows["second"] - rows["second"] % size).tolist())
         if held and self._first_bar is None:
             self._first_bar = min(held)
         starts = {s for s in held if since <= s < until}
@@ -287,8 +341,9 @@ class LiveBarBuilder:
                 starts.add(until - size)
         return np.array(sorted(s for s in starts if s >= since), dtype=np.int64)
 
-    def _tick_rows(self, opened: _Open) -> tuple[Any, Rows]:
-        """(trade rows with their summary, OBI rows) of some open ticks, classified after the carry."""
+    def _tick_rows(self, opened: _Ticks, start: int, carry: Carry | None = None) -> tuple[HourRows, Rows]:
+        """(trade rows with their summary, OBI rows) of some open ticks from `start` on, classified after `carry`
+        (default: the current one)."""
         trades = sorted(opened.trades, key=lambda t: t[0])
         quotes = sorted(opened.quotes, key=lambda q: q[0])
         trade_table = pa.table(
@@ -310,9 +365,8 @@ class LiveBarBuilder:
             },
             schema=_QUOTES_SCHEMA,
         )
-        rolled = hour_rows(
-            trade_table, quote_table, opened.since, QUOTE_LOOKBACK_NS, carry=self._carry, quote_obi=False
-        )
+        carry = self._carry if carry is None else carry
+        rolled = hour_rows(trade_table, quote_table, start, QUOTE_LOOKBACK_NS, carry=carry, quote_obi=False)
         events = sorted(opened.obi, key=lambda e: e[0])
         volumes = pa.table(
             {
@@ -329,12 +383,13 @@ class LiveBarBuilder:
         if not len(starts):
             return []
         assert self._open is not None
-        trades, obi = self._tick_rows(self._open)
-        rows = concat_rows([self._trade_carry, trades.rows])
+        opened = self._open
+        trades, obi = self._tick_rows(opened.ticks, opened.settled)
+        rows = concat_rows([self._trade_carry, opened.rows, trades.rows])
         grid = BarGrid.of_starts(starts, self.bar_ns)
         instants = [*rows["second"][:1].tolist(), *grid.starts.tolist(), *(grid.ends - 1).tolist()]
         resets = sorted({self.session_of(int(t)) for t in instants})
-        obi_all = concat_rows([self._obi_carry, obi])
+        obi_all = concat_rows([self._obi_carry, opened.obi_rows, obi])
         columns, _ = bars_from_rows(grid, rows, ("ohlc", "cvd", "obi"), resets, obi_source_rows=obi_all)
         out = []
         for i, label in enumerate(grid.labels.tolist()):
@@ -358,11 +413,6 @@ class LiveBarBuilder:
         return True
 
 
-def bar_row(bar: LiveBar) -> dict[str, Any]:
-    """A bar's row (the batch columns: engine.BAR_COLUMNS, plus ts, final and session)."""
-    return bar.row
-
-
 # ---- carry rows ----------------------------------------------------------------------------------------------
 
 
@@ -382,6 +432,14 @@ def _last_traded(rows: Rows, session_of: Callable[[int], int], default: Rows) ->
     for name in ("n_recorded", "n_quote", "n_tick", "n_unknown", "buy_volume", "sell_volume", "unknown_volume"):
         out[name] = np.zeros(1, dtype=out[name].dtype)
     return out
+
+
+def _head(rows: Rows, n: int) -> Rows:
+    return {name: values[:n] for name, values in rows.items()}
+
+
+def _tail(rows: Rows, n: int) -> Rows:
+    return {name: values[n:] for name, values in rows.items()}
 
 
 def _last_obi(rows: Rows, default: Rows) -> Rows:
@@ -414,4 +472,4 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-__all__ = ["LiveBar", "LiveBarBuilder", "bar_row"]
+__all__ = ["LiveBar", "LiveBarBuilder"]

@@ -22,7 +22,6 @@ Everything is vectorised: one searchsorted for the join, one forward fill for th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -211,10 +210,3 @@ def floats(table: pa.Table, name: str) -> np.ndarray:
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.float64)
     return np.asarray(table.column(name).to_numpy(), dtype=np.float64)
-
-
-def method_counts(sides: TradeSides, mask: np.ndarray | None = None) -> Mapping[str, int]:
-    """Counts by method of the trades selected by `mask` (all when None)."""
-    if mask is None:
-        return sides.counts()
-    return TradeSides(sides.side[mask], sides.method[mask]).counts()
