@@ -27,6 +27,7 @@ from ib_stream.analytics.rows import obi_rows
 from ib_stream.analytics.side import floats, ts_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import QueryError
+from ib_stream.orderflow.inputs import QUOTE_COLUMNS
 from ib_stream.orderflow.service import OrderFlow
 
 TRADE_BAR_COLUMNS: Final = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "empty")
@@ -68,12 +69,17 @@ def historical_bars(
     check_bars_of(tick_type, resolution)
     contract_id = flow.contract.con_id
     if tick_type in (TickType.LAST, TickType.ALL_LAST):
+        # These columns do not depend on trade sides: the bars are made without reading quotes to classify.
+        unsided = OrderFlow(
+            flow.engine, flow.contract, sessions=flow.sessions, use_rollups=flow.use_rollups, sides=False
+        )
         request = BarsRequest(contract_id, start_ns, end_ns, resolution, ("ohlc",), session, trades=tick_type)
-        table = flow.bars(request).table
+        table = unsided.bars(request).table
         return table.select(["timestamp", *TRADE_BAR_COLUMNS]).to_pandas()
     grid = flow.grid_of(start_ns, end_ns, resolution, session)
     lookback = flow.quote_lookback_ns
-    ticks = flow.engine.read_stream(StreamKey(contract_id, tick_type), start_ns - lookback, end_ns)
+    columns_read = QUOTE_COLUMNS if tick_type == TickType.BID_ASK else ["ts", "mid_point"]
+    ticks = flow.engine.read_stream(StreamKey(contract_id, tick_type), start_ns - lookback, end_ns, columns_read)
     ts = ts_ns(ticks)
     lo, hi = grid.locate(ts)
     columns: dict[str, np.ndarray] = {}

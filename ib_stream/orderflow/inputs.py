@@ -45,10 +45,11 @@ class Classification:
     max_quote_age_ns: int | None = None
     quote_inclusive: bool = False
     use_recorded_side: bool = True
+    sides: bool = True  # False: the caller reads no side-dependent column (no quotes are read)
 
     def rollups_apply(self, partition_ns: int) -> bool:
         """Whether the stored rollups (built with the defaults) classify trades this way."""
-        return (
+        return not self.sides or (
             self.use_recorded_side
             and self.max_quote_age_ns is None
             and not self.quote_inclusive
@@ -120,7 +121,7 @@ def read_trades(
     table = engine.read_stream(trades, context_ns, end_ns, TRADE_COLUMNS)
     quotes_from = context_ns - how.quote_lookback_ns
     recorded = recorded_sides(table) if how.use_recorded_side else None
-    needs_quotes = obi_from_ns is not None or recorded is None or bool((recorded == 0).any())
+    needs_quotes = obi_from_ns is not None or (how.sides and (recorded is None or bool((recorded == 0).any())))
     if not needs_quotes or (not table.num_rows and obi_from_ns is None):
         return table, arrow_schema(TickType.BID_ASK).empty_table().select(QUOTE_COLUMNS)
     first = quotes_from if obi_from_ns is None else min(quotes_from, obi_from_ns)

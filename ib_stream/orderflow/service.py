@@ -65,6 +65,7 @@ class OrderFlow:
         quote_inclusive: bool = False,
         use_rollups: bool = True,
         use_cache: bool = True,
+        sides: bool = True,
     ) -> None:
         self.engine = engine
         self.contract = contract
@@ -75,6 +76,7 @@ class OrderFlow:
         self.quote_inclusive = quote_inclusive
         self.use_rollups = use_rollups
         self.use_cache = use_cache
+        self.sides = sides  # False: only columns that no trade side changes are read (OHLC, volume, VWAP, count)
 
     # ---- windows ---------------------------------------------------------------------------------------------
     def session_window(self, session_type: str, now_ns: int, date: dt.date | str | None = None) -> tuple[int, int]:
@@ -122,7 +124,7 @@ class OrderFlow:
 
     @property
     def classification(self) -> Classification:
-        return Classification(self.quote_lookback_ns, self.max_quote_age_ns, self.quote_inclusive)
+        return Classification(self.quote_lookback_ns, self.max_quote_age_ns, self.quote_inclusive, sides=self.sides)
 
     def _compute(self, request: BarsRequest, grid: BarGrid, keep_ticks: bool = False) -> tuple[BarsResult, Rows]:
         """The bars of `grid` and the trade rows they came from (on the tick path with `keep_ticks`: from ticks)."""
