@@ -14,7 +14,6 @@ calendar's session starts (`SessionKey`) reset CVD and the session VWAP, and its
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -25,12 +24,12 @@ from ib_stream.analytics.live_bars import QUOTE_LOOKBACK_NS, SEED_TRADES, LiveBa
 from ib_stream.analytics.request import BarsRequest
 from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
+from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, ValidationError
+from ib_stream.live.reader import read_history
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.store.layout import HOUR_NS
 from ib_stream.store.query import QueryEngine
-from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import LiveItem, StreamingApp, Subscription
 
@@ -227,18 +226,9 @@ class LiveBarFeed:
         self.anchor_ns = anchor = now_ns - now_ns % bar_ns
         history = self._history(store, anchor - self.history_bars * bar_ns, anchor) if self.history_bars else []
         seed_builder(self.builder, store.engine, self.contract.con_id, anchor)
-        for stream in self.streams:  # visible before the read: every such tick at or after `anchor` is read
-            hot = store.buffer.hot(stream)
-            chunks = hot.snapshot().chunks if hot is not None else ()
-            self.through[stream] = chunks[-1].last_seq if chunks else 0
-        per_stream = [
-            [(s, r) for r in table_to_records(store.engine.read_stream(s, anchor, MAX_TS_NS))] for s in self.streams
-        ]
-        for part in per_stream:
-            if part:
-                stream = part[0][0]
-                self.through[stream] = max(self.through[stream], part[-1][1]["seq"])
-        self.builder.update(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
+        stored = read_history(store, self.streams, anchor)  # the ticks of the bar in progress, after subscribing
+        self.through.update(stored.through)
+        self.builder.update(stored.items)
         return history + self.builder.snapshot()
 
     def _history(self, store: TickStore, start_ns: int, end_ns: int) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 
 from ib_stream.alerts.engine import ALERT_ENGINE_KEY, AlertEngine
 from ib_stream.api.params import parse_time
-from ib_stream.api.protocol import iso_us
 from ib_stream.api.state import State
+from ib_stream.live.messages import iso_us
 
 router = APIRouter(tags=["alerts"])
 MAX_ALERTS = 10_000
