@@ -1,20 +1,16 @@
-"""Blocking reads of the store behind the service façade: the ticks of several streams merged by time, the
-history that joins the live stream at its seam, and what is held per stream (catalog + hot tier).
+"""Blocking reads of the store behind the service façade: the streams a contract holds and what is held per
+stream (catalog + hot tier); the ticks of several streams merged by time are `live.reader.read_merged`.
 
 Each function blocks on files and SQLite; `ServiceState` runs them off the event loop.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from typing import Any
 
-from ib_stream.domain import MAX_TS_NS, Contract, StreamKey
-from ib_stream.store.query import QueryEngine
-from ib_stream.store.schema import table_to_records
+from ib_stream.domain import Contract, StreamKey
 from ib_stream.store.tickstore import TickStore
-from ib_stream.streaming import LiveItem
 from ib_stream.times import iso_us
 
 
@@ -28,34 +24,6 @@ def contract_streams(store: TickStore, contract: Contract) -> list[StreamKey]:
     held = {s for s in stored_streams(store) if s.contract_id == contract.con_id}
     configured = [StreamKey(contract.con_id, t) for t in contract.tick_types]
     return configured + sorted(held - set(configured))
-
-
-def read_merged(engine: QueryEngine, streams: Sequence[StreamKey], start_ns: int, end_ns: int) -> list[LiveItem]:
-    """Every stored tick of the streams with start_ns <= ts < end_ns, merged by time (ties: stream
-    order, then seq); each stream's own order is (ts, seq)."""
-    per_stream = [
-        [(stream, r) for r in table_to_records(engine.read_stream(stream, start_ns, end_ns))] for stream in streams
-    ]
-    if len(per_stream) == 1:
-        return per_stream[0]
-    return list(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
-
-
-def read_history(
-    store: TickStore, streams: Sequence[StreamKey], start_ns: int
-) -> tuple[list[LiveItem], dict[StreamKey, int]]:
-    """Every stored tick of the streams with ts >= start_ns, merged in (ts, seq) order, and per
-    stream the seq through which the live stream must skip (everything visible when read)."""
-    through: dict[StreamKey, int] = {}
-    for stream in streams:  # visible before the read: every such tick in range is in the history
-        hot = store.buffer.hot(stream)
-        chunks = hot.snapshot().chunks if hot is not None else ()
-        through[stream] = chunks[-1].last_seq if chunks else 0
-    items = read_merged(store.engine, streams, start_ns, MAX_TS_NS)
-    for stream, record in items:
-        if record["seq"] > through[stream]:
-            through[stream] = record["seq"]
-    return items, through
 
 
 def holdings(store: TickStore, streams: Sequence[StreamKey]) -> list[dict[str, Any]]:

@@ -21,11 +21,12 @@ from ib_stream.alerts.engine import AlertEngine
 from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.api.idempotency import IdempotencyCache
 from ib_stream.api.metrics import ServiceMetrics
-from ib_stream.api.reads import contract_streams, holdings, read_history, read_merged, stored_streams
+from ib_stream.api.reads import contract_streams, holdings, stored_streams
 from ib_stream.api.session_reads import read_session
 from ib_stream.clock import Clock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError
+from ib_stream.live.reader import read_merged
 from ib_stream.orderflow.query import StorageQuery
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings
@@ -128,12 +129,6 @@ class ServiceState:
     async def read_merged(self, streams: Sequence[StreamKey], start_ns: int, end_ns: int) -> list[LiveItem]:
         """Every stored tick of the streams in [start_ns, end_ns), merged by time."""
         return await self.run(read_merged, self._store.engine, streams, start_ns, end_ns)
-
-    async def read_history(
-        self, streams: Sequence[StreamKey], start_ns: int
-    ) -> tuple[list[LiveItem], dict[StreamKey, int]]:
-        """Every stored tick of the streams from start_ns, and per stream the seq the live stream resumes after."""
-        return await self.run(read_history, self._store, streams, start_ns)
 
     async def history_contract(self, contract_id: int) -> tuple[Contract | None, tuple[TickType, ...]]:
         """The configured contract and its tick types, or for a contract that is only stored (imported,

@@ -14,7 +14,6 @@ calendar's session starts (`SessionKey`) reset CVD and the session VWAP, and its
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -27,12 +26,12 @@ from ib_stream.analytics.live_bars import QUOTE_LOOKBACK_NS, SEED_TRADES, LiveBa
 from ib_stream.analytics.request import BarsRequest
 from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import MAX_TS_NS, Contract, StreamKey, TickType
+from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, ValidationError
+from ib_stream.live.reader import read_history
 from ib_stream.orderflow.inputs import book_top_volumes, depth_obi
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.store.query import QueryEngine
-from ib_stream.store.schema import table_to_records
 from ib_stream.store.snapshots import book_at
 from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import LiveItem, StreamingApp, Subscription
@@ -256,20 +255,13 @@ class LiveBarFeed:
         return history + self.builder.snapshot()
 
     def _seed_and_replay(self, store: TickStore, at_ns: int) -> list[dict[str, Any]]:
-        """Seed the builder at `at_ns` and replay the stored ticks from there; record what the read held."""
+        """Seed the builder at `at_ns` and replay the stored ticks from there (read after subscribing); live items
+        the read held are skipped later."""
         seed_builder(self.builder, store.engine, self.contract.con_id, at_ns)
-        for stream in self.streams:  # visible before the read: every such tick at or after `at_ns` is read
-            hot = store.buffer.hot(stream)
-            chunks = hot.snapshot().chunks if hot is not None else ()
-            self.through[stream] = max(self.through.get(stream, 0), chunks[-1].last_seq if chunks else 0)
-        per_stream = [
-            [(s, r) for r in table_to_records(store.engine.read_stream(s, at_ns, MAX_TS_NS))] for s in self.streams
-        ]
-        for part in per_stream:
-            if part:
-                stream = part[0][0]
-                self.through[stream] = max(self.through[stream], part[-1][1]["seq"])
-        return self.builder.update(heapq.merge(*per_stream, key=lambda item: item[1]["ts"]))
+        stored = read_history(store, self.streams, at_ns)
+        for stream, seq in stored.through.items():
+            self.through[stream] = max(self.through.get(stream, 0), seq)
+        return self.builder.update(stored.items)
 
     def _revise(self, store: TickStore) -> list[dict[str, Any]]:
         """After late ticks: the final bars from the earliest late one to the open bars, recomputed by the batch

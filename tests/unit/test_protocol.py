@@ -1,5 +1,5 @@
-"""The v2 protocol's pure parts: envelope, tick-record → tick `data` mapping, errors, completion,
-stream ids, SSE framing and the /v3 message formats."""
+"""The v2 protocol's pure parts: envelope, tick-record → tick `data` mapping, errors, completion
+(`ib_stream.live.messages`), stream ids, SSE framing and the /v3 message formats."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ib_stream.errors import (
     SlowConsumerError,
     ValidationError,
 )
+from ib_stream.live import messages
 from ib_stream.storage import TickStore
 from ib_stream.streaming import StreamingApp
 from ib_stream.times import iso_us
@@ -37,7 +38,7 @@ def record(seq: int = 7, ts: int = T0_NS + 123_456_789, **fields: object) -> dic
 
 def test_bid_ask_tick_data() -> None:
     rec = record(bid_price=100.0, bid_size=3.0, ask_price=100.02, ask_size=4.0, bid_past_low=False, ask_past_high=True)
-    data = protocol.tick_data(StreamKey(AAPL, TickType.BID_ASK), rec)
+    data = messages.tick_data(StreamKey(AAPL, TickType.BID_ASK), rec)
     assert data == {
         "contract_id": AAPL,
         "tick_type": "bid_ask",
@@ -60,7 +61,7 @@ def test_bid_ask_tick_data() -> None:
 @pytest.mark.parametrize("side", [1, -1, None])
 def test_trades_are_time_sales_with_side_only_when_known(tick_type: TickType, side: int | None) -> None:
     rec = record(price=230.5, size=10.0, exchange="NASDAQ", conditions="I", past_limit=False, unreported=True)
-    data = protocol.tick_data(StreamKey(AAPL, tick_type), {**rec, "side": side})
+    data = messages.tick_data(StreamKey(AAPL, tick_type), {**rec, "side": side})
     assert data["type"] == "time_sales" and data["tick_type"] == tick_type.value
     expected = {"price": 230.5, "size": 10.0, "exchange": "NASDAQ", "conditions": "I"}
     assert {k: data[k] for k in expected} == expected and data["unreported"] is True
@@ -69,17 +70,17 @@ def test_trades_are_time_sales_with_side_only_when_known(tick_type: TickType, si
 
 
 def test_midpoint_and_depth() -> None:
-    mid = protocol.tick_data(StreamKey(AAPL, TickType.MID_POINT), record(mid_point=100.015))
+    mid = messages.tick_data(StreamKey(AAPL, TickType.MID_POINT), record(mid_point=100.015))
     assert mid["type"] == "midpoint" and mid["midpoint"] == 100.015 and set(mid) == COMMON | {"midpoint"}
     depth_fields = {"side": "ask", "position": 2, "operation": "update", "price": 100.03, "size": 5.0}
-    depth = protocol.tick_data(StreamKey(AAPL, TickType.DEPTH), record(**depth_fields, market_maker=""))
+    depth = messages.tick_data(StreamKey(AAPL, TickType.DEPTH), record(**depth_fields, market_maker=""))
     assert depth["type"] == "depth" and {k: depth[k] for k in depth_fields} == depth_fields
     assert depth["market_maker"] == ""
 
 
 def test_unix_time_is_whole_seconds_of_the_event_time() -> None:
     ts = 1_736_517_600_999_999_999  # 13:59:59.999999999 is still second ...599
-    data = protocol.tick_data(StreamKey(AAPL, TickType.MID_POINT), record(ts=ts, mid_point=1.0))
+    data = messages.tick_data(StreamKey(AAPL, TickType.MID_POINT), record(ts=ts, mid_point=1.0))
     assert data["unix_time"] == 1_736_517_600 and data["timestamp"] == "2025-01-10T14:00:00.999999Z"
 
 
@@ -90,29 +91,29 @@ def test_the_fast_iso_us_writes_what_datetime_writes(ns: int) -> None:
 
 def test_envelope_and_messages() -> None:
     before = time.monotonic()
-    msg = protocol.tick_message("sid", StreamKey(AAPL, TickType.MID_POINT), record(mid_point=2.0), "2025-01-10T14:00Z")
+    msg = messages.tick_message("sid", StreamKey(AAPL, TickType.MID_POINT), record(mid_point=2.0), "2025-01-10T14:00Z")
     assert list(msg) == ["type", "stream_id", "timestamp", "data"] and msg["type"] == "tick"
     assert msg["timestamp"] == "2025-01-10T14:00Z" and msg["stream_id"] == "sid"
-    info = protocol.info_message("sid", "buffer_start", buffer_message_count=3)
+    info = messages.info_message("sid", "buffer_start", buffer_message_count=3)
     assert info["type"] == "info" and info["data"] == {"status": "buffer_start", "buffer_message_count": 3}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", info["timestamp"])
-    done = protocol.complete_message("sid", "limit_reached", 10, before)
+    done = messages.complete_message("sid", "limit_reached", 10, before)
     assert done["type"] == "complete" and set(done["data"]) == {"reason", "total_ticks", "duration_seconds"}
     assert done["data"]["reason"] == "limit_reached" and done["data"]["total_ticks"] == 10
     assert 0 <= done["data"]["duration_seconds"] < 5
 
 
 def test_errors_carry_code_message_details_and_recoverable() -> None:
-    slow = protocol.error_from_exception("s", SlowConsumerError("too slow", details={"max_queue": 10}))
+    slow = messages.error_from_exception("s", SlowConsumerError("too slow", details={"max_queue": 10}))
     assert slow["type"] == "error" and slow["data"] == {
         "code": "SLOW_CONSUMER",
         "message": "too slow",
         "details": {"max_queue": 10},
         "recoverable": True,
     }
-    bad = protocol.error_from_exception("s", ValidationError("limit", 0, "must be positive"))["data"]
+    bad = messages.error_from_exception("s", ValidationError("limit", 0, "must be positive"))["data"]
     assert bad["code"] == "INVALID_INPUT" and bad["recoverable"] is False and bad["details"]["field"] == "limit"
-    crash = protocol.error_from_exception("s", KeyError("x"))["data"]
+    crash = messages.error_from_exception("s", KeyError("x"))["data"]
     assert crash == {"code": "INTERNAL_ERROR", "message": "internal server error", "details": {}, "recoverable": True}
 
 
@@ -149,7 +150,7 @@ def test_stream_ids_are_unique_and_name_the_stream() -> None:
 
 
 def test_sse_frame_is_one_event_ending_with_a_blank_line() -> None:
-    message = protocol.info_message("s", "subscribed", note="two\nlines")
+    message = messages.info_message("s", "subscribed", note="two\nlines")
     raw = frame(message)
     assert raw.endswith(b"\n\n") and raw.count(b"\n") == 3
     event, data, blank, end = raw.split(b"\n")

@@ -17,28 +17,27 @@ from ib_stream.api.protocol import (
     PROTOCOL_VERSION,
     V3_FIELD_MAPPING,
     contract_info,
-    info_message,
     new_stream_id,
     parse_stream_tick_types,
     protocol_description,
-    tick_message,
     v3_message,
 )
+from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
-    Shutdown,
     TimeoutQuery,
     check_limit,
-    event_stream_guarded,
-    frame,
     heartbeat_seconds,
-    pump_live,
+    sse_stream,
 )
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import StreamKey
 from ib_stream.errors import QueryError, ValidationError
+from ib_stream.live.messages import info_message, tick_encoder, tick_messages
+from ib_stream.live.pump import Message, SlowConsumer, pump
+from ib_stream.live.reader import join_live
 from ib_stream.streaming import LiveItem
 from ib_stream.times import iso_us, parse_http_time
 
@@ -69,18 +68,18 @@ async def buffer_stream(
         start_ns = now - parse_duration(buffer_duration, "buffer_duration")
     check_range(state.settings.api, start_ns, now)
     limit = check_limit(limit, state.settings)
-    streams = [StreamKey(contract_id, t) for t in types]
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
     beat = heartbeat_seconds(heartbeat, state.settings)
     shutdown = Shutdown()
     queue_size = state.streaming.queue_size
 
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        # Subscribe first, so every tick made durable during the history read reaches the queue.
-        sub = state.streaming.subscribe(contract_id, types, max_queue=queue_size * _HISTORY_QUEUE_FACTOR)
+    async def messages() -> AsyncGenerator[list[Message], None]:
+        # Subscribed first, so every tick made durable during the history read reaches the queue,
+        # which may grow larger while the history is sent.
+        join = await join_live(state.streaming, contract_id, types, start_ns, queue_size * _HISTORY_QUEUE_FACTOR)
         try:
-            items, through = await state.read_history(streams, start_ns)
-            yield frame(
+            items, through = join.history.items, join.history.through
+            yield [
                 info_message(
                     stream_id,
                     "buffer_start",
@@ -91,41 +90,31 @@ async def buffer_stream(
                     start_time=iso_us(start_ns),
                     buffer_message_count=len(items),
                 )
-            )
+            ]
             for i in range(0, len(items), _HISTORY_CHUNK):
-                stamp = iso_us(state.clock.now_ns())
-                part = items[i : i + _HISTORY_CHUNK]
-                yield b"".join(frame(tick_message(stream_id, s, r, stamp)) for s, r in part)
-            last_seqs = {s.tick_type.value: seq for s, seq in through.items()}
-            yield frame(
-                info_message(stream_id, "buffer_complete", contract_id=contract_id, buffer_message_count=len(items))
-            )
-            yield frame(
+                yield list(tick_messages(stream_id, items[i : i + _HISTORY_CHUNK], iso_us(state.clock.now_ns())))
+            yield [
+                info_message(stream_id, "buffer_complete", contract_id=contract_id, buffer_message_count=len(items)),
                 info_message(
                     stream_id,
                     "live_start",
                     contract_id=contract_id,
                     tick_types=[t.value for t in types],
-                    after_seq=last_seqs,
+                    after_seq={s.tick_type.value: seq for s, seq in through.items()},
                     stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
-                )
-            )
-            pump = pump_live(
-                sub,
-                stream_id,
-                limit=limit,
-                timeout=timeout,
-                skip_through=through,
-                queue_size_after_first_drain=queue_size,
-                shutdown=shutdown,
-            )
-            async with contextlib.aclosing(pump):
-                async for chunk in pump:
-                    yield chunk
+                ),
+            ]
+            live = pump(
+                join, stream_id, tick_encoder(stream_id), limit=limit, timeout=timeout, shutdown=shutdown.event,
+                slow_consumer=SlowConsumer(settle_queue=queue_size),
+            )  # fmt: skip
+            async with contextlib.aclosing(live):
+                async for batch in live:
+                    yield batch
         finally:
-            state.streaming.unsubscribe(sub)
+            join.close()
 
-    return event_stream_guarded(chunks(), stream_id, beat, shutdown)
+    return sse_stream(messages(), stream_id, beat, shutdown)
 
 
 # ---- /v3 buffer query ------------------------------------------------------------------------------------

@@ -11,29 +11,22 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
-from ib_stream.api.protocol import (
-    contract_info,
-    info_message,
-    new_stream_id,
-    now_iso,
-    parse_stream_tick_types,
-    tick_data,
-)
+from ib_stream.api.protocol import contract_info, new_stream_id, parse_stream_tick_types
+from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
-    Shutdown,
     TimeoutQuery,
     check_limit,
-    event_stream_guarded,
-    frame,
     heartbeat_seconds,
-    pump_live,
+    sse_stream,
 )
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import InvalidTickTypeError
+from ib_stream.live.messages import info_message, now_iso, tick_data, tick_encoder
+from ib_stream.live.pump import Message, pump
 
 router = APIRouter(tags=["live"])
 
@@ -81,30 +74,30 @@ def _live(
     beat = heartbeat_seconds(heartbeat, state.settings)
     shutdown = Shutdown()
 
-    async def chunks() -> AsyncGenerator[bytes, None]:
+    async def messages() -> AsyncGenerator[list[Message], None]:
         # Subscribing inside the generator: a response that never starts (HEAD, early disconnect)
         # leaves no subscription behind.
         sub = state.streaming.subscribe(contract_id, types)
         try:
-            yield frame(
-                info_message(
-                    stream_id,
-                    "subscribed",
-                    contract_id=contract_id,
-                    tick_types=[t.value for t in types],
-                    contract_info=contract_info(contract),
-                    stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
-                )
+            subscribed = info_message(
+                stream_id,
+                "subscribed",
+                contract_id=contract_id,
+                tick_types=[t.value for t in types],
+                contract_info=contract_info(contract),
+                stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
             )
-            async with contextlib.aclosing(
-                pump_live(sub, stream_id, limit=limit, timeout=timeout, shutdown=shutdown)
-            ) as pump:
-                async for chunk in pump:
-                    yield chunk
+            live = pump(
+                sub, stream_id, tick_encoder(stream_id), limit=limit, timeout=timeout, shutdown=shutdown.event,
+                opening=[subscribed],
+            )  # fmt: skip
+            async with contextlib.aclosing(live):
+                async for batch in live:
+                    yield batch
         finally:
             state.streaming.unsubscribe(sub)
 
-    return event_stream_guarded(chunks(), stream_id, beat, shutdown)
+    return sse_stream(messages(), stream_id, beat, shutdown)
 
 
 @router.get("/v2/latest/{contract_id}")

@@ -14,44 +14,39 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fastapi import APIRouter, Query, WebSocket
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
 
 from ib_stream.alerts.engine import AlertEngine, AlertListener
+from ib_stream.alerts.rules import Alert
 from ib_stream.analytics.request import DEFAULT_LEVELS, OBI_SOURCES, parse_kinds, parse_levels, parse_trades
-from ib_stream.api.protocol import (
-    complete_message,
-    encode,
-    envelope,
-    error_from_exception,
-    info_message,
-    iso_us,
-    new_stream_id,
-    now_iso,
-)
+from ib_stream.api.protocol import new_stream_id
+from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import (
     SSE_RESPONSES,
     HeartbeatQuery,
     LimitQuery,
-    Shutdown,
     TimeoutQuery,
     check_limit,
-    event_stream_guarded,
-    frame,
     heartbeat_seconds,
+    sse_stream,
 )
 from ib_stream.api.state import ServiceState, State
+from ib_stream.api.websocket import send_json, send_stream
 from ib_stream.clock import NS_PER_SECOND
-from ib_stream.errors import IbStreamError, SlowConsumerError, ValidationError
+from ib_stream.errors import IbStreamError, ValidationError
 from ib_stream.live.feed import LiveBarFeed
+from ib_stream.live.messages import envelope, error_from_exception, info_message, iso_us, now_iso
+from ib_stream.live.pump import Message, pump
 from ib_stream.streaming import LiveItem
 
 router = APIRouter(tags=["live"])
 MAX_HISTORY_BARS: Final = 5000
+BarEvent = dict[str, Any] | Alert  # a bar row (an upsert) or an alert
 KIND_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "ohlc": ("open", "high", "low", "close", "volume", "vwap", "trade_count", "buy_volume", "sell_volume",
              "unknown_volume", "session_vwap"),
@@ -141,29 +136,75 @@ def _request(
     return request, feed
 
 
+class BarEvents:
+    """The live part of a bar stream, as a source for `pump`: batches of the contract's alerts and the
+    bar upserts the live ticks cause, in that order."""
+
+    def __init__(self, feed: LiveBarFeed, listener: AlertListener | None) -> None:
+        assert feed.sub is not None, "the feed is open"
+        self.feed = feed
+        self.sub = feed.sub
+        self.listener = listener
+        self._get: asyncio.Future[list[LiveItem]] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.sub.closed
+
+    async def get(self, timeout: float | None = None) -> list[BarEvent]:
+        """Wait up to `timeout` seconds for live ticks or an alert; [] when neither came."""
+        # The pending get outlives an alert (it would time out at the same deadline): it is never
+        # cancelled between taking items and returning them.
+        if self._get is None:
+            self._get = asyncio.ensure_future(self.sub.get(timeout))
+        get = self._get
+        out: list[BarEvent] = []
+        if self.listener is not None:
+            alert = asyncio.ensure_future(self.listener.wait())
+            waiters: set[asyncio.Future[Any]] = {get, alert}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                alert.cancel()
+            out += self.listener.drain()
+        else:
+            await asyncio.wait({get})
+        if get.done() and (get.exception() is None or not out):  # a failed get waits for the alerts before it
+            self._get = None
+            out += await self.feed.update(get.result())
+        return out
+
+    def resize(self, max_queue: int) -> None:
+        self.sub.resize(max_queue)
+
+    def close(self) -> None:
+        if self._get is not None:
+            self._get.cancel()
+
+
+def bar_encoder(request: BarStreamRequest, stream_id: str) -> Callable[[Sequence[BarEvent]], Iterator[Message]]:
+    """The encoder of a bar stream for `pump`: `bar` messages of bar rows, `alert` messages of alerts."""
+
+    def encode(events: Sequence[BarEvent]) -> Iterator[Message]:
+        stamp = now_iso()
+        for event in events:
+            if isinstance(event, Alert):
+                yield envelope("alert", stream_id, {**event.to_dict(), "timestamp": iso_us(event.ts)}, stamp)
+            else:
+                data = bar_data(request.contract_id, request.resolution, event, request.kinds)
+                yield envelope("bar", stream_id, data, stamp)
+
+    return encode
+
+
 async def bar_messages(
-    state: ServiceState, request: BarStreamRequest, feed: LiveBarFeed, stream_id: str, shutdown: Shutdown | None
-) -> AsyncGenerator[list[dict[str, Any]], None]:
+    state: ServiceState, request: BarStreamRequest, feed: LiveBarFeed, stream_id: str, shutdown: Shutdown
+) -> AsyncGenerator[list[Message], None]:
     """The messages of one live bar stream, in batches; the last is always `complete` or `error`."""
     engine: AlertEngine | None = state.alerts
     listener: AlertListener | None = engine.listen(request.contract_id) if engine and request.alerts else None
     started = time.monotonic()
-    total = 0
-    got: asyncio.Future[list[LiveItem] | None] | None = None
-
-    def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        nonlocal total
-        stamp = now_iso()
-        out = []
-        for row in rows:
-            if request.limit is not None and total >= request.limit:
-                break
-            out.append(envelope("bar", stream_id, bar_data(request.contract_id, request.resolution, row, request.kinds), stamp))  # fmt: skip
-            total += 1
-        if request.limit is not None and total >= request.limit:
-            out.append(complete_message(stream_id, "limit_reached", total, started))
-        return out
-
+    events: BarEvents | None = None
     try:
         yield [
             info_message(
@@ -181,52 +222,20 @@ async def bar_messages(
                 stream_config={"limit": request.limit, "timeout_seconds": request.timeout},
             )
         ]
-        first = bars(await feed.open())
-        if first and first[-1]["type"] == "complete":  # the limit was reached by the bars already held
-            yield first
-            return
-        yield [*first, info_message(stream_id, "live_start", contract_id=request.contract_id, after_ts=feed.anchor_ns)]
-        assert feed.sub is not None
-        deadline = started + request.timeout if request.timeout is not None else None
-        # The pending get stays pending across alerts: cancelling it could lose items it already took.
-        while True:
-            if got is None:
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    yield [complete_message(stream_id, "timeout", total, started)]
-                    return
-                got = asyncio.ensure_future(shutdown.get(feed.sub, wait) if shutdown else feed.sub.get(wait))
-            out: list[dict[str, Any]] = []
-            if listener is not None:
-                alert_wait = asyncio.ensure_future(listener.wait())
-                waiters: set[asyncio.Future[Any]] = {got, alert_wait}
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                alert_wait.cancel()
-                stamp = now_iso()
-                out += [envelope("alert", stream_id, {**a.to_dict(), "timestamp": iso_us(a.ts)}, stamp) for a in listener.drain()]  # fmt: skip
-            else:
-                await asyncio.wait({got})
-            if not got.done():
-                if out:
-                    yield out
-                continue
-            done, got = got, None
-            try:
-                items = done.result()
-            except SlowConsumerError as e:
-                yield [*out, error_from_exception(stream_id, e)]
-                return
-            if items is None or (not items and feed.sub.closed):
-                yield [*out, complete_message(stream_id, "server_shutdown", total, started)]
-                return
-            out += bars(await feed.update(items))
-            if out:
-                yield out
-            if out and out[-1]["type"] == "complete":
-                return
+        encode = bar_encoder(request, stream_id)
+        held = list(encode(await feed.open()))  # the history bars and the bar in progress
+        live_start = info_message(stream_id, "live_start", contract_id=request.contract_id, after_ts=feed.anchor_ns)
+        events = BarEvents(feed, listener)
+        live = pump(
+            events, stream_id, encode, limit=request.limit, timeout=request.timeout, shutdown=shutdown.event,
+            counts="bar", opening=[*held, live_start], started=started,
+        )  # fmt: skip
+        async with contextlib.aclosing(live):
+            async for batch in live:
+                yield batch
     finally:
-        if got is not None:
-            got.cancel()
+        if events is not None:
+            events.close()
         feed.close()
         if listener is not None and engine is not None:
             engine.unlisten(listener)
@@ -264,13 +273,8 @@ async def live_bars_stream(
     )
     stream_id = new_stream_id(contract_id, f"bars_{resolution}")
     shutdown = Shutdown()
-
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        async with contextlib.aclosing(bar_messages(state, request, feed, stream_id, shutdown)) as messages:
-            async for batch in messages:
-                yield b"".join(frame(m) for m in batch)
-
-    return event_stream_guarded(chunks(), stream_id, heartbeat_seconds(heartbeat, state.settings), shutdown)
+    messages = bar_messages(state, request, feed, stream_id, shutdown)
+    return sse_stream(messages, stream_id, heartbeat_seconds(heartbeat, state.settings), shutdown)
 
 
 @router.websocket("/v2/ws/bars/{contract_id}")
@@ -297,25 +301,23 @@ async def live_bars_ws(
             state, contract_id, kinds, resolution, session, trades, obi_source, levels, history, alerts, limit, timeout
         )
     except IbStreamError as e:
-        await websocket.send_text(encode(error_from_exception(stream_id, e)).decode())
+        await send_json(websocket, [error_from_exception(stream_id, e)])
         await websocket.close(code=1008)
         return
+    shutdown = Shutdown()
 
-    async def pump() -> None:
-        async with contextlib.aclosing(bar_messages(state, request, feed, stream_id, None)) as messages:
-            try:
-                async for batch in messages:
-                    for message in batch:
-                        await websocket.send_text(encode(message).decode())
-            except (IbStreamError, OSError) as e:  # e.g. the store could not be read: the last message says so
-                if isinstance(e, IbStreamError):
-                    await websocket.send_text(encode(error_from_exception(stream_id, e)).decode())
+    async def send(batch: list[Message]) -> None:
+        await send_json(websocket, batch)
 
     async def until_disconnect() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
 
-    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(until_disconnect())]
+    messages = bar_messages(state, request, feed, stream_id, shutdown)
+    tasks = [
+        asyncio.ensure_future(send_stream(messages, stream_id, send, shutdown)),
+        asyncio.ensure_future(until_disconnect()),
+    ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -323,5 +325,5 @@ async def live_bars_ws(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     if tasks[0] in done and tasks[0].exception() is None:
-        with contextlib.suppress(RuntimeError, OSError):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # e.g. the service closed it meanwhile
             await websocket.close()

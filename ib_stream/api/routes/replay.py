@@ -13,28 +13,15 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from ib_stream.api.params import check_range
-from ib_stream.api.protocol import (
-    complete_message,
-    info_message,
-    new_stream_id,
-    now_iso,
-    parse_stream_tick_types,
-    tick_message,
-)
-from ib_stream.api.sse import (
-    SSE_RESPONSES,
-    HeartbeatQuery,
-    LimitQuery,
-    Shutdown,
-    check_limit,
-    event_stream_guarded,
-    frame,
-    heartbeat_seconds,
-)
+from ib_stream.api.protocol import new_stream_id, parse_stream_tick_types
+from ib_stream.api.shutdown import Shutdown
+from ib_stream.api.sse import SSE_RESPONSES, HeartbeatQuery, LimitQuery, check_limit, heartbeat_seconds, sse_stream
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey
 from ib_stream.errors import QueryError
+from ib_stream.live.messages import complete_message, info_message, now_iso, tick_message
+from ib_stream.live.pump import Message
 from ib_stream.times import iso_us, parse_http_time
 
 router = APIRouter(tags=["replay"])
@@ -75,13 +62,13 @@ async def paced_events(
     speed: float,
     limit: int | None,
     shutdown: Shutdown,
-) -> AsyncGenerator[bytes, None]:
-    """Framed tick events of the range, each written when due at `speed`× the original pace (from
+) -> AsyncGenerator[list[Message], None]:
+    """Tick messages of the range, each written when due at `speed`× the original pace (from
     the first tick), then `complete` (replay_complete, limit_reached or server_shutdown)."""
     started = time.monotonic()
     first_ts: int | None = None
     total = 0
-    parts: list[bytes] = []
+    parts: list[Message] = []
     async with contextlib.aclosing(windows(state, streams, start_ns, end_ns)) as chunks:
         async for items in chunks:
             for stream, record in items:
@@ -92,22 +79,22 @@ async def paced_events(
                     delay = started + (ts - first_ts) / NS_PER_SECOND / speed - time.monotonic()
                     if delay > _MIN_SLEEP:
                         if parts:
-                            yield b"".join(parts)
+                            yield parts
                             parts = []
                         if await shutdown.sleep(delay):
-                            yield frame(complete_message(stream_id, "server_shutdown", total, started))
+                            yield [complete_message(stream_id, "server_shutdown", total, started)]
                             return
-                parts.append(frame(tick_message(stream_id, stream, record, now_iso())))
+                parts.append(tick_message(stream_id, stream, record, now_iso()))
                 total += 1
                 if limit is not None and total >= limit:
-                    parts.append(frame(complete_message(stream_id, "limit_reached", total, started)))
-                    yield b"".join(parts)
+                    parts.append(complete_message(stream_id, "limit_reached", total, started))
+                    yield parts
                     return
                 if len(parts) >= _CHUNK:
-                    yield b"".join(parts)
+                    yield parts
                     parts = []
-    parts.append(frame(complete_message(stream_id, "replay_complete", total, started)))
-    yield b"".join(parts)
+    parts.append(complete_message(stream_id, "replay_complete", total, started))
+    yield parts
 
 
 @router.get("/v2/replay/{contract_id}", response_class=EventSourceResponse, responses=SSE_RESPONSES)
@@ -137,8 +124,8 @@ async def replay(
     stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
     shutdown = Shutdown()
 
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        yield frame(
+    async def messages() -> AsyncGenerator[list[Message], None]:
+        yield [
             info_message(
                 stream_id,
                 "replay_start",
@@ -149,10 +136,10 @@ async def replay(
                 speed=speed,
                 limit=limit,
             )
-        )
+        ]
         events = paced_events(state, stream_id, streams, start_ns, end_ns, speed, limit, shutdown)
         async with contextlib.aclosing(events):
-            async for chunk in events:
-                yield chunk
+            async for batch in events:
+                yield batch
 
-    return event_stream_guarded(chunks(), stream_id, heartbeat_seconds(heartbeat, state.settings), shutdown)
+    return sse_stream(messages(), stream_id, heartbeat_seconds(heartbeat, state.settings), shutdown)

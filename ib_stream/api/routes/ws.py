@@ -8,28 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ib_stream.api.protocol import (
-    PROTOCOL_VERSION,
-    complete_message,
-    encode,
-    error_from_exception,
-    error_message,
-    new_stream_id,
-    now_iso,
-    parse_stream_tick_types,
-    tick_message,
-)
+from ib_stream.api.protocol import PROTOCOL_VERSION, new_stream_id, parse_stream_tick_types
+from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import MAX_TIMEOUT_SECONDS
 from ib_stream.api.state import ServiceState
+from ib_stream.api.websocket import send_json, send_stream
 from ib_stream.domain import TickType
-from ib_stream.errors import IbStreamError, NotFoundError, QueryError, SlowConsumerError, ValidationError
+from ib_stream.errors import IbStreamError, NotFoundError, QueryError, ValidationError
+from ib_stream.live.messages import error_from_exception, now_iso, tick_encoder
+from ib_stream.live.pump import Message, pump
 from ib_stream.streaming import Subscription
 
 log = logging.getLogger(__name__)
@@ -65,11 +58,12 @@ class WsStream:
     sub: Subscription
     limit: int | None
     timeout: float | None
+    shutdown: Shutdown = field(default_factory=Shutdown, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class WsSession:
-    """One client socket: its streams, their pump tasks and the one send lock they share."""
+    """One client socket: its streams, their tasks and the one send lock they share."""
 
     def __init__(self, websocket: WebSocket, state: ServiceState) -> None:
         self.ws = websocket
@@ -107,9 +101,13 @@ class WsSession:
         finally:
             await self.stop(list(self.streams.values()))
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
+        await self.send_batch([message])
+
+    async def send_batch(self, messages: list[Message]) -> None:
+        """Send messages together: another stream's messages do not come between them."""
         async with self._send_lock:
-            await self.ws.send_text(encode(message).decode())
+            await send_json(self.ws, messages)
 
     # ---- client messages -------------------------------------------------------------------------------
     async def handle(self, text: str) -> None:
@@ -182,7 +180,7 @@ class WsSession:
             }
         )
         for stream in new:
-            stream.task = asyncio.create_task(self.pump(stream), name=f"ws-{stream.stream_id}")
+            stream.task = asyncio.create_task(self.run_stream(stream), name=f"ws-{stream.stream_id}")
 
     async def unsubscribe(self, request_id: Any, data: dict[str, Any]) -> None:
         wanted = data.get("stream_id")
@@ -210,44 +208,19 @@ class WsSession:
         )
 
     # ---- streams ---------------------------------------------------------------------------------------
-    async def pump(self, stream: WsStream) -> None:
+    async def run_stream(self, stream: WsStream) -> None:
         """Send the stream's ticks until its limit, timeout, a slow-consumer disconnect or shutdown."""
-        started = time.monotonic()
-        deadline = started + stream.timeout if stream.timeout is not None else None
-        total = 0
         sid = stream.stream_id
+        shutdown = stream.shutdown.event
+        live = pump(stream.sub, sid, tick_encoder(sid), limit=stream.limit, timeout=stream.timeout, shutdown=shutdown)
         try:
-            while True:
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    await self.send(complete_message(sid, "timeout", total, started))
-                    return
-                try:
-                    items = await stream.sub.get(wait)
-                except SlowConsumerError as e:
-                    await self.send(error_from_exception(sid, e))
-                    return
-                if not items:
-                    if stream.sub.closed:
-                        await self.send(complete_message(sid, "server_shutdown", total, started))
-                        return
-                    continue
-                stamp = now_iso()
-                async with self._send_lock:
-                    for key, record in items:
-                        await self.ws.send_text(encode(tick_message(sid, key, record, stamp)).decode())
-                        total += 1
-                        if stream.limit is not None and total >= stream.limit:
-                            break
-                if stream.limit is not None and total >= stream.limit:
-                    await self.send(complete_message(sid, "limit_reached", total, started))
-                    return
+            await send_stream(live, sid, self.send_batch, stream.shutdown)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the socket closed; `run` cleans up
-        except Exception:
+        except Exception as e:  # e.g. a message that cannot be encoded: the stream ends with an error
             log.exception("websocket stream %s failed", sid)
             with contextlib.suppress(Exception):
-                await self.send(error_message(sid, "INTERNAL_ERROR", "internal server error", recoverable=True))
+                await self.send(error_from_exception(sid, e))
         finally:
             self.state.streaming.unsubscribe(stream.sub)
             self.streams.pop(sid, None)
