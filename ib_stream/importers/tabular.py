@@ -41,7 +41,7 @@ from ib_stream.importers.values import (
     to_int,
     trade_side,
 )
-from ib_stream.importers.writer import DEFAULT_BATCH_TICKS, ImportReport, ImportWriter, Progress, checked_ts
+from ib_stream.importers.writer import DEFAULT_BATCH_TICKS, ImportReport, ImportWriter, Progress, StreamSink, checked_ts
 from ib_stream.store.tickstore import TickStore
 
 RECIPE_VERSION: Final = 1  # bump when the same file and recipe would give different ticks
@@ -240,7 +240,7 @@ def import_file(
 class _OutputReader:
     """Turns rows into ticks of one output and hands them to the stream's sink."""
 
-    def __init__(self, output: Output, sink: Any) -> None:
+    def __init__(self, output: Output, sink: StreamSink) -> None:
         self.name = output.tick_type.value
         self.sink = sink
         self.where = [(_getter(column), value) for column, value in output.where.items()]

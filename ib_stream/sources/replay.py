@@ -17,6 +17,7 @@ from ib_stream.errors import ConfigError
 from ib_stream.settings import ReplayConfig
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.schema import table_to_records
+from ib_stream.streaming import StreamingApp
 from ib_stream.times import to_utc_ns
 
 _CHUNK = 500  # records handed to the fan-out at once when replaying as fast as possible
@@ -77,7 +78,7 @@ class ReplaySource:
         if self.end_ns <= self.start_ns:
             raise ConfigError(f"replay.end_time {config.end_time} is not after replay.start_time {config.start_time}")
 
-    async def run(self, app: Any) -> None:
+    async def run(self, app: StreamingApp) -> None:
         streams = [StreamKey(c.con_id, t) for c in self.contracts for t in c.tick_types]
         while True:
             items = await asyncio.to_thread(

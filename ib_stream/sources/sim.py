@@ -20,6 +20,7 @@ from typing import Any
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
 from ib_stream.domain import Contract, TickType
 from ib_stream.settings import SimConfig
+from ib_stream.streaming import StreamingApp
 
 Ticks = dict[TickType, list[dict[str, Any]]]
 SOURCE = "sim"
@@ -179,7 +180,7 @@ class SimSource:
         self.clock = clock or SystemClock()
         self.is_open = is_open if config.follow_sessions else None
 
-    async def run(self, app: Any) -> None:
+    async def run(self, app: StreamingApp) -> None:
         start = self.clock.now_ns()
         markets = [SimMarket(c, self.config, start) for c in self.contracts]
         while True:

@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from ib_stream import __version__
 from ib_stream.api.metrics import CONTENT_TYPE
-from ib_stream.live.messages import now_iso
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.state import ServiceState, State
+from ib_stream.live.messages import now_iso
 
 router = APIRouter(tags=["system"])
 
