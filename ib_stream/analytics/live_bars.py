@@ -193,7 +193,7 @@ class LiveBarBuilder:
         self.quotes_from = context - QUOTE_LOOKBACK_NS
         if self._obi_from is None:  # OBI events count from the first seed's look-back on (as a batch request from it)
             self._obi_from = until_ns - QUOTE_LOOKBACK_NS
-        rolled = hour_rows(trades, quotes, self._obi_from, QUOTE_LOOKBACK_NS, context)
+        rolled = hour_rows(trades, quotes, self._obi_from, QUOTE_LOOKBACK_NS, context, sensitivity=False)
         self._carry = Carry().after(rolled.summary, self.quotes_from)
         self._trade_carry = _last_traded(rolled.rows, self.session_of, zero_rows(0))
         if self.book is not None:
@@ -366,7 +366,9 @@ class LiveBarBuilder:
             schema=_QUOTES_SCHEMA,
         )
         carry = self._carry if carry is None else carry
-        rolled = hour_rows(trade_table, quote_table, start, QUOTE_LOOKBACK_NS, carry=carry, quote_obi=False)
+        rolled = hour_rows(
+            trade_table, quote_table, start, QUOTE_LOOKBACK_NS, carry=carry, quote_obi=False, sensitivity=False
+        )
         events = sorted(opened.obi, key=lambda e: e[0])
         volumes = pa.table(
             {

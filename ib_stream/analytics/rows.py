@@ -61,30 +61,49 @@ METHOD_COLUMNS: Final = {"recorded": "n_recorded", "quote": "n_quote", "tick": "
 Rows = dict[str, np.ndarray]
 
 
-def buckets(ts: np.ndarray, edges: np.ndarray | None = None) -> np.ndarray:
-    """The bucket start of each sorted ns timestamp: its UTC second, or the latest of `edges` inside that
-    second at or before it."""
+def _groups(ts: np.ndarray, edges: np.ndarray | None = None, per_second: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket start, index of the first element) of each group of sorted ns timestamps, one group per bucket: a
+    UTC second, split further at the `edges` that fall inside a second (a bar boundary at 14:00:20.5) — or,
+    without `per_second`, the spans between the edges (labelled with their first event before the first edge).
+    Coarse buckets give the same first / high / low / last / count per bar (no sum is involved)."""
     ts = np.asarray(ts, dtype=np.int64)
+    if len(ts) == 0:
+        return ts, np.zeros(0, dtype=np.intp)
+    if not per_second and edges is not None:
+        bounds = np.concatenate(([ts[0]], edges[(edges > ts[0]) & (edges <= ts[-1])]))
+        index = np.searchsorted(ts, bounds, side="left")
+        held = np.append(index[1:], len(ts)) > index
+        return bounds[held], index[held].astype(np.intp)
+    first, last = int(ts[0] - ts[0] % NS_PER_SECOND), int(ts[-1] - ts[-1] % NS_PER_SECOND)
+    inner = np.zeros(0, dtype=np.int64) if edges is None else edges[edges % NS_PER_SECOND != 0]
+    inner = inner[(inner > first) & (inner <= ts[-1])]
+    span = (last - first) // NS_PER_SECOND + 1
+    if span <= len(ts):  # dense: search the bucket boundaries in the timestamps (no pass over every element)
+        bounds = first + np.arange(span, dtype=np.int64) * NS_PER_SECOND
+        if len(inner):  # few: inserted where they fall, not merged by a sort
+            inner = np.unique(inner)
+            bounds = np.insert(bounds, np.searchsorted(bounds, inner), inner)
+        index = np.searchsorted(ts, bounds, side="left")
+        held = np.append(index[1:], len(ts)) > index
+        return bounds[held], index[held].astype(np.intp)
     start = ts - ts % NS_PER_SECOND
-    if edges is not None and len(edges) and len(ts):
-        i = np.searchsorted(edges, ts, side="right") - 1
+    if len(inner):
+        i = np.searchsorted(inner, ts, side="right") - 1
         inside = i >= 0
-        start[inside] = np.maximum(start[inside], edges[i[inside]])
-    return start
-
-
-def _groups(ts: np.ndarray, edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(bucket start of each group, index of each group's first element) of sorted ns timestamps."""
-    starts_of = buckets(ts, edges)
-    if len(starts_of) == 0:
-        return starts_of, np.zeros(0, dtype=np.intp)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(starts_of)) + 1)).astype(np.intp)
-    return starts_of[starts], starts
+        start[inside] = np.maximum(start[inside], inner[i[inside]])
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(start)) + 1)).astype(np.intp)
+    return start[starts], starts
 
 
 def zero_rows(n: int, schema: pa.Schema = ROLLUP_SCHEMA) -> Rows:
-    """`n` rows of `schema`, every value 0."""
-    return {f.name: np.zeros(n, dtype=np.int64 if f.type == _I else np.float64) for f in schema}
+    """`n` rows of `schema`, every value 0 (the columns of a type share one allocation)."""
+    ints = [f.name for f in schema if f.type == _I]
+    floats_ = [f.name for f in schema if f.type != _I]
+    int_block, float_block = np.zeros((len(ints), n), dtype=np.int64), np.zeros((len(floats_), n), dtype=np.float64)
+    rows = {name: int_block[i] for i, name in enumerate(ints)} | {
+        name: float_block[i] for i, name in enumerate(floats_)
+    }
+    return {f.name: rows[f.name] for f in schema}
 
 
 def empty_rows(schema: pa.Schema = ROLLUP_SCHEMA) -> Rows:
@@ -99,7 +118,7 @@ def _put_obi(rows: Rows, seconds: np.ndarray, obi_values: np.ndarray, o_sec: np.
     for name in _OBI_STATS:
         rows[name][:] = np.nan
     if len(o_sec):
-        at = np.searchsorted(seconds, o_sec)
+        at = slice(None) if seconds is o_sec else np.searchsorted(seconds, o_sec)
         o_end = np.append(o_start[1:], len(obi_values))
         rows["obi_first"][at] = obi_values[o_start]
         rows["obi_last"][at] = obi_values[o_end - 1]
@@ -117,23 +136,23 @@ def second_rows(
     obi_ts: np.ndarray,
     obi_values: np.ndarray,
     edges: np.ndarray | None = None,
+    sides: bool = True,
 ) -> Rows:
     """The rows of sorted trades (with their side and method) and a sorted OBI event series, one per bucket
-    (a second, split at `edges`; see `buckets`)."""
+    (a second, split at `edges`; see `_groups`). Without `sides` the columns a trade's side decides stay 0."""
     price = np.asarray(price, dtype=np.float64)
     size = np.asarray(size, dtype=np.float64)
     t_sec, t_start = _groups(np.asarray(ts, dtype=np.int64), edges)
     o_sec, o_start = _groups(np.asarray(obi_ts, dtype=np.int64), edges)
-    seconds = np.union1d(t_sec, o_sec)
+    seconds = t_sec if not len(o_sec) else o_sec if not len(t_sec) else np.union1d(t_sec, o_sec)
     rows = zero_rows(len(seconds))
     rows["second"] = seconds
     for name in ("open", "high", "low", "close"):
         rows[name][:] = np.nan
     _put_obi(rows, seconds, obi_values, o_sec, o_start)
     if len(t_sec):
-        at = np.searchsorted(seconds, t_sec)
+        at = slice(None) if seconds is t_sec else np.searchsorted(seconds, t_sec)
         t_end = np.append(t_start[1:], len(price))
-        signed = size * np.asarray(side, dtype=np.float64)
         add = np.add.reduceat
         rows["open"][at] = price[t_start]
         rows["close"][at] = price[t_end - 1]
@@ -142,10 +161,13 @@ def second_rows(
         rows["volume"][at] = add(size, t_start)
         rows["notional"][at] = add(price * size, t_start)
         rows["trade_count"][at] = t_end - t_start
+        if not sides:
+            return rows
         for name, value in (("buy_volume", 1), ("sell_volume", -1), ("unknown_volume", 0)):
             rows[name][at] = add(np.where(side == value, size, 0.0), t_start)
         for code, name in ((RECORDED, "n_recorded"), (QUOTE, "n_quote"), (TICK, "n_tick"), (UNKNOWN, "n_unknown")):
             rows[name][at] = add((method == code).astype(np.int64), t_start)
+        signed = size * np.asarray(side, dtype=np.float64)
         rows["delta"][at] = add(signed, t_start)
         # Prefix sums restarting at each second: one running sum less its value before the second.
         running = np.cumsum(signed)
@@ -203,6 +225,7 @@ class HourRows:
     sensitive: bool
     summary: dict[str, Any]
     sides: TradeSides | None = None  # of each trade read (None for stored rollups)
+    obi: Rows | None = None  # the quotes' OBI in rows of its own (`obi_per_second=False`), else in `rows`
 
 
 def hour_rows(
@@ -215,6 +238,9 @@ def hour_rows(
     *,
     edges: np.ndarray | None = None,
     quote_obi: bool = True,
+    sensitivity: bool = True,
+    obi_per_second: bool = True,
+    with_sides: bool = True,
     use_recorded: bool = True,
     inclusive: bool = False,
     max_quote_age_ns: int | None = None,
@@ -222,12 +248,13 @@ def hour_rows(
     """Rows of the trades from `context_ns` (default hour_start) on, classified as the service does with its
     context there (quotes from context − lookback) — or, given the `carry` of the ticks before (since an
     earlier context), as the service does with that context — and (`quote_obi`) the top-of-book OBI of every
-    quote from hour_start on. Rows are split at `edges` (bar boundaries inside a second, see `buckets`);
+    quote from hour_start on. Rows are split at `edges` (bar boundaries inside a second, see `_groups`);
     `use_recorded`, `inclusive` and `max_quote_age_ns` are `side.classify`'s options.
 
-    `sensitive`: without a carry, the side of some trade could differ under an earlier context: a trade the
-    tick rule could not decide (no price change yet since the context), or one decided by the tick rule
-    with no quote in the window (an earlier context could reach an older quote).
+    `sensitive` (computed with `sensitivity`; only stored rollups need it): without a carry, the side of some
+    trade could differ under an earlier context: a trade the tick rule could not decide (no price change yet
+    since the context), or one decided by the tick rule with no quote in the window (an earlier context could
+    reach an older quote).
     """
     context = hour_start if context_ns is None else context_ns
     ts, price, size = ts_ns(trade_table), floats(trade_table, "price"), floats(trade_table, "size")
@@ -238,6 +265,9 @@ def hour_rows(
         quote_ts = np.concatenate(([carry.quote[0]], quote_ts))
         bids, asks = np.concatenate(([carry.quote[1]], bids)), np.concatenate(([carry.quote[2]], asks))
     quote_arrays = (quote_ts, bids, asks) if len(quote_ts) else None
+    if not with_sides:  # only the columns no trade side changes: no classification at all
+        rows = second_rows(ts, price, size, ts[:0], ts[:0], ts[:0], price[:0], edges, sides=False)
+        return HourRows(rows, False, {})
     recorded = recorded_sides(trade_table) if use_recorded else None
     options: dict[str, Any] = {
         "use_recorded": use_recorded,
@@ -256,9 +286,9 @@ def hour_rows(
             sides = TradeSides(by_tick, method)
     else:
         sides = classify(ts, price, recorded, quote_arrays, **options)
-    sensitive = carry is None and bool((sides.method == UNKNOWN).any())
+    sensitive = sensitivity and carry is None and bool((sides.method == UNKNOWN).any())
     ticked = sides.method == TICK
-    if carry is None and ticked.any():
+    if sensitivity and carry is None and ticked.any():
         if quote_arrays is None:
             sensitive = True
         else:
@@ -266,7 +296,12 @@ def hour_rows(
             sensitive |= bool(np.isnan(bid).any())
     obi_ts, obi_values = obi_series(top_of_book_volumes(quotes)) if quote_obi else (ts[:0], price[:0])
     in_window = obi_ts >= hour_start
-    rows = second_rows(ts, price, size, sides.side, sides.method, obi_ts[in_window], obi_values[in_window], edges)
+    obi_ts, obi_values = obi_ts[in_window], obi_values[in_window]
+    obi = None
+    if quote_obi and not obi_per_second:  # the OBI in rows of its own, per span between the edges
+        obi = obi_rows_of(obi_ts, obi_values, edges, per_second=False)
+        obi_ts, obi_values = obi_ts[:0], obi_values[:0]
+    rows = second_rows(ts, price, size, sides.side, sides.method, obi_ts, obi_values, edges)
     moves = np.flatnonzero(np.diff(price)) if len(price) > 1 else np.zeros(0, dtype=np.intp)
     summary = {
         "trades": len(ts),
@@ -275,7 +310,7 @@ def hour_rows(
         "last_direction": int(np.sign(price[moves[-1] + 1] - price[moves[-1]])) if len(moves) else 0,
         "quote": [int(quote_ts[-1]), float(bids[-1]), float(asks[-1])] if len(quote_ts) else None,
     }
-    return HourRows(rows, sensitive, summary, sides)
+    return HourRows(rows, sensitive, summary, sides, obi)
 
 
 DEPTH_ROLLUP_SCHEMA: Final = pa.schema(
@@ -287,9 +322,14 @@ DEPTH_ROLLUP_SCHEMA: Final = pa.schema(
 
 def obi_rows(volumes: pa.Table, edges: np.ndarray | None = None) -> Rows:
     """Rows holding only the OBI columns of a (ts, bid_volume, ask_volume) event series sorted by ts (events with
-    no volume skipped), one per bucket (see `buckets`)."""
-    ts, values = obi_series(volumes)
-    seconds, starts = _groups(ts, edges)
+    no volume skipped), one per bucket (see `_groups`)."""
+    return obi_rows_of(*obi_series(volumes), edges)
+
+
+def obi_rows_of(ts: np.ndarray, values: np.ndarray, edges: np.ndarray | None = None, per_second: bool = True) -> Rows:
+    """The OBI rows of sorted event times and their imbalance values (no NaN); without `per_second`, one row per
+    span between the edges (bars need no finer rows: OBI has no sums)."""
+    seconds, starts = _groups(ts, edges, per_second)
     rows = zero_rows(len(seconds))
     rows["second"] = seconds
     _put_obi(rows, seconds, values, seconds, starts)

@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ib_stream.analytics.engine import bars_from_rows, last_values, trade_bars
-from ib_stream.analytics.obi import top_of_book_volumes
+from ib_stream.analytics.obi import imbalance
 from ib_stream.analytics.request import BarsRequest
-from ib_stream.analytics.rows import obi_rows
+from ib_stream.analytics.rows import obi_rows_of
 from ib_stream.analytics.side import floats, ts_ns
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import QueryError
@@ -86,7 +86,9 @@ def historical_bars(
     if tick_type == TickType.BID_ASK:
         for name in ("bid_price", "ask_price", "bid_size", "ask_size"):
             columns[name] = last_values(grid, ts, floats(ticks, name))
-        rows = obi_rows(top_of_book_volumes(ticks), grid.edges())
+        values = imbalance(floats(ticks, "bid_size"), floats(ticks, "ask_size"))
+        known = ~np.isnan(values)
+        rows = obi_rows_of(ts[known], values[known], grid.edges(), per_second=False)
         columns.update(bars_from_rows(grid, rows, ("obi",), obi_from_ns=start_ns - lookback)[0])
         columns["quote_count"] = (hi - lo).astype(np.int64)
         columns["empty"] = hi == lo

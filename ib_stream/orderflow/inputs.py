@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from ib_stream.analytics.book import top_volumes
-from ib_stream.analytics.obi import VOLUMES_SCHEMA
+from ib_stream.analytics.obi import VOLUMES_SCHEMA, obi_series
 from ib_stream.analytics.request import DEFAULT_LEVELS
-from ib_stream.analytics.rows import HourRows, Rows, depth_rows, hour_rows
+from ib_stream.analytics.rows import HourRows, Rows, hour_rows, obi_rows_of
 from ib_stream.analytics.side import recorded_sides
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey, TickType
@@ -107,6 +107,9 @@ def trade_rows(
         context_ns,
         edges=edges,
         quote_obi=obi_from_ns is not None,
+        sensitivity=False,
+        obi_per_second=False,
+        with_sides=how.sides,
         use_recorded=how.use_recorded_side,
         inclusive=how.quote_inclusive,
         max_quote_age_ns=how.max_quote_age_ns,
@@ -118,7 +121,7 @@ def read_trades(
 ) -> tuple[pa.Table, pa.Table]:
     """The trades of [context_ns, end_ns) and the quotes their classification needs (from context − lookback;
     from `obi_from_ns` too when the top-of-book OBI is wanted; none when every trade has a recorded side)."""
-    table = engine.read_stream(trades, context_ns, end_ns, TRADE_COLUMNS)
+    table = engine.read_stream(trades, context_ns, end_ns, TRADE_COLUMNS if how.sides else TRADE_COLUMNS[:3])
     quotes_from = context_ns - how.quote_lookback_ns
     recorded = recorded_sides(table) if how.use_recorded_side else None
     needs_quotes = obi_from_ns is not None or (how.sides and (recorded is None or bool((recorded == 0).any())))
@@ -137,6 +140,7 @@ def classified(table: pa.Table, quotes: pa.Table, context_ns: int, how: Classifi
         how.quote_lookback_ns,
         context_ns,
         quote_obi=False,
+        sensitivity=False,
         use_recorded=how.use_recorded_side,
         inclusive=how.quote_inclusive,
         max_quote_age_ns=how.max_quote_age_ns,
@@ -167,7 +171,7 @@ def depth_obi(
     volumes = volumes_of(engine, StreamKey(contract_id, TickType.DEPTH), start_ns, end_ns, levels)
     if volumes is None or not volumes.num_rows:
         return None
-    return depth_rows(volumes, edges)
+    return obi_rows_of(*obi_series(volumes), edges, per_second=False)
 
 
 def _with_opening(rows: Rows, second: int, value: float) -> Rows:

@@ -148,7 +148,9 @@ class OrderFlow:
             rows = got.rows
             trade_kinds = [k for k in kinds if k != "obi" or depth is None]
             span = (request.start_ns, request.end_ns)
-            bars, methods = bars_from_rows(grid, rows, trade_kinds, resets, quote_obi_from, context, span)
+            bars, methods = bars_from_rows(
+                grid, rows, trade_kinds, resets, quote_obi_from, context, span, obi_source_rows=got.obi
+            )
             columns.update(bars)
         if depth is not None:
             columns.update(bars_from_rows(grid, depth, ("obi",), obi_source_rows=depth)[0])

@@ -74,6 +74,10 @@ class RollupStore:
         """The rollups of the data root the engine reads."""
         return cls(engine.layout)
 
+    def holds(self, stream: StreamKey) -> bool:
+        """Whether any rollup of the stream was written (one directory check)."""
+        return self.layout.rollup_stream_dir(stream).is_dir()
+
     def key(self, stream: StreamKey, partition_start: int) -> str | None:
         """The validity key stored in a rollup file (None when missing or unreadable)."""
         path = self.layout.rollup_path(stream, partition_start)
@@ -237,11 +241,19 @@ def load_rows(
     their ticks. None (with `require_stored`) when no stored rollup serves any partition: the tick path is
     then as fast.
     """
+    store = store or RollupStore.for_engine(engine)
+    if require_stored and not store.holds(trades):
+        return None
     pn = engine.layout.partition_ns
     first = min(from_ns, context_ns)
     first -= first % pn
     catalog = _Catalog.of(engine, trades, lookback_ns, first, end_ns + (-end_ns) % pn)
-    store = store or RollupStore.for_engine(engine)
+    if require_stored and not any(  # nothing stored serves the range: leave it to the tick path before any read
+        not catalog.hot_in(start) and store.key(trades, start) == catalog.key(start)
+        for start in range(first, end_ns, pn)
+        if not (start < context_ns < start + pn) and not catalog.empty(start)
+    ):
+        return None
     parts: list[Rows] = []
     used = 0
     carry: Carry | None = None
