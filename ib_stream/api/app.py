@@ -32,6 +32,7 @@ from ib_stream.api.routes import (
     live_bars,
     replay,
     sessions,
+    storage,
     system,
     ws,
 )
@@ -59,6 +60,7 @@ ROUTERS = (
     sessions,
     live,
     buffer,
+    storage,
     ws,
     ingest,
     replay,

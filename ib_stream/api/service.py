@@ -23,6 +23,7 @@ from ib_stream.api.idempotency import IdempotencyCache
 from ib_stream.api.metrics import ServiceMetrics
 from ib_stream.api.reads import contract_streams, holdings, stored_streams
 from ib_stream.api.session_reads import read_session
+from ib_stream.api.storage_reads import storage_stats, stored_files
 from ib_stream.clock import Clock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError
@@ -179,6 +180,16 @@ class ServiceState:
             return [stream_coverage(self._store.engine, self._store.gaps, s, gap_ns) for s in streams]
 
         return await self.run(work)
+
+    # ---- files on disk (IB-Studies' /v3/storage) ----------------------------------------------------------------
+    async def storage_stats(self) -> dict[str, Any]:
+        """Totals per stream and over the store, with the `optimization_summary`."""
+        return await self.run(storage_stats, self._store)
+
+    async def storage_files(self, contract_id: int, tick_types: Sequence[TickType], fmt: str) -> list[dict[str, Any]]:
+        """The files holding a contract's streams (`fmt`: parquet, json or all), newest first."""
+        streams = [StreamKey(contract_id, t) for t in tick_types]
+        return [f.to_dict() for f in await self.run(stored_files, self._store, streams, fmt)]
 
     # ---- health and recording ---------------------------------------------------------------------------------
     def store_status(self) -> tuple[bool, str]:

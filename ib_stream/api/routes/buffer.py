@@ -215,7 +215,14 @@ async def v3_info(state: State) -> dict[str, Any]:
     """The /v3 buffer message format (field mapping) and what is held."""
     return {
         "version": "3.0",
+        "description": "History for IB-Studies: ticks of a range merged in time order, expanded or compact; "
+        "the files the store keeps (Parquet archive, JSON-lines buffer)",
         "protocol_version": PROTOCOL_VERSION,
+        "optimizations": {
+            "archive": "Parquet, zstd, hourly partitions sorted by (ts, seq); reads only the row groups a range needs",
+            "buffer": "JSON lines in 15-minute segments, the recent ticks also in memory",
+            "compact_messages": "raw=true: short field names (ts, st, cid, tt, rid, bp, bs, ap, as, p, s, mp)",
+        },
         "formats": ["json"],
         "field_mapping": V3_FIELD_MAPPING,
         "expanded_fields": [
@@ -237,6 +244,8 @@ async def v3_info(state: State) -> dict[str, Any]:
         "endpoints": {
             "/v3/buffer/{contract_id}/query": "history merged in time order (raw=true: compact names)",
             "/v3/buffer/{contract_id}/info": "what is held for a contract",
+            "/v3/storage/stats": "files, sizes and ticks held, and the optimization summary",
+            "/v3/storage/files/{contract_id}": "the files of a contract, newest first (tick_type=, format=)",
         },
         "server_time": iso_us(state.clock.now_ns()),
         "contracts": _contracts(state),
