@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest test-slow bench bench-orderflow clean
+.PHONY: setup run test lint typecheck pytest test-slow bench bench-orderflow clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,23 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+# The browser tests drive Debian's Chromium (Playwright cannot download browsers here): installed once with apt-get.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "Chromium is missing at $(CHROMIUM) and apt-get is not available: install Chromium there"; exit 1; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+browser: $(CHROMIUM)
+
+pytest: setup $(CHROMIUM)
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint typecheck pytest
 
-test-slow: setup
+test-slow: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 bench: setup

@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from ib_stream import __version__
 from ib_stream.alerts.engine import AlertEngine, stop_task
@@ -198,7 +199,9 @@ def create_app(
             await store.aclose()  # flushes and fsyncs the buffer, releases the data root
             log.info("ib-stream stopped; everything acknowledged is on disk")
 
-    app = FastAPI(
+    # Swagger UI and ReDoc load their scripts and styles from the service itself (fastapi-offline ships them),
+    # so /docs and /redoc work on a machine without internet access.
+    app = FastAPIOffline(
         title="ib-stream",
         version=__version__,
         description="Interactive Brokers market data: tiered tick store, range queries, sessions and live streams.",
