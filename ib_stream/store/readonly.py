@@ -56,5 +56,11 @@ def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
         )
     index = PartitionIndex(layout.index_file, readonly=True)
     clock = SystemClock()
-    cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, ChangeTracker(), clock)
+    cache = QueryCache(
+        config.query_cache_size,
+        config.query_cache_ttl_seconds,
+        ChangeTracker(),
+        clock,
+        int(config.query_cache_max_mb * 2**20),
+    )
     return QueryEngine(layout, index, DiskHot(layout, index), cache, clock)

@@ -61,7 +61,13 @@ class TickStore:
         self.clock = clock or SystemClock()
         self.layout = Layout.of(config)
         self.tracker = ChangeTracker()
-        self.cache = QueryCache(config.query_cache_size, config.query_cache_ttl_seconds, self.tracker, self.clock)
+        self.cache = QueryCache(
+            config.query_cache_size,
+            config.query_cache_ttl_seconds,
+            self.tracker,
+            self.clock,
+            int(config.query_cache_max_mb * 2**20),
+        )
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_writes, thread_name_prefix="ib-stream-io")
         self._lock_file: IO[str] | None = None
         self.index: PartitionIndex
@@ -167,8 +173,7 @@ class TickStore:
         return removed
 
     def _track(self, stream: StreamKey, records: list[dict[str, Any]]) -> None:
-        stamps = [r["ts"] for r in records]
-        self.tracker.record(stream, min(stamps), max(stamps))
+        self.tracker.record_ticks(stream, [r["ts"] for r in records])
 
     async def run_in_background(self, job: str) -> Any:
         """Run a job by name off the event loop."""

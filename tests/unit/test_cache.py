@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ib_stream.clock import ManualClock
+from ib_stream.domain import StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery, TickStore
+from ib_stream.store.cache import ChangeTracker, QueryCache
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 HOUR = 3600
@@ -175,3 +178,44 @@ async def test_the_ttl_follows_the_stores_clock_not_the_wall_clock(tmp_path: Pat
         first = await query(store)
         time.sleep(0.1)  # twice the TTL of wall time, none of store time
         await assert_cached(store, first)
+
+
+async def test_a_batch_spanning_decades_costs_the_tracker_two_minutes_and_stays_never_stale(store: TickStore) -> None:
+    # Two ticks 50 years apart: the tracker notes the two minutes they fall in, not the 26 million between.
+    before = await query(store, T0_NS - seconds(60), T0_NS + seconds(60))
+    far = T0_NS + seconds(50 * 365 * 86_400)
+    await store.append_batch(CONTRACT, "last", [trade(T0_NS, 0), trade(far, 1)])
+    assert store.tracker.entries <= 2 * 2  # two minutes and their two hours
+    after = await query(store, T0_NS - seconds(60), T0_NS + seconds(60))
+    assert len(after) == len(before) + 1  # the cached answer of that minute was invalidated
+
+
+def test_a_wide_change_is_one_interval_and_still_invalidates_every_minute_it_covers() -> None:
+    tracker = ChangeTracker()
+    stream = StreamKey(CONTRACT, TickType.LAST)
+    version = tracker.version
+    tracker.record(stream, T0_NS, T0_NS + seconds(10 * 365 * 86_400))  # ten years, e.g. retention
+    assert tracker.entries == 1
+    assert tracker.changed_since(
+        [stream], T0_NS + seconds(5 * 365 * 86_400), T0_NS + seconds(5 * 365 * 86_400 + 60), version
+    )
+    assert not tracker.changed_since([stream], T0_NS - seconds(3600), T0_NS - seconds(60), version)
+    for k in range(200):  # many wide changes merge into one interval: wider, never narrower
+        tracker.record(stream, T0_NS + seconds(k * 86_400 * 30), T0_NS + seconds(k * 86_400 * 30 + 86_400))
+    assert tracker.entries <= 64
+    assert tracker.changed_since(
+        [stream], T0_NS + seconds(199 * 86_400 * 30), T0_NS + seconds(199 * 86_400 * 30 + 1), version
+    )
+
+
+def test_the_cache_holds_at_most_its_bytes_and_never_an_answer_larger_than_them() -> None:
+    clock = ManualClock(T0_NS)
+    cache = QueryCache(1000, 300, ChangeTracker(), clock, max_bytes=10 * 2**20)
+    frame = pd.DataFrame({"x": np.zeros(2**20 // 8 * 3)})  # 3 MiB
+    for i in range(10):
+        cache.put(("q", i), 0, frame)
+        assert cache.bytes <= 10 * 2**20
+    assert cache.bytes >= 9 * 2**20  # the newest three are kept
+    assert cache.get(("q", 9), [], 0, 1) is frame and cache.get(("q", 0), [], 0, 1) is None
+    cache.put("huge", 0, pd.DataFrame({"x": np.zeros(2**20 // 8 * 11)}))  # 11 MiB: not kept, nothing evicted for it
+    assert cache.get("huge", [], 0, 1) is None and cache.get(("q", 9), [], 0, 1) is frame
