@@ -103,6 +103,18 @@ class _Catalog:
         held = self.hot.select(partition_start, end, TickType.DEPTH)
         return bool(held.num_rows) and pc.max(held.column("seq")).as_py() > self.archived_seq
 
+    def partitions(self, first: int, end: int) -> list[int]:
+        """The partitions of [first, end) that can hold rows: the first (its opening book), those with archive
+        files and those the hot tier reaches — never one per hour of a long empty range."""
+        pn = self.engine.layout.partition_ns
+        found = {first, *self.files}
+        held = self.hot.select(first, end, TickType.DEPTH)
+        if held.num_rows:
+            ts = pc.cast(held.column("ts"), pa.int64())
+            lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
+            found.update(range(lo - lo % pn, hi + 1, pn))
+        return sorted(p for p in found if first <= p < end)
+
 
 def depth_obi_rows(
     engine: QueryEngine,
@@ -128,7 +140,7 @@ def depth_obi_rows(
     parts: list[Rows] = []
     used = 0
     in_force = math.nan
-    for partition in range(first, end_ns, pn):
+    for partition in catalog.partitions(first, end_ns):
         lo, hi = max(partition, start_ns), min(partition + pn, end_ns)
         hot = catalog.hot_in(partition)
         table = None

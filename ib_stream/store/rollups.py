@@ -190,6 +190,23 @@ class _Catalog:
             parts.append(sorted((f.file_path, f.checksum) for f in files))
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
+    def partitions(self, first: int, end: int, context_ns: int) -> list[int]:
+        """The partitions of [first, end) whose rows can be non-empty: those with archive files of the trades
+        (or quotes, or quotes of the partition before: the lookback), those the hot tier reaches, and the
+        context's — never one per hour of a long empty range."""
+        pn = self.engine.layout.partition_ns
+        found = set(self.trade_files) | set(self.quote_files) | {q + pn for q in self.quote_files}
+        found.add(context_ns - context_ns % pn)
+        for stream in (self.trades, StreamKey(self.trades.contract_id, TickType.BID_ASK)):
+            if stream not in self.hot:
+                self.hot[stream] = self.engine.hot.snapshot(stream)
+            held = self.hot[stream].select(first - self.lookback_ns, end, stream.tick_type)
+            if held.num_rows:
+                ts = pc.cast(held.column("ts"), pa.int64())
+                lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py() + self.lookback_ns
+                found.update(range(lo - lo % pn, hi + 1, pn))
+        return sorted(p for p in found if first <= p < end)
+
     def hot_in(self, partition_start: int) -> bool:
         """Whether the hot tier holds unarchived ticks the partition's rows depend on (the catalog does not
         describe them yet)."""
@@ -248,9 +265,10 @@ def load_rows(
     first = min(from_ns, context_ns)
     first -= first % pn
     catalog = _Catalog.of(engine, trades, lookback_ns, first, end_ns + (-end_ns) % pn)
+    partitions = catalog.partitions(first, end_ns, context_ns)  # an empty hour adds no row and changes no carry
     if require_stored and not any(  # nothing stored serves the range: leave it to the tick path before any read
         not catalog.hot_in(start) and store.key(trades, start) == catalog.key(start)
-        for start in range(first, end_ns, pn)
+        for start in partitions
         if not (start < context_ns < start + pn) and not catalog.empty(start)
     ):
         return None
@@ -258,7 +276,7 @@ def load_rows(
     used = 0
     carry: Carry | None = None
     quotes_from = context_ns - lookback_ns
-    for start in range(first, end_ns, pn):
+    for start in partitions:
         stop = min(start + pn, end_ns)
         args = (engine, trades, start, stop, lookback_ns)
         if start < context_ns < start + pn:  # the context's partition: classified from the context on

@@ -210,9 +210,11 @@ class SeqWatermark:
         i = int(np.searchsorted(self.ts, boundary_ns, side="left"))
         return int(self.max_seq[i - 1]) if i else 0
 
-    @property
-    def first_ts(self) -> int | None:
-        return int(self.ts[0]) if len(self.ts) else None
+    def chunks(self, chunk_ns: int, end_ns: int) -> list[int]:
+        """The starts of the chunk_ns-aligned chunks before end_ns that hold ticks (a chunk is a whole number of
+        partitions, so a file lies in the chunk of its start)."""
+        starts = np.unique(self.ts - self.ts % chunk_ns)
+        return [int(s) for s in starts if s < end_ns]
 
     def boundaries(self, partition_ns: int, closed_until_ns: int) -> list[int]:
         """The ends of the partitions holding ticks, up to closed_until_ns."""
@@ -363,10 +365,8 @@ def book_at(engine: QueryEngine, contract_id: int, at: TimeLike | None = None, l
         loaded.book.apply_table(deltas)
         return BookAt(stream.contract_id, at_ns, loaded.book, entry, deltas.num_rows, levels)
     book, replayed = OrderBook(), 0
-    first = watermark.first_ts
-    if first is not None:
-        for lo in range(first - first % _REPLAY_CHUNK_NS, end, _REPLAY_CHUNK_NS):
-            replayed += book.apply_table(engine.read_stream(stream, lo, min(lo + _REPLAY_CHUNK_NS, end)))
+    for lo in watermark.chunks(_REPLAY_CHUNK_NS, end):  # only those holding ticks: a far `at` costs nothing more
+        replayed += book.apply_table(engine.read_stream(stream, lo, min(lo + _REPLAY_CHUNK_NS, end)))
     return BookAt(stream.contract_id, at_ns, book, None, replayed, levels)
 
 
