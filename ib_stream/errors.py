@@ -68,7 +68,7 @@ class ValidationError(IbStreamError):
     http_status = 422
 
     def __init__(self, field: str, value: Any, reason: str, **details: Any) -> None:
-        shown = repr(value) if not isinstance(value, str) else value
+        shown = excerpt(value)
         super().__init__(f"{field} {shown} {reason}", details={"field": field, "value": _jsonable(value), **details})
         self.field = field
         self.value = value
@@ -107,11 +107,25 @@ class SlowConsumerError(IbStreamError):
     http_status = 503
 
 
+EXCERPT_CHARS = 200  # an error message shows at most this much of the input it complains about
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable form of an input value for an error message: strings as they are, anything else as
+    its repr; past `limit` characters cut with the full length noted; lone surrogates escaped (valid UTF-8)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return excerpt(value)
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)  # JSON consumers stop at 64 bits
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
-    return repr(value)
+    return excerpt(value)

@@ -113,6 +113,13 @@ class ApiConfig(BaseModel):
     )
     max_range_days: float = Field(31, gt=0, description="Longest time range one tick-level request may ask for.")
     max_limit: int = Field(1_000_000, ge=1, description="Largest limit a request may ask for.")
+    max_bars: int = Field(
+        200_000, ge=1, le=2_000_000, description="Most bars one request may ask for: its range over its resolution."
+    )
+    query_timeout_seconds: float = Field(
+        30, gt=0, le=3600, description="Work of one request that runs longer is stopped (503 QUERY_TIMEOUT)."
+    )
+    max_body_mb: float = Field(32, gt=0, le=1024, description="Largest request body (POST /v2/ticks); larger: 413.")
     live_bar_lateness_seconds: float = Field(
         2.0,
         ge=0,

@@ -62,6 +62,12 @@ def bar_count(start_ns: int, end_ns: int, resolution: str) -> int:
     return -(-(end_ns - (start_ns - start_ns % size)) // size)
 
 
+def bar_estimate(start_ns: int, end_ns: int, resolution: str) -> int:
+    """How many bars [start_ns, end_ns) can hold at `resolution`, known before any calendar or file is read
+    (for `1d`, one session per day: the days the range touches)."""
+    return bar_count(start_ns, end_ns, "24h" if resolution == SESSION_RESOLUTION else resolution)
+
+
 def check_bar_count(count: int, resolution: str) -> None:
     """Refuse more than MAX_BARS bars in one query, naming the resolution."""
     if count > MAX_BARS:

@@ -16,6 +16,8 @@ from fastapi_offline import FastAPIOffline
 
 from ib_stream import __version__
 from ib_stream.alerts.engine import AlertEngine, stop_task
+from ib_stream.api import guards
+from ib_stream.api.allocator import limit_arenas
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.routes import (
@@ -139,6 +141,7 @@ def create_app(
     """Build the service. `sources=None` picks them from settings; `[]` runs with no live source."""
     settings = settings or load_settings()
     clock = clock or SystemClock()
+    limit_arenas()  # memory freed after a large request goes back to the system
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -209,6 +212,7 @@ def create_app(
         default_response_class=OrjsonResponse,
     )
     install_error_handlers(app)
+    guards.install(app, settings)  # token before body, bounded body, the client's departure noticed
     for module in ROUTERS:
         app.include_router(module.router)
     return app

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ib_stream.api.responses import OrjsonResponse
-from ib_stream.errors import IbStreamError
+from ib_stream.errors import IbStreamError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ def install_error_handlers(app: FastAPI) -> None:
         location = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
         field = ".".join(location) or "request"
         value = first.get("input")
-        shown = value if isinstance(value, str | int | float | bool) or value is None else repr(value)
+        plain = isinstance(value, int | float | bool) and -(2**63) <= value < 2**64
+        shown = value if plain or value is None else excerpt(value)  # never the whole input back
         message = (
-            f"{field} {shown!r} is invalid: {first.get('msg', 'invalid')}"
+            f"{field} {excerpt(shown if plain else repr(shown))} is invalid: {first.get('msg', 'invalid')}"
             if value is not None
             else f"{field} is invalid: {first.get('msg')}"
         )
@@ -66,5 +67,5 @@ def install_error_handlers(app: FastAPI) -> None:
 def _plain(errors: Any) -> list[dict[str, Any]]:
     plain = []
     for error in errors:
-        plain.append({"loc": [str(p) for p in error.get("loc", ())], "msg": str(error.get("msg", ""))})
+        plain.append({"loc": [excerpt(p, 80) for p in error.get("loc", ())], "msg": excerpt(error.get("msg", ""))})
     return plain

@@ -10,6 +10,7 @@ from typing import Annotated, Final
 
 from fastapi import Path
 
+from ib_stream.analytics.grid import bar_estimate
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
 from ib_stream.errors import QueryError, ValidationError
@@ -57,3 +58,15 @@ MAX_CONTRACT_ID: Final = 2**63 - 1  # a conId is a positive 64-bit integer at mo
 ContractIdPath = Annotated[
     int, Path(ge=1, le=MAX_CONTRACT_ID, description="IB contract id (conId) of a configured contract.")
 ]
+
+
+def check_bar_budget(api: ApiConfig, start_ns: int, end_ns: int, resolution: str) -> None:
+    """Refuse a bar request past api.max_bars (its range over its resolution), naming the resolution, before
+    any calendar or file is read."""
+    bars = bar_estimate(start_ns, end_ns, resolution)
+    if bars > api.max_bars:
+        raise QueryError(
+            f"resolution {resolution} over {iso_us(start_ns)} .. {iso_us(end_ns)} asks for {bars} bars; at most "
+            f"{api.max_bars} per request (api.max_bars): narrow the range or use a larger resolution",
+            details={"field": "resolution", "value": resolution, "bars": bars, "max_bars": api.max_bars},
+        )

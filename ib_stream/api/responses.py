@@ -15,20 +15,23 @@ class OrjsonResponse(JSONResponse):
         try:
             return orjson.dumps(content, option=_OPTIONS)
         except TypeError:
-            # orjson stops at 64-bit integers; an echo of a huge input value must not become a 500.
-            return orjson.dumps(_big_ints_as_text(content), option=_OPTIONS)
+            # orjson stops at 64-bit integers and at lone surrogates (not UTF-8); an echo of such input
+            # must not become a 500.
+            return orjson.dumps(_printable(content), option=_OPTIONS)
 
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def _big_ints_as_text(value: Any) -> Any:
+def _printable(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: _big_ints_as_text(v) for k, v in value.items()}
+        return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_big_ints_as_text(v) for v in value]
+        return [_printable(v) for v in value]
     return value

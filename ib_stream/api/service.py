@@ -24,6 +24,7 @@ from ib_stream.api.metrics import ServiceMetrics
 from ib_stream.api.reads import contract_streams, holdings, stored_streams
 from ib_stream.api.session_reads import read_session
 from ib_stream.api.storage_reads import storage_stats, stored_files
+from ib_stream.budget import Budget, budget_bound, request_cancel_flag
 from ib_stream.clock import Clock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError
@@ -70,14 +71,21 @@ class ServiceState:
 
     # ---- running blocking work ------------------------------------------------------------------------------
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run blocking work (files, Parquet, SQLite, encoding a large answer) on the store's executor."""
-        call = functools.partial(fn, *args, **kwargs)
+        """Run blocking work (files, Parquet, SQLite, encoding a large answer) on the store's executor, under a
+        budget: it stops at api.query_timeout_seconds, or when the request's client has gone away."""
+        call = functools.partial(self.budget().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._store.executor, call)
 
-    async def _timed(self, endpoint: str, work: Awaitable[T]) -> T:
+    def budget(self) -> Budget:
+        """A fresh budget for one piece of a request's work (the deadline counts from now)."""
+        return Budget(self.settings.api.query_timeout_seconds, request_cancel_flag())
+
+    async def _timed(self, endpoint: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Await work under a fresh budget (`StorageQuery` calls carry it to their worker), timing it."""
         started = time.perf_counter()
         try:
-            return await work
+            with budget_bound(self.budget()):
+                return await work()
         finally:
             self.metrics.observe_query(endpoint, time.perf_counter() - started)
 
@@ -90,10 +98,19 @@ class ServiceState:
         end_ns: int,
         resolution: str,
         endpoint: str = "historical",
+        limit: int | None = None,
     ) -> pd.DataFrame:
-        """The ticks (or bars) of [start_ns, end_ns), as `StorageQuery.query_range` returns them."""
+        """The ticks (or bars) of [start_ns, end_ns), as `StorageQuery.query_range` returns them (the first
+        `limit`)."""
         return await self._timed(
-            endpoint, self.query.query_range(contract_id, tick_types, start_ns, end_ns, resolution)
+            endpoint, lambda: self.query.query_range(contract_id, tick_types, start_ns, end_ns, resolution, limit)
+        )
+
+    async def count_ticks(self, contract_id: int, tick_types: Sequence[TickType], start_ns: int, end_ns: int) -> int:
+        """How many ticks of the streams lie in [start_ns, end_ns) (mostly from the catalog)."""
+        engine = self._store.engine
+        return await self.run(
+            lambda: sum(engine.count(StreamKey(contract_id, t), start_ns, end_ns) for t in tick_types)
         )
 
     async def order_flow(self, contract: Contract) -> OrderFlow:
@@ -102,15 +119,15 @@ class ServiceState:
 
     async def bars(self, flow: OrderFlow, request: BarsRequest) -> BarsResult:
         """Order-flow bars of a request."""
-        return await self._timed("bars", self.run(flow.bars, request))
+        return await self._timed("bars", lambda: self.run(flow.bars, request))
 
     async def bars_summary(self, flow: OrderFlow, request: BarsRequest, profile_levels: bool) -> dict[str, Any]:
         """The order-flow summary of a request's range."""
-        return await self._timed("bars_summary", self.run(flow.summary, request, profile_levels=profile_levels))
+        return await self._timed("bars_summary", lambda: self.run(flow.summary, request, profile_levels=profile_levels))
 
     async def book_at(self, contract_id: int, at_ns: int, levels: int | None) -> BookAt:
         """The L2 book of a contract at `at_ns`: the latest valid snapshot plus the depth updates since."""
-        return await self._timed("depth", self.query.book_at(contract_id, at_ns, levels))
+        return await self._timed("depth", lambda: self.query.book_at(contract_id, at_ns, levels))
 
     async def session_reads(
         self,

@@ -9,6 +9,7 @@ blocking implementation (`query_range_sync`, `bars_sync`, `book_at_sync`); its a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import os
@@ -44,8 +45,8 @@ def _awaitable(
 
     @functools.wraps(blocking)
     async def off_loop(self: StorageQuery, *args: P.args, **kwargs: P.kwargs) -> R:
-        call = functools.partial(blocking, self, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        call = functools.partial(contextvars.copy_context().run, blocking, self, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)  # the caller's budget too
 
     name = blocking.__name__.removesuffix("_sync")
     off_loop.__name__, off_loop.__qualname__ = name, f"StorageQuery.{name}"
@@ -92,24 +93,29 @@ class StorageQuery:
         start_time: TimeLike,
         end_time: TimeLike | None = None,
         resolution: str | None = None,
+        limit: int | None = None,
     ) -> pd.DataFrame:
         """Return the ticks (or bars) of a contract in [start_time, end_time) as a DataFrame.
 
         `end_time=None` means now; naive datetimes are local time; `resolution` is `tick` or a bar size.
+        `limit`: at most this many rows, the first ones (for ticks only as much is read as they need).
         """
         contract, start, end = self._span(contract_id, start_time, end_time)
         types = TickType.parse_list(tick_types if isinstance(tick_types, str) else tuple(tick_types))
         resolved = parse_resolution(resolution)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValidationError("limit", limit, "must be a positive integer")
         if resolved == "tick":
-            return self.engine.query(contract, types, start, end)
+            return self.engine.query(contract, types, start, end, limit)
         for tick_type in types:
             check_bars_of(tick_type, resolved)
         flow = OrderFlow(self.engine, self._contract(contract, None))
         streams = [StreamKey(contract, t) for t in types]
         key = ("bars", start, resolved, flow.contract.calendar)
-        return self.engine.frames(
+        bars = self.engine.frames(
             key, streams, 0, end, lambda s: historical_bars(flow, s.tick_type, start, end, resolved)
         )
+        return bars if limit is None else bars.iloc[:limit]
 
     def bars_sync(
         self,

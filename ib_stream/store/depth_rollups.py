@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ib_stream import budget
 from ib_stream.analytics.book import top_volumes
 from ib_stream.analytics.obi import imbalance
 from ib_stream.analytics.request import DEFAULT_LEVELS
@@ -141,6 +142,7 @@ def depth_obi_rows(
     used = 0
     in_force = math.nan
     for partition in catalog.partitions(first, end_ns):
+        budget.check()
         lo, hi = max(partition, start_ns), min(partition + pn, end_ns)
         hot = catalog.hot_in(partition)
         table = None

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ib_stream import budget
 from ib_stream.clock import Clock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.store.cache import QueryCache
@@ -41,12 +42,38 @@ class QueryEngine:
         self.cache = cache
         self.clock = clock
 
-    def query(self, contract_id: int, tick_types: Sequence[TickType], start_ns: int, end_ns: int) -> pd.DataFrame:
-        """The ticks of [start_ns, end_ns) as a DataFrame (`tick_type` column when several types; merged by ts)."""
+    def query(
+        self, contract_id: int, tick_types: Sequence[TickType], start_ns: int, end_ns: int, limit: int | None = None
+    ) -> pd.DataFrame:
+        """The ticks of [start_ns, end_ns) as a DataFrame (`tick_type` column when several types; merged by ts);
+        with `limit`, only the first `limit` of them (and only as much read as they need)."""
         streams = [StreamKey(contract_id, t) for t in tick_types]
-        return self.frames(
-            ("ticks", start_ns), streams, start_ns, end_ns, lambda s: _tick_frame(self.read_stream(s, start_ns, end_ns))
+        frame = self.frames(
+            ("ticks", start_ns, limit),
+            streams,
+            start_ns,
+            end_ns,
+            lambda s: _tick_frame(self.read_stream(s, start_ns, end_ns, limit=limit)),
         )
+        return frame if limit is None or len(frame) <= limit else frame.iloc[:limit]
+
+    def count(self, stream: StreamKey, start_ns: int, end_ns: int) -> int:
+        """How many ticks of `stream` have start_ns <= ts < end_ns — the files wholly inside the range from the
+        catalog, only the edge files (and those overlapping the hot tier) read, their ts column alone."""
+        with self.index.readers.reading():
+            snapshot = self.hot.snapshot(stream)
+            count = snapshot.select(start_ns, end_ns, stream.tick_type).num_rows
+            for f in self.index.plan(stream, start_ns, end_ns, below_seq=snapshot.lower_seq):
+                budget.check()
+                if start_ns <= f.start_time and f.end_time < end_ns and f.last_seq < snapshot.lower_seq:
+                    count += f.tick_count
+                    continue
+                below = snapshot.lower_seq if f.last_seq >= snapshot.lower_seq else None
+                path = self.layout.absolute(f.file_path)
+                count += read_parquet_range(
+                    path, stream.tick_type, start_ns, end_ns, columns=["ts"], below_seq=below
+                ).num_rows
+        return count
 
     def frames(
         self,
@@ -74,15 +101,25 @@ class QueryEngine:
         return result.copy(deep=False)
 
     def read_stream(
-        self, stream: StreamKey, start_ns: int, end_ns: int, columns: Sequence[str] | None = None
+        self,
+        stream: StreamKey,
+        start_ns: int,
+        end_ns: int,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
     ) -> pa.Table:
-        """Every tick of `stream` with start_ns <= ts < end_ns, exactly once, sorted by (ts, seq)."""
+        """Every tick of `stream` with start_ns <= ts < end_ns, exactly once, sorted by (ts, seq); with `limit`,
+        the first `limit` of them, reading files (in time order) only until no later file can hold one."""
         with self.index.readers.reading():
             snapshot = self.hot.snapshot(stream)
             files = self.index.plan(stream, start_ns, end_ns, below_seq=snapshot.lower_seq)
             wanted = list(columns) if columns else None
-            parts = []
+            parts: list[pa.Table] = []
+            cutoff: int | None = None  # with a limit: the limit-th smallest ts read so far
             for f in files:
+                budget.check()  # between files: a request past its deadline, or whose client left, stops here
+                if cutoff is not None and f.start_time > cutoff:
+                    break  # this file and every later one start after the first `limit` ticks
                 below = snapshot.lower_seq if f.last_seq >= snapshot.lower_seq else None
                 table = read_parquet_range(
                     self.layout.absolute(f.file_path),
@@ -93,6 +130,8 @@ class QueryEngine:
                     below_seq=below,
                 )
                 parts.append(table)
+                if limit is not None:
+                    cutoff = _kth_ts(parts, limit)
             hot = snapshot.select(start_ns, end_ns, stream.tick_type)
             if wanted is not None:
                 hot = hot.select(
@@ -103,7 +142,17 @@ class QueryEngine:
             parts.append(hot)
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         table = sort_table(table)
+        if limit is not None and table.num_rows > limit:
+            table = table.slice(0, limit)
         return table.select(wanted) if wanted is not None else table
+
+
+def _kth_ts(parts: list[pa.Table], k: int) -> int | None:
+    """The k-th smallest ts over the tables (None while they hold fewer than k rows)."""
+    if sum(p.num_rows for p in parts) < k:
+        return None
+    ts = np.concatenate([p.column("ts").to_numpy().view(np.int64) for p in parts])
+    return int(np.partition(ts, k - 1)[k - 1])
 
 
 # Nullable integer columns (the trade side) stay integers with <NA> instead of becoming floats.

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ib_stream import budget
 from ib_stream.analytics.rows import (
     ROLLUP_SCHEMA,
     ROLLUP_VERSION,
@@ -277,6 +278,7 @@ def load_rows(
     carry: Carry | None = None
     quotes_from = context_ns - lookback_ns
     for start in partitions:
+        budget.check()
         stop = min(start + pn, end_ns)
         args = (engine, trades, start, stop, lookback_ns)
         if start < context_ns < start + pn:  # the context's partition: classified from the context on

@@ -36,6 +36,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ib_stream import budget
 from ib_stream.analytics.book import Level, OrderBook
 from ib_stream.clock import NS_PER_SECOND, Clock
 from ib_stream.domain import MIN_TS_NS, StreamKey, TickType
@@ -366,6 +367,7 @@ def book_at(engine: QueryEngine, contract_id: int, at: TimeLike | None = None, l
         return BookAt(stream.contract_id, at_ns, loaded.book, entry, deltas.num_rows, levels)
     book, replayed = OrderBook(), 0
     for lo in watermark.chunks(_REPLAY_CHUNK_NS, end):  # only those holding ticks: a far `at` costs nothing more
+        budget.check()
         replayed += book.apply_table(engine.read_stream(stream, lo, min(lo + _REPLAY_CHUNK_NS, end)))
     return BookAt(stream.contract_id, at_ns, book, None, replayed, levels)
 

@@ -32,8 +32,8 @@ class PageLog:
     outside: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # not longer: Playwright's sync API keeps an event loop running meanwhile,
+def browser() -> Iterator[Any]:  # which would break the asyncio tests that follow
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed at /usr/bin/chromium (`make test` installs it with apt-get)")
     from playwright.sync_api import sync_playwright

@@ -94,3 +94,23 @@ def test_the_book_at_a_far_instant_replays_only_the_days_with_depth(
     near = book_at(store.engine, CONTRACT, T0_NS + 3 * HOUR)
     assert reads.calls <= 4, reads.calls  # one day each, not 62 000
     assert far.book.levels(10) == near.book.levels(10) and far.deltas_replayed == near.deltas_replayed == 500
+
+
+def test_a_limited_read_stops_at_the_file_after_its_last_tick(
+    store: TickStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trades, quotes = random_day(8, 3000, 6000, 5 * HOUR)
+    write_day(store, trades, quotes)
+    archive_all(store, clock, T0_NS + 7 * HOUR)
+    stream = StreamKey(CONTRACT, TickType.BID_ASK)
+    everything = store.engine.read_stream(stream, T0_NS - HOUR, T0_NS + 6 * HOUR)
+    files = Counter(monkeypatch, query_module, "read_parquet_range")
+    for limit in (1, 17, 2500, everything.num_rows, everything.num_rows + 5):
+        files.calls = 0
+        first = store.engine.read_stream(stream, T0_NS - HOUR, T0_NS + 6 * HOUR, limit=limit)
+        assert first.equals(everything.slice(0, limit)), limit
+        needed = len({(ts - ts % HOUR) for ts in everything.column("ts").to_numpy().view("int64")[:limit]})
+        assert files.calls <= needed + 1, (limit, files.calls, needed)
+    assert store.engine.count(stream, T0_NS - HOUR, T0_NS + 6 * HOUR) == everything.num_rows
+    inner = (T0_NS + HOUR + 17, T0_NS + 3 * HOUR + 5)
+    assert store.engine.count(stream, *inner) == store.engine.read_stream(stream, *inner).num_rows

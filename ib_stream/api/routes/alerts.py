@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from ib_stream.api.params import MAX_CONTRACT_ID
 from ib_stream.api.state import State
 from ib_stream.times import iso_us, parse_http_time
 
@@ -16,7 +17,9 @@ MAX_ALERTS = 10_000
 @router.get("/v2/alerts")
 async def alerts(
     state: State,
-    contract_id: int | None = Query(None, description="Only this contract's alerts (default: every contract)."),
+    contract_id: int | None = Query(
+        None, ge=1, le=MAX_CONTRACT_ID, description="Only this contract's alerts (default: every contract)."
+    ),
     since: str | None = Query(None, description="Only alerts whose condition became true at or after this time."),
     limit: int = Query(100, ge=1, le=MAX_ALERTS, description="At most this many alerts (the newest)."),
 ) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ib_stream.analytics.request import (
     parse_trades,
 )
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, streaming_response
-from ib_stream.api.params import ContractIdPath
+from ib_stream.api.params import ContractIdPath, check_bar_budget
 from ib_stream.api.state import ServiceState, State
 from ib_stream.calendars import SESSION_TYPES, check_session_type, parse_date
 from ib_stream.errors import ValidationError
@@ -190,6 +190,7 @@ async def _request(
         start, end = window_start, window_end if end is None else end
     elif end is None:
         end = now
+    check_bar_budget(state.settings.api, start, end, parsed_resolution)
     request = BarsRequest(
         contract_id=contract.con_id,
         start_ns=start,

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
-from ib_stream.analytics.grid import BAR_SIZES, RESOLUTIONS, bar_count, check_bar_count, parse_resolution
+from ib_stream.analytics.grid import RESOLUTIONS, parse_resolution
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, frame_to_table, streaming_response
-from ib_stream.api.params import ContractIdPath, parse_tick_types
+from ib_stream.api.params import ContractIdPath, check_bar_budget, parse_tick_types
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
@@ -73,11 +73,26 @@ async def historical(
 ) -> StreamingResponse:
     """Return the ticks (or bars) of a contract in [start_time, end_time), streamed in the asked format."""
     request = parse_range_request(state, contract_id, tick_types, start_time, end_time, resolution, limit)
+    ticks = request.resolution == "tick"
     frame = await state.query_range(
-        request.contract_id, request.tick_types, request.start_ns, request.end_ns, request.resolution
+        request.contract_id,
+        request.tick_types,
+        request.start_ns,
+        request.end_ns,
+        request.resolution,
+        limit=request.limit if ticks else None,  # bars are bounded by api.max_bars already
     )
     table = await state.run(frame_to_table, frame, request.limit)
-    total, returned = len(frame), table.num_rows
+    returned = table.num_rows
+    if ticks:  # only the first `limit` ticks were read: the catalog counts the rest
+        whole = len(frame) < request.limit
+        total = (
+            returned
+            if whole
+            else await state.count_ticks(request.contract_id, request.tick_types, request.start_ns, request.end_ns)
+        )
+    else:
+        total = len(frame)
     truncated = total > returned
     header = {
         "contract_id": request.contract_id,
@@ -140,13 +155,7 @@ def parse_range_request(
             },
         )
     if resolved != "tick":
-        _check_bars(types, start, end, resolved)
+        for tick_type in types:  # the same rules as the bar engine, checked before any file is read
+            check_bars_of(tick_type, resolved)
+        check_bar_budget(state.settings.api, start, end, resolved)
     return RangeRequest(contract_id, types, start, end, resolved, limit or max_limit)
-
-
-def _check_bars(types: tuple[TickType, ...], start: int, end: int, resolution: str) -> None:
-    # The same rules as the bar engine, checked before any file is read.
-    for tick_type in types:
-        check_bars_of(tick_type, resolution)
-    if resolution in BAR_SIZES:
-        check_bar_count(bar_count(start, end, resolution), resolution)
