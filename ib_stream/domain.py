@@ -68,6 +68,7 @@ class FieldSpec:
 
 
 # Fields every tick carries; `seq` and `recv_ts` are assigned by the store, `source` by the producer.
+SIM_SOURCE: Final = "sim"  # the source of the built-in simulator's ticks: every other source is real data
 COMMON_FIELDS: Final[tuple[str, ...]] = ("seq", "ts", "recv_ts", "source")
 
 TICK_FIELDS: Final[dict[TickType, tuple[FieldSpec, ...]]] = {

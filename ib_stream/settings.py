@@ -126,6 +126,12 @@ class ApiConfig(BaseModel):
         le=3600,
         description="Live bar streams: a bar is final once ticks this long past its end have arrived.",
     )
+    max_future_skew_seconds: float = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="POST /v2/ticks: a tick whose ts is more than this ahead of the service clock is refused.",
+    )
 
 
 class SimConfig(BaseModel):
@@ -140,6 +146,19 @@ class SimConfig(BaseModel):
         False, description="Trade only while the contract's calendar is open (default: around the clock)."
     )
     batch_ms: int = Field(50, ge=1, description="How often the simulator hands its ticks to the store.")
+
+
+class ImportsConfig(BaseModel):
+    """Importing recordings into the store (`ib-stream import`)."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    max_future_skew_seconds: float = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="A recorded tick whose ts is more than this ahead of the clock is refused.",
+    )
 
 
 class ReplayConfig(BaseModel):
@@ -200,11 +219,18 @@ class Settings(BaseSettings):
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig(), description="The tiered tick store.")
     api: ApiConfig = Field(default_factory=lambda: ApiConfig(), description="The HTTP service.")
     source: Literal["auto", "sim", "ib", "replay"] = Field(
-        "auto", description="Where live ticks come from; auto = IB when configured and reachable, else sim."
+        "auto", description="Where live ticks come from; auto = IB when enabled, else sim."
+    )
+    source_max_future_skew_seconds: float = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="Live sources: a tick whose ts is more than this ahead of the service clock is refused.",
     )
     ib: IbConfig = Field(default_factory=lambda: IbConfig(), description="The Interactive Brokers connection.")
     sim: SimConfig = Field(default_factory=lambda: SimConfig(), description="The simulated market.")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(), description="The replay source.")
+    imports: ImportsConfig = Field(default_factory=lambda: ImportsConfig(), description="Importing recordings.")
     contracts_file: Path = Field(Path("config/contracts.toml"), description="The contracts to record.")
     alerts: AlertsConfig = Field(
         default_factory=lambda: AlertsConfig(), description="Alert rules on live bars and the alert history."

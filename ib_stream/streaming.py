@@ -2,6 +2,10 @@
 every durable tick out to live subscribers in seq order, with backpressure that never drops
 silently: storage is never skipped, and a subscriber that falls too far behind is disconnected
 with an error message (counted).
+
+Event time is checked where ticks are published: a tick whose `ts` is further ahead of the store's
+clock than `future_skew` allows (`source_max_future_skew_seconds` for live sources; the ingest route
+passes `api.max_future_skew_seconds`) is refused like any invalid tick (`times.check_event_time`).
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError
+from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError, TickValidationError
 from ib_stream.store.buffer import AppendResult, OnError
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import FutureSkew, screen_event_times
 
 log = logging.getLogger(__name__)
 LiveItem = tuple[StreamKey, dict[str, Any]]
@@ -43,6 +48,7 @@ class StreamingStats:
     ticks_fanned_out: int = 0
     slow_disconnects: int = 0
     source_errors: int = 0
+    future_ticks_refused: int = 0  # ticks whose ts was too far ahead of the clock
     last_lag_seconds: float = 0.0  # receive time -> fan-out of the latest tick
     lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
@@ -101,8 +107,16 @@ class Subscription:
 class StreamingApp:
     """The live hub: one per service, bound to one event loop and one store."""
 
-    def __init__(self, store: TickStore, contracts: Sequence[Contract], *, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: TickStore,
+        contracts: Sequence[Contract],
+        *,
+        queue_size: int = 10_000,
+        future_skew: FutureSkew | None = None,
+    ) -> None:
         self.store = store
+        self.future_skew = future_skew  # live sources' limit on event time (None: not checked, e.g. a replay tool)
         self.contracts = {c.con_id: c for c in contracts}
         self.queue_size = queue_size
         self.stats = StreamingStats()
@@ -153,11 +167,47 @@ class StreamingApp:
         ticks: Sequence[Any],
         source: str,
         on_error: OnError = "reject",
+        *,
+        future_skew: FutureSkew | None = None,
     ) -> AppendResult:
-        """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order."""
-        result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+        """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order.
+
+        A tick whose `ts` is more than `future_skew` (default: the app's, for live sources) ahead of the store's
+        clock is refused: with `on_error="reject"` the batch raises TickValidationError naming it and nothing is
+        stored; with `"skip"` it is left out and listed in `rejected` with the store's own rejections."""
+        skew = future_skew or self.future_skew
+        if skew is None:
+            result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+        else:
+            result = await self._publish_checked(contract_id, tick_type, ticks, source, on_error, skew)
         self.stats.ticks_published += result.count
         return result
+
+    async def _publish_checked(
+        self,
+        contract_id: int,
+        tick_type: TickType | str,
+        ticks: Sequence[Any],
+        source: str,
+        on_error: OnError,
+        skew: FutureSkew,
+    ) -> AppendResult:
+        name = tick_type.value if isinstance(tick_type, TickType) else str(tick_type)
+        try:
+            kept, refused = screen_event_times(
+                ticks, self.store.clock.now_ns(), skew.max_ns, tick_type=name, setting=skew.setting, on_error=on_error
+            )
+        except TickValidationError:
+            self.stats.future_ticks_refused += 1
+            raise
+        if not refused:
+            return await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+        self.stats.future_ticks_refused += len(refused)
+        result = await self.store.append_batch(contract_id, tick_type, [ticks[i] for i in kept], source, on_error)
+        for error in result.rejected:  # the store numbered the kept ticks: give them their place in the batch
+            error.details["index"] = kept[int(error.details.get("index", 0))]
+        rejected = sorted((*result.rejected, *refused), key=lambda e: int(e.details.get("index", 0)))
+        return replace(result, rejected=tuple(rejected))
 
     def publish_live(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> None:
         """Fan out records without storing them (the replay source)."""

@@ -14,6 +14,11 @@ docs/concepts/times.md explains the rules to users.
 Formatters, all UTC with `Z`: `iso_ns` (9 fraction digits), `iso_us` (6 digits, truncated; the hot path of
 the streaming protocol), `iso_compact` (only the digits the value needs) and `iso_basic` (to the second,
 for file names).
+
+Event time: `check_event_time` / `screen_event_times` refuse a tick whose `ts` is further ahead of the clock
+than a surface allows (live sources: `source_max_future_skew_seconds`; `POST /v2/ticks`:
+`api.max_future_skew_seconds`; imports: `imports.max_future_skew_seconds`). One tick in 2036 would otherwise
+carry every live bar's watermark with it.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Final
+from numbers import Integral
+from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
 
 from ib_stream.clock import NS_PER_SECOND, to_ns
-from ib_stream.errors import ValidationError
+from ib_stream.errors import TickValidationError, ValidationError
 
 TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
 
@@ -159,3 +167,92 @@ def iso_compact(ns: int) -> str:
 def iso_basic(ns: int) -> str:
     """UTC ISO-8601 basic format to the second: `20250110T143000Z` (file names)."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns // NS_PER_SECOND))
+
+
+# ---- event time: how far ahead of the clock a tick may be --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FutureSkew:
+    """How far ahead of the clock one surface accepts event times, and the setting that says so (errors name it)."""
+
+    max_ns: int
+    setting: str
+
+    @classmethod
+    def of_seconds(cls, seconds: float, setting: str) -> FutureSkew:
+        return cls(int(seconds * NS_PER_SECOND), setting)
+
+
+def check_event_time(
+    ts: int,
+    now_ns: int,
+    max_future_skew_ns: int,
+    *,
+    index: int = 0,
+    tick_type: str | None = None,
+    setting: str = "max_future_skew_seconds",
+) -> None:
+    """Raise TickValidationError (field `ts`) when `ts` is more than `max_future_skew_ns` after `now_ns`.
+
+    The error names the tick (`index`, `tick_type`), the value, the limit and the `setting` that sets it:
+    `ts 2082758400000000000 (2036-01-01T00:00:00.000000000Z) is after the limit 2025-01-10T14:01:00.000000000Z:
+    more than 60 s ahead of the clock (api.max_future_skew_seconds)`. Producers call it before storing;
+    importers call it per tick with `imports.max_future_skew_seconds`.
+    """
+    limit = now_ns + max_future_skew_ns
+    if ts > limit:
+        skew_seconds = max_future_skew_ns / NS_PER_SECOND
+        raise TickValidationError(
+            "ts",
+            ts,
+            f"({iso_ns(ts)}) is after the limit {iso_ns(limit)}: more than {skew_seconds:g} s ahead of the clock "
+            f"({setting})",
+            tick_type=tick_type,
+            index=index,
+            limit_ns=limit,
+            limit=iso_ns(limit),
+            max_future_skew_seconds=skew_seconds,
+            setting=setting,
+        )
+
+
+def screen_event_times(
+    ticks: Sequence[Any],
+    now_ns: int,
+    max_future_skew_ns: int,
+    *,
+    tick_type: str | None = None,
+    setting: str = "max_future_skew_seconds",
+    on_error: Literal["reject", "skip"] = "reject",
+) -> tuple[list[int], list[TickValidationError]]:
+    """Check every tick's `ts` with `check_event_time`: return the indexes of the ticks that pass and one error per
+    tick that does not (`on_error="skip"`), or raise the first error (`"reject"`). A tick without an integer `ts`
+    passes: the tick validator names that problem."""
+    kept: list[int] = []
+    refused: list[TickValidationError] = []
+    limit = now_ns + max_future_skew_ns
+    for index, tick in enumerate(ticks):
+        ts = tick.get("ts") if isinstance(tick, dict) else _ts_of(tick)
+        if type(ts) is not int:
+            if isinstance(ts, bool) or not isinstance(ts, Integral):
+                kept.append(index)
+                continue
+            ts = int(ts)
+        if ts <= limit:
+            kept.append(index)
+            continue
+        try:
+            check_event_time(ts, now_ns, max_future_skew_ns, index=index, tick_type=tick_type, setting=setting)
+        except TickValidationError as e:
+            if on_error == "reject":
+                raise
+            refused.append(e)
+    return kept, refused
+
+
+def _ts_of(tick: Any) -> Any:
+    # Ticks may be objects with `as_record()` or other mappings (see domain.TickValidator).
+    as_record = getattr(tick, "as_record", None)
+    if callable(as_record):
+        return as_record().get("ts")
+    get = getattr(tick, "get", None)
+    return get("ts") if callable(get) else None

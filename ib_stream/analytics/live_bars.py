@@ -10,7 +10,9 @@ exactly as the rollups do (`rows.hour_rows` with the carry), prepends the carry 
 ticks, bit for bit, whatever order the streams arrive in.
 
 Finality: a bar [start, end) is final once the watermark — the latest event time seen on the input
-streams — has passed end + `lateness_ns`. Final bars never change again: they are sent once with
+streams, never past the wall clock when the owner passes it (`update(now_ns=...)`) — has passed end +
+`lateness_ns`. A tick ahead of the clock cannot make bars final early, and one further ahead than
+`max_ahead_ns` (a bad tick stored before event times were checked) is ignored and counted (`ahead_ticks`). Final bars never change again: they are sent once with
 `final: true`, then frozen into the carry. A tick older than the oldest open bar is late: it is
 counted (`late_ticks`), not applied, and reported (`late_since`) so the owner can re-seed from the store
 and send the affected bars as revisions (see `ib_stream.live.feed`).
@@ -136,6 +138,7 @@ class LiveBarBuilder:
         self.lateness_ns = lateness_ns
         self.bars: collections.deque[LiveBar] = collections.deque(maxlen=window)
         self.late_ticks = 0
+        self.ahead_ticks = 0  # ticks ignored for an event time too far ahead of the clock
         self.revisions = 0  # re-seeds by the owner after late ticks
         self.late_since: int | None = None  # the earliest late tick since the owner last re-seeded
         self.watermark = 0
@@ -214,14 +217,27 @@ class LiveBarBuilder:
         self.late_since = None
 
     # ---- input -----------------------------------------------------------------------------------------
-    def update(self, items: Iterable[tuple[StreamKey, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Apply (stream, record) items (put in ts order first, stably) and return the bar upserts."""
+    def update(
+        self,
+        items: Iterable[tuple[StreamKey, dict[str, Any]]],
+        *,
+        now_ns: int | None = None,
+        max_ahead_ns: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Apply (stream, record) items (put in ts order first, stably) and return the bar upserts. With `now_ns`
+        (the wall clock) the watermark does not pass it, and with `max_ahead_ns` too a tick more than that ahead
+        of `now_ns` is ignored (counted in `ahead_ticks`)."""
+        horizon = None if now_ns is None or max_ahead_ns is None else now_ns + max_ahead_ns
         for stream, record in sorted(items, key=lambda item: item[1]["ts"]):
-            self.apply(stream.tick_type, record)
+            if horizon is not None and record["ts"] > horizon:
+                self.ahead_ticks += 1
+                continue
+            self.apply(stream.tick_type, record, now_ns)
         return self.drain()
 
-    def apply(self, tick_type: TickType, record: dict[str, Any]) -> None:
-        """Apply one record; its upserts are collected until `drain`."""
+    def apply(self, tick_type: TickType, record: dict[str, Any], now_ns: int | None = None) -> None:
+        """Apply one record; its upserts are collected until `drain`. The watermark moves to its ts, at most to
+        `now_ns` when given."""
         ts = int(record["ts"])
         if self._open is None:
             self._open = _Open(ts - ts % self.bar_ns, ts - ts % self.bar_ns)
@@ -255,7 +271,7 @@ class LiveBarBuilder:
             self._last_update = ts
         else:
             return
-        self.watermark = max(self.watermark, ts)
+        self.watermark = max(self.watermark, ts if now_ns is None else min(ts, now_ns))
         self._dirty = True
 
     # ---- output ----------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import socket
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -50,8 +50,10 @@ from ib_stream.sinks.json_sink import JsonSink
 from ib_stream.sources.sim import SimSource
 from ib_stream.store.downtime import record_downtime
 from ib_stream.store.gaps import BackfillState
+from ib_stream.store.provenance import Provenance
 from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import StreamingApp, TickSource
+from ib_stream.times import FutureSkew
 
 log = logging.getLogger(__name__)
 ROUTERS = (
@@ -73,39 +75,42 @@ ROUTERS = (
 )
 
 
-def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock) -> tuple[str, list[TickSource]]:
-    """Pick the live source from settings: IB when configured (issue 4), else the simulated market."""
+@dataclass(frozen=True, slots=True)
+class SourceChoice:
+    """The live sources the settings ask for, and why nothing is recorded when that is so (shown in /health)."""
+
+    name: str
+    sources: list[TickSource]
+    note: str | None = None
+
+
+def choose_sources(settings: Settings, contracts: list[Contract], clock: Clock, provenance: Provenance) -> SourceChoice:
+    """Pick the live source from settings: IB whenever it is enabled (source auto) or asked for, reachable or not —
+    it keeps retrying, and its streams are in a `broker_unreachable` gap until it answers; the replay source; else
+    the simulated market — never in a data root that holds non-simulated ticks (source auto), and never into a
+    contract that does (`SimSource`)."""
     kind = settings.source
-    if kind == "ib" or (kind == "auto" and settings.ib.enabled and _ib_reachable(settings)):
+    if kind == "ib" or (kind == "auto" and settings.ib.enabled):
         from ib_stream.sources.ib import IbSource
 
         log.info("recording from Interactive Brokers at %s ports %s", settings.ib.host, settings.ib.ports)
-        return "ib", [IbSource(settings.ib, contracts, clock)]
+        return SourceChoice("ib", [IbSource(settings.ib, contracts, clock)])
     if kind == "replay":
         from ib_stream.sources.replay import ReplaySource
 
-        return "replay", [ReplaySource(settings.replay, contracts)]
-    if kind == "auto" and settings.ib.enabled:
-        log.warning(
-            "Interactive Brokers is configured but nothing listens at %s ports %s: recording the built-in "
-            "simulated market",
-            settings.ib.host,
-            settings.ib.ports,
+        return SourceChoice("replay", [ReplaySource(settings.replay, contracts)])
+    root = settings.storage.data_root
+    if kind == "auto" and provenance.holds_real_data:
+        note = (
+            f"nothing is recorded: ib.enabled is false and data root {root} holds non-simulated ticks "
+            f"(contracts {provenance.describe()}), where the simulator never runs; enable IB, or run the "
+            "simulator with another storage.data_root"
         )
-    elif kind == "auto":
-        log.warning("no Interactive Brokers connection is configured: recording the built-in simulated market")
-    return "sim", [SimSource(contracts, settings.sim, clock, is_open=_sim_is_open)]
-
-
-def _ib_reachable(settings: Settings) -> bool:
-    """Whether TWS / IB Gateway accepts TCP connections on one of the configured ports."""
-    for port in settings.ib.ports:
-        try:
-            with socket.create_connection((settings.ib.host, port), timeout=1.0):
-                return True
-        except OSError:
-            continue
-    return False
+        log.error(note)
+        return SourceChoice("none", [], note)
+    if kind == "auto":
+        log.warning("no Interactive Brokers connection is enabled: recording the built-in simulated market")
+    return SourceChoice("sim", [SimSource(contracts, settings.sim, clock, is_open=_sim_is_open)])
 
 
 def _sim_is_open(contract: Contract, ts_ns: int) -> bool:
@@ -149,15 +154,18 @@ def create_app(
         # Building a calendar takes ~0.2 s: do it once, off the event loop, before serving.
         await asyncio.to_thread(lambda: [MarketSessions.for_contract(c) for c in contract_list])
         store = await TickStore(settings.storage, clock).aopen()
-        streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size)
+        skew = FutureSkew.of_seconds(settings.source_max_future_skew_seconds, "source_max_future_skew_seconds")
+        streaming = StreamingApp(store, contract_list, queue_size=settings.api.subscriber_queue_size, future_skew=skew)
         recorded = [c for c in contract_list if c.record]  # the others are only served (e.g. imported data)
-        if sources is None:  # probing for IB may take a moment: off the event loop
-            source_name, chosen = await asyncio.to_thread(choose_sources, settings, recorded, clock)
+        if sources is None:  # importing the IB client takes a moment: off the event loop
+            choice = await asyncio.to_thread(choose_sources, settings, recorded, clock, store.provenance)
         else:
-            source_name, chosen = ",".join(s.name for s in sources) or "none", list(sources)
+            choice = SourceChoice(",".join(s.name for s in sources) or "none", list(sources))
+        source_name, chosen = choice.name, choice.sources
         await asyncio.to_thread(_begin_run, store, clock, recorded, source_name, settings)
         heartbeat = asyncio.create_task(_heartbeat(store, clock, settings.storage.heartbeat_seconds), name="heartbeat")
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
+        state.source_note = choice.note
         app.state.service = state
         scheduler = build_scheduler(store, settings.storage) if run_scheduler else None
         consumers: list[asyncio.Task[None]] = []

@@ -108,6 +108,11 @@ class StatsCollector(Collector):
         )
         yield _counter("ib_stream_ticks_rejected", "Malformed ticks rejected on append.", buffer.rejected_ticks)
         yield _counter(
+            "ib_stream_future_ticks_refused",
+            "Ticks refused for an event time too far ahead of the clock (sources, ingest).",
+            streaming.future_ticks_refused,
+        )
+        yield _counter(
             "ib_stream_torn_lines_truncated",
             "Torn last lines truncated on buffer recovery.",
             buffer.torn_lines_truncated,

@@ -59,6 +59,7 @@ class ServiceState:
         self.streaming = streaming
         self.contracts = contracts
         self.source_name = source_name
+        self.source_note: str | None = None  # why the configured source records nothing (shown in /health)
         self.started_at = time.time()
         self.ready = False
         self.alerts: AlertEngine | None = None  # the alert engine, when alerts.enabled

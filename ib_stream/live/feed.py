@@ -7,6 +7,10 @@ stored ticks of the current bar through the builder, and computes `history_bars`
 it with the batch service. Live items already covered by that read (seq ≤ the seq seen per stream)
 are skipped, so every tick counts exactly once.
 
+The builder's watermark follows the store's clock: it never passes the clock's now, and a tick further
+ahead than the streaming app's `future_skew` (one stored before event times were checked) is ignored —
+at open too, so a restart cannot bring a bad watermark back.
+
 `builder_for(contract, resolution, ...)` wires a `LiveBarBuilder` to a configured contract: its
 calendar's session starts (`SessionKey`) reset CVD and the session VWAP, and its depth feeds the OBI.
 """
@@ -237,7 +241,7 @@ class LiveBarFeed:
         (`revision: true`), then the open bars."""
         through = self.through
         fresh = [(s, r) for s, r in items if r["seq"] > through.get(s, 0)]
-        rows = self.builder.update(fresh) if fresh else []
+        rows = self._apply(fresh) if fresh else []
         if self.builder.late_since is None:
             return rows
         store = self.app.store
@@ -261,7 +265,13 @@ class LiveBarFeed:
         stored = read_history(store, self.streams, at_ns)
         for stream, seq in stored.through.items():
             self.through[stream] = max(self.through.get(stream, 0), seq)
-        return self.builder.update(stored.items)
+        return self._apply(stored.items)
+
+    def _apply(self, items: Sequence[LiveItem]) -> list[dict[str, Any]]:
+        """The builder's upserts of `items`, its watermark held at the store clock's now (see the module doc)."""
+        skew = self.app.future_skew
+        now = self.app.store.clock.now_ns()
+        return self.builder.update(items, now_ns=now, max_ahead_ns=skew.max_ns if skew is not None else None)
 
     def _revise(self, store: TickStore) -> list[dict[str, Any]]:
         """After late ticks: the final bars from the earliest late one to the open bars, recomputed by the batch

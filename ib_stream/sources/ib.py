@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 
 DATA_EVENTS: Final = frozenset({"tbt_bid_ask", "tbt_trade", "tbt_mid_point", "tick_price", "tick_size", "depth"})
 FLUSH_AFTER_SECONDS: Final = 0.1  # settle reqMktData prices still waiting for their size after this quiet
-CONNECTION_GAPS: Final = (GapReason.DISCONNECT, GapReason.STALE_FEED)  # closed when the connection is back
+# Closed when the connection is back (broker_unreachable: IB never answered since start-up).
+CONNECTION_GAPS: Final = (GapReason.DISCONNECT, GapReason.STALE_FEED, GapReason.BROKER_UNREACHABLE)
 StreamBatch = dict[tuple[int, TickType, str], list[dict[str, Any]]]
 
 
@@ -137,6 +138,7 @@ class IbSource:
 
     async def _connection_loop(self) -> None:
         attempt, ever_connected = 0, False
+        since = self.clock.now_ns()
         while True:
             if await self._connect():
                 if ever_connected:
@@ -144,6 +146,9 @@ class IbSource:
                 ever_connected, attempt = True, 0
                 await self._session()
                 self.gaps.open(GapReason.DISCONNECT, "IB connection closed")
+            elif not ever_connected:  # nothing recorded since start-up: a gap from then until IB answers
+                where = f"{self.config.host} ports {', '.join(map(str, self.config.ports))}"
+                self.gaps.open(GapReason.BROKER_UNREACHABLE, f"IB not reachable at {where}", start_ns=since)
             delay = min(self.config.reconnect_max_seconds, self.config.reconnect_initial_seconds * 2**attempt)
             attempt += 1
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))

@@ -25,8 +25,8 @@ from ib_stream.times import iso_us
 GAP_REASON_NO_DATA: Final = "no data"
 GAP_REASONS_NOTE: Final = (
     "`gaps` are holes in the data longer than min_gap (reason 'no data', or the ledger's reason when a recorded "
-    "gap overlaps); `recorded_gaps` is the gap ledger: disconnects (with the IB code), stale feeds, service "
-    "downtime and crashes, refused subscriptions, each with its backfill state"
+    "gap overlaps); `recorded_gaps` is the gap ledger: disconnects (with the IB code), stale feeds, an unreachable "
+    "broker, service downtime and crashes, refused subscriptions, each with its backfill state"
 )
 
 

@@ -58,6 +58,7 @@ class GapReason(StrEnum):
     SERVICE_DOWN = "service_down"  # the service was stopped
     SERVICE_CRASH = "service_crash"  # the service died without stopping (found at the next start)
     SUBSCRIPTION_REFUSED = "subscription_refused"  # IB refused the subscription (permissions, limits)
+    BROKER_UNREACHABLE = "broker_unreachable"  # IB is enabled but TWS / IB Gateway never answered since start-up
 
 
 class BackfillState(StrEnum):

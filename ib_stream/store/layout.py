@@ -1,8 +1,8 @@
 """On-disk layout: the only code that builds or parses the paths of a data root.
 
 Buffer segments, archive partitions and parts, the catalog (where `buffer_path`, `archive_path` and `index_path`
-put them), book snapshots and rollups (always in the data root, wherever the catalog is), the lock, service and
-alert files, the JSON sink's directory and temp files.
+put them), book snapshots and rollups (always in the data root, wherever the catalog is), the lock, service,
+provenance and alert files, the JSON sink's directory and temp files.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ ROLLUP_SUFFIX = ".parquet"
 # stay in the data root wherever the catalog is).
 LOCK_FILE = ".lock"
 SERVICE_FILE = ".service.json"
+PROVENANCE_FILE = "provenance.json"
 ALERTS_FILE = "alerts.db"
 JSON_SINK_DIR = "viz"
 SNAPSHOTS_DIR = "snapshots"
@@ -106,6 +107,11 @@ class Layout:
     def service_file(self) -> Path:
         """Where `ib-stream serve` writes its URL and pid while it runs."""
         return self.data_root / SERVICE_FILE
+
+    @property
+    def provenance_file(self) -> Path:
+        """Which contracts hold non-simulated ticks (`store.provenance`): the simulator never writes to them."""
+        return self.data_root / PROVENANCE_FILE
 
     @property
     def snapshot_dir(self) -> Path:

@@ -26,6 +26,7 @@ from ib_stream.store.gaps import GapLedger
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import PartitionIndex
 from ib_stream.store.layout import DAY_NS, Layout, lock_path
+from ib_stream.store.provenance import Provenance, batch_sources
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.rollups import update_rollups
 from ib_stream.store.snapshots import SnapshotReport, SnapshotWriter
@@ -75,6 +76,7 @@ class TickStore:
         self.buffer: TickBuffer
         self.archiver: Archiver
         self.engine: QueryEngine
+        self.provenance: Provenance
         self.temp_files_removed = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -90,6 +92,7 @@ class TickStore:
             self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
             self.temp_files_removed = self.archiver.cleanup_temp_files()
             self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
+            self.provenance = Provenance.open(self.layout, self.index, self.buffer)
             self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
             self.snapshots = SnapshotWriter.for_engine(self.engine)
         except BaseException:
@@ -130,6 +133,7 @@ class TickStore:
         on_error: OnError = "reject",
     ) -> AppendResult:
         """Append ticks to one stream; return once durable (see `TickBuffer.append_batch`)."""
+        self._note_provenance(contract_id, source, ticks)
         return await self.buffer.append_batch(contract_id, tick_type, ticks, source, on_error)
 
     def append_batch_sync(
@@ -141,7 +145,16 @@ class TickStore:
         on_error: OnError = "reject",
     ) -> AppendResult:
         """Blocking append for code without an event loop (CLI, importers, benchmarks)."""
+        self._note_provenance(contract_id, source, ticks)
         return self.buffer.submit(contract_id, tick_type, ticks, source, on_error).result()
+
+    def _note_provenance(self, contract_id: int, source: str, ticks: Sequence[Any]) -> None:
+        # The first ticks of a source other than the simulator in a contract are noted before they are appended
+        # (`store.provenance`). Written in line, a few ms once per contract and source in the data root's life:
+        # awaited off the loop, a later append could overtake this batch, or a cancelled caller lose it.
+        sources = batch_sources(source, ticks)
+        if self._lock_file is not None and self.provenance.is_new(contract_id, sources):
+            self.provenance.note(contract_id, sources)
 
     # ---- jobs (plain, idempotent; the scheduler only calls them) ---------------------------------------------
     def run_archival(self) -> ArchiveReport:

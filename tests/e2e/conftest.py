@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from ib_stream.api.app import create_app
 from ib_stream.api.state import ServiceState
+from ib_stream.clock import Clock
 from ib_stream.settings import Settings, load_settings
 from ib_stream.storage import AppendResult, TickStore
 from ib_stream.streaming import TickSource
@@ -24,6 +25,24 @@ from ib_stream.streaming import TickSource
 REPO = Path(__file__).resolve().parents[2]
 AAPL = 265598
 ES = 495512563
+
+
+class AheadClock:
+    """The wall clock, which a test may move ahead (never back): the service then sees ticks of the coming minutes
+    arrive as they happen instead of from the future (which it refuses, and which never makes live bars final)."""
+
+    def __init__(self) -> None:
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def now_ns(self) -> int:
+        with self._lock:
+            return time.time_ns() + self._offset
+
+    def advance_to(self, when_ns: int) -> None:
+        """Make it at least `when_ns` now."""
+        with self._lock:
+            self._offset = max(self._offset, when_ns - time.time_ns())
 
 
 @dataclass
@@ -34,6 +53,7 @@ class LiveServer:
     app: FastAPI
     loop: asyncio.AbstractEventLoop
     settings: Settings
+    clock: AheadClock | None = None
 
     @property
     def state(self) -> ServiceState:
@@ -64,10 +84,10 @@ def free_port() -> int:
 
 
 def start_server(
-    settings: Settings, sources: Sequence[TickSource] | None = ()
+    settings: Settings, sources: Sequence[TickSource] | None = (), clock: Clock | None = None
 ) -> tuple[LiveServer, Callable[[], None]]:
     """Start uvicorn with the app in a background thread; return the server and a stop function."""
-    app = create_app(settings, sources=sources, run_scheduler=False)
+    app = create_app(settings, sources=sources, run_scheduler=False, clock=clock)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
@@ -102,7 +122,8 @@ def start_server(
         server.should_exit = True
         thread.join(30)
 
-    return LiveServer(f"http://127.0.0.1:{port}", app, loops[0], settings), stop
+    ahead = clock if isinstance(clock, AheadClock) else None
+    return LiveServer(f"http://127.0.0.1:{port}", app, loops[0], settings, ahead), stop
 
 
 def test_settings(data_root: Path, **overrides: Any) -> Settings:
@@ -123,7 +144,7 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a 
 
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """A service with no live source (tests publish ticks themselves)."""
-    server, stop = start_server(test_settings(tmp_path / "storage"))
+    """A service with no live source (tests publish ticks themselves), on a wall clock they may move ahead."""
+    server, stop = start_server(test_settings(tmp_path / "storage"), clock=AheadClock())
     yield server
     stop()

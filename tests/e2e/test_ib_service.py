@@ -1,6 +1,6 @@
 """The service records from Interactive Brokers when configured: real ibapi client → fake TWS →
-StreamingApp → store → /v2/historical; with IB configured but unreachable it says so and records
-the simulated market."""
+StreamingApp → store → /v2/historical; with IB enabled but unreachable it keeps retrying, records a
+`broker_unreachable` gap, says so in /health, and never records the simulated market instead."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 from typer.testing import CliRunner
 
 from ib_stream.cli import app
@@ -65,13 +66,45 @@ def test_source_ib_records_the_ticks_tws_sends(tmp_path: Path) -> None:
             stop()
 
 
-def test_auto_with_ib_configured_but_unreachable_records_the_simulated_market(tmp_path: Path) -> None:
+def test_auto_with_ib_enabled_but_unreachable_records_a_gap_and_no_simulated_ticks(tmp_path: Path) -> None:
     with FakeTWS([FAKE_AAPL]) as tws:
-        dead_port = tws.port
-    settings = service_settings(tmp_path / "storage", source="auto", ib={"enabled": True, "ports": (dead_port,)})
+        dead_port = tws.port  # nothing listens here any more
+    settings = service_settings(
+        tmp_path / "storage",
+        source="auto",
+        ib={"enabled": True, "ports": (dead_port,), "reconnect_initial_seconds": 0.05, "reconnect_max_seconds": 0.2},
+    )
+    started = time.time_ns()
     server, stop = start_server(settings, sources=None)
     try:
-        assert server.state.source_name == "sim"
+        assert server.state.source_name == "ib"
+        streams = [(c.con_id, t.value) for c in server.state.contracts if c.record for t in c.tick_types]
+        coverage = {}
+
+        def every_stream_in_a_broker_unreachable_gap() -> bool:
+            for con_id in {c for c, _ in streams}:
+                body = httpx.get(f"{server.url}/v2/contracts/{con_id}/coverage", timeout=5).json()
+                for stream in body["streams"]:
+                    coverage[(con_id, stream["tick_type"])] = stream["recorded_gaps"]
+            return all(
+                any(g["reason"] == "broker_unreachable" and g["end"] is None for g in coverage.get(s, []))
+                for s in streams
+            )
+
+        _wait(every_stream_in_a_broker_unreachable_gap)
+        for gaps in coverage.values():
+            [gap] = [g for g in gaps if g["reason"] == "broker_unreachable"]
+            assert f"ports {dead_port}" in gap["detail"]
+            assert started - 10**9 <= pd.Timestamp(gap["start"]).value <= time.time_ns()  # from start-up on
+        time.sleep(1.0)  # the simulator (every 50 ms) would have stored ticks by now
+        body = httpx.get(f"{server.url}/v2/contracts", timeout=5).json()
+        held = {(c["con_id"], s["tick_type"]): s["tick_count"] for c in body["contracts"] for s in c["streams"]}
+        assert set(held.values()) == {0}, held
+        health = httpx.get(f"{server.url}/health", timeout=5).json()
+        assert health["status"] == "degraded" and health["source"] == "ib"
+        assert health["recording"]["state"] == "broker_unreachable" and not health["recording"]["ok"]
+        assert str(dead_port) in health["recording"]["detail"]
+        assert health["sources"]["ib"]["connected"] is False
     finally:
         stop()
 

@@ -194,3 +194,59 @@ def test_an_integer_too_large_for_a_float_is_a_422(server: LiveServer) -> None:
     response = post(server, batch(ticks=[trade(T0_NS, 0, price=10**400)]))
     assert response.status_code == 422
     assert response.json()["error"]["details"]["field"] == "price"
+
+
+# ---- event time: a tick from the future is refused -------------------------------------------------------------
+YEAR_NS = 365 * 86_400 * 10**9
+
+
+def held_since(server: LiveServer, since: int) -> Any:
+    return server.run(server.state.query.query_range(AAPL, "last", since, since + 20 * YEAR_NS))
+
+
+def test_a_tick_ten_years_ahead_is_refused_naming_it_and_nothing_of_the_batch_is_stored(server: LiveServer) -> None:
+    now = server.state.clock.now_ns()
+    future = now + 10 * YEAR_NS  # the tester's 2036 tick
+    body = batch(source="producer-1", ticks=[trade(now - 2 * 10**9, 0), trade(future, 1)])
+    response = post(server, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_TICK"
+    details = error["details"]
+    assert (details["index"], details["field"], details["value"], details["tick_type"]) == (1, "ts", future, "last")
+    limit = details["limit_ns"]
+    assert now + 60 * 10**9 <= limit <= server.state.clock.now_ns() + 60 * 10**9  # the default skew: 60 s
+    assert details["setting"] == "api.max_future_skew_seconds" and details["max_future_skew_seconds"] == 60
+    assert str(future) in error["message"] and details["limit"] in error["message"]
+    assert "api.max_future_skew_seconds" in error["message"]
+    assert len(held_since(server, now - 10 * 10**9)) == 0  # not even the good first tick
+    assert server.state.streaming.stats.future_ticks_refused == 1
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "ib_stream_future_ticks_refused_total 1.0" in metrics
+
+
+def test_with_skip_the_future_tick_is_listed_and_the_others_are_stored(server: LiveServer) -> None:
+    now = server.state.clock.now_ns()
+    ticks = [trade(now - 3 * 10**9, 0), trade(now + 10 * YEAR_NS, 1), {"ts": now, "price": -1.0,
+             "size": 1.0}, trade(now - 10**9, 3)]  # fmt: skip
+    response = post(server, batch(ticks=ticks, on_error="skip"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 2 and (body["first_seq"], body["last_seq"]) == (1, 2)
+    assert [(r["index"], r["field"]) for r in body["rejected"]] == [(1, "ts"), (2, "price")]
+    held = held_since(server, now - 10 * 10**9)
+    assert [int(t.value) for t in held["timestamp"]] == [now - 3 * 10**9, now - 10**9]
+
+
+def test_a_tick_slightly_ahead_within_the_skew_is_stored(tmp_path: Path) -> None:
+    live, stop = start_server(
+        service_settings(tmp_path / "storage", api={"token": TOKEN, "max_future_skew_seconds": 5})
+    )
+    try:
+        now = live.state.clock.now_ns()
+        assert post(live, batch(ticks=[trade(now + 2 * 10**9)])).status_code == 200
+        refused = post(live, batch(ticks=[trade(now + 30 * 10**9)]))
+        assert refused.status_code == 422 and refused.json()["error"]["details"]["max_future_skew_seconds"] == 5
+        assert len(held_since(live, now - 10**9)) == 1
+    finally:
+        stop()

@@ -105,7 +105,10 @@ def assert_bar(got: dict[str, Any], want: dict[str, float]) -> None:
 
 
 def publish_minute(server: LiveServer, quotes: list[dict], trades: list[dict], base: int, minute: int) -> None:
+    """Publish a minute of ticks, the service's clock moved to its end first (ticks from the future are refused)."""
     lo, hi = base + minute * MINUTE, base + (minute + 1) * MINUTE
+    assert server.clock is not None
+    server.clock.advance_to(hi)
     server.publish(AAPL, "bid_ask", [q for q in quotes if lo <= q["ts"] < hi])
     server.publish(AAPL, "last", [t for t in trades if lo <= t["ts"] < hi])
 

@@ -225,14 +225,18 @@ def publishing(server: LiveServer, every: float = 0.03) -> Iterator[None]:
 
 def flood_until_slow(server: LiveServer) -> None:
     """Publish trades as fast as the store takes them until a subscriber was disconnected as slow; one
-    second apart, so that each batch (8 trades, under the queue size) also brings 8 new one-second bars."""
+    second apart, so that each batch (8 trades, under the queue size) also brings 8 new one-second bars.
+    The service's clock moves with them (it refuses ticks from the future)."""
     streaming = server.state.streaming
+    clock = server.clock
+    assert clock is not None
 
     async def flood() -> None:
         i, start = 0, time.time_ns()
         while streaming.stats.slow_disconnects == 0:
             assert i < 2_000_000, "no subscriber fell behind"
             batch = [trade(start + (i + k) * NS_PER_SECOND, i + k) for k in range(8)]
+            clock.advance_to(batch[-1]["ts"])
             await streaming.publish(AAPL, "last", batch, "test")
             i += 8
 
@@ -281,7 +285,9 @@ def test_timeout_ends_with_complete_timeout(kind: Kind, live_server: LiveServer)
 @pytest.fixture
 def small_queue_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A service whose subscribers may fall at most 10 ticks behind."""
-    server, stop = e2e.start_server(e2e.test_settings(tmp_path / "storage", api={"subscriber_queue_size": 10}))
+    server, stop = e2e.start_server(
+        e2e.test_settings(tmp_path / "storage", api={"subscriber_queue_size": 10}), clock=e2e.AheadClock()
+    )
     yield server
     stop()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import tests.e2e.conftest as harness
-from ib_stream.api.app import create_app
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import TickValidationError
@@ -28,9 +25,7 @@ HOUR_NS = seconds(3600)
 
 def start_clocked_server(data_root: Path, clock: ManualClock) -> tuple[LiveServer, Any]:
     """The harness's server, with the app built on a manual clock (so segments can be sealed and archived)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness, "create_app", functools.partial(create_app, clock=clock))
-        return start_server(service_settings(data_root))
+    return start_server(service_settings(data_root), clock=clock)
 
 
 @pytest.fixture
@@ -145,6 +140,7 @@ def test_contracts_report_archive_and_hot_tier_without_double_counting(
     server.publish(AAPL, "last", [trade(T0_NS + i * MS, i) for i in range(300)])
     server.publish(AAPL, "bid_ask", [quote(T0_NS + i * MS, i) for i in range(100)])
     archive(server, clock)
+    clock.set(T0_NS + HOUR_NS + seconds(1))  # the service refuses ticks from its future
     server.publish(AAPL, "last", [trade(T0_NS + HOUR_NS + i * MS, i) for i in range(50)])  # hot only
     server.publish(AAPL, "all_last", [trade(T0_NS, 0)])  # a stream that is not configured
 
@@ -175,6 +171,7 @@ def test_contracts_report_archive_and_hot_tier_without_double_counting(
 
 def test_coverage_merges_intervals_and_reports_gaps(clocked: tuple[LiveServer, ManualClock]) -> None:
     server, clock = clocked
+    clock.set(T0_NS + seconds(120))  # the service refuses ticks from its future
     server.publish(AAPL, "last", [trade(T0_NS + i * seconds(1), i) for i in range(120)])  # 14:00 .. 14:02
     archive(server, clock)
     server.publish(AAPL, "last", [trade(T0_NS + seconds(600) + i * seconds(1), i) for i in range(30)])  # 14:10

@@ -148,7 +148,7 @@ def test_the_data_root_holds_only_the_lock_and_the_derived_files(
     written: tuple[TickStore, list[dict[str, Any]]], moved: StorageConfig, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
-    assert sorted(p.name for p in root.iterdir()) == [".lock", "rollups", "snapshots"]
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "provenance.json", "rollups", "snapshots"]
     rollups = root / "rollups" / f"contract_id={CONTRACT}"
     assert len(list((rollups / "tick_type=last").rglob("hour=*.parquet"))) == 4  # 14:00 to 17:00
     assert len(list((rollups / "tick_type=depth").rglob("hour=*.parquet"))) == 3  # the hours holding depth

@@ -15,7 +15,7 @@ import pytest
 from ib_stream.alerts.engine import AlertEngine
 from ib_stream.alerts.history import AlertHistory
 from ib_stream.alerts.rules import Alert, RuleSet
-from ib_stream.clock import NS_PER_SECOND
+from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.live.feed import builder_for
 from ib_stream.live_settings import AlertsConfig, CvdChangeRule, ObiImbalanceRule, VwapCrossRule
@@ -111,7 +111,9 @@ def test_replayed_episodes_fire_exactly_once_each_through_the_builder() -> None:
     assert cvd.value == pytest.approx(60.0)  # bars 2 and 3: +30 each; bar 1 balanced
 
 
-async def test_the_engine_fires_stores_and_pushes_each_episode_once(store: TickStore, tmp_path: Path) -> None:
+async def test_the_engine_fires_stores_and_pushes_each_episode_once(
+    store: TickStore, clock: ManualClock, tmp_path: Path
+) -> None:
     app = StreamingApp(store, [AAPL])
     await app.start([])
     engine = AlertEngine.open(CONFIG, tmp_path)
@@ -121,6 +123,7 @@ async def test_the_engine_fires_stores_and_pushes_each_episode_once(store: TickS
         await _until(lambda: app.subscriber_count == 1)
         quotes, trades = ticks()
         for m in range(MINUTES):
+            clock.set(START + (m + 1) * MINUTE)  # the minute's ticks arrive as it ends (live bars follow the clock)
             await app.publish(CONTRACT, TickType.BID_ASK, quotes[m], "test")
             if trades[m]:
                 await app.publish(CONTRACT, TickType.LAST, trades[m], "test")

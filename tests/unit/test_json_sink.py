@@ -193,6 +193,7 @@ async def test_the_sink_keeps_the_last_window_of_bars_from_history_and_live(
         assert [r[0] for r in first["ohlc_data.json"]] == [(T0_NS + m * MINUTE) // 1_000_000 for m in range(2, 7)]
         step = 20 * NS_PER_SECOND  # live: each stream's ticks of 20 s as one batch
         for lo in range(split, max(quotes[-1]["ts"], trades[-1]["ts"]) + 1, step):
+            clock.set(lo + step)  # the batch arrives as its 20 s end (live bars follow the clock)
             for tick_type, ticks in ((TickType.BID_ASK, quotes), (TickType.LAST, trades)):
                 batch = [t for t in ticks if lo <= t["ts"] < lo + step]
                 if batch:

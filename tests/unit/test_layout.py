@@ -90,7 +90,7 @@ def test_temp_files_under_the_derived_directories_are_removed_on_open(tmp_path: 
         assert store.temp_files_removed == 2
         store.append_batch_sync(CONTRACT, "last", [trade(T0_NS)])
     assert not any(path.exists() for path in leftovers)
-    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [".lock", "rollups", "snapshots"]
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [".lock", "provenance.json", "rollups", "snapshots"]
     assert (tmp_path / "catalog" / "ticks.db").is_file() and any((tmp_path / "spool").rglob("*.jsonl"))
 
 

@@ -1,17 +1,27 @@
-"""The simulated market: deterministic with a seed, and shaped like a real one."""
+"""The simulated market: deterministic with a seed, and shaped like a real one; after a restart it continues from the
+stored prices, and it never writes into a contract that holds real (broker, imported, ingested) ticks."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ib_stream.clock import NS_PER_SECOND
-from ib_stream.domain import Contract, TickType, TickValidator
-from ib_stream.settings import SimConfig
-from ib_stream.sources.sim import SimMarket
-from tests.conftest import T0_NS
+from ib_stream.clock import NS_PER_SECOND, SystemClock
+from ib_stream.domain import Contract, StreamKey, TickType, TickValidator
+from ib_stream.settings import SimConfig, StorageConfig
+from ib_stream.sources.sim import SimMarket, SimSource
+from ib_stream.storage import TickStore
+from ib_stream.store.schema import table_to_records
+from ib_stream.streaming import StreamingApp
+from tests.conftest import T0_NS, quote
+from tests.conftest import trade as make_trade
 
 ES = Contract(
     495512563,
@@ -84,3 +94,98 @@ def test_depth_starts_with_ten_levels_a_side_then_updates_them() -> None:
     )
     assert {d["operation"] for d in depth[len(inserts) :]} == {"update"}
     assert {d["position"] for d in depth} == set(range(10))
+
+
+# ---- restarts and real data ------------------------------------------------------------------------------------
+AAPL = Contract(265598, "AAPL", tick_types=(TickType.BID_ASK, TickType.LAST), extra={"start_price": 100.0})
+FAST = SimConfig(seed=3, quotes_per_second=400, trades_per_quote=0.5, batch_ms=10)
+
+
+def open_store(root: Path) -> TickStore:
+    return TickStore(StorageConfig(data_root=root, fsync_interval_ms=0), SystemClock()).open()
+
+
+def stream(store: TickStore, tick_type: TickType) -> list[dict[str, Any]]:
+    return table_to_records(store.engine.read_stream(StreamKey(AAPL.con_id, tick_type), 0, 2**62))
+
+
+async def run_sim(store: TickStore, until: Callable[[], bool]) -> SimSource:
+    """Run the simulator on the store until `until()` holds (bounded), then stop it."""
+    source = SimSource([AAPL], FAST, SystemClock())
+    app = StreamingApp(store, [AAPL])
+    await app.start([source])
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if until():
+                break
+        else:
+            raise AssertionError("the simulator stored too little")
+    finally:
+        await app.stop()
+    return source
+
+
+async def test_after_a_restart_the_path_continues_from_the_last_stored_prices(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    store = open_store(root)
+    now = time.time_ns()
+    # A previous run left AAPL at 250.00 / 250.02, its last trade at 250.02: far from start_price 100.
+    store.append_batch_sync(AAPL.con_id, TickType.BID_ASK, [quote(now - 10**9, bid_price=250.0, ask_price=250.02)],
+                            source="sim")  # fmt: skip
+    store.append_batch_sync(AAPL.con_id, TickType.LAST, [make_trade(now - 10**9, price=250.02, size=3.0)], source="sim")
+    try:
+        source = await run_sim(store, lambda: len(stream(store, TickType.BID_ASK)) > 20)
+        quotes = stream(store, TickType.BID_ASK)
+        first = quotes[1]  # the first one the simulator made
+        assert first["source"] == "sim" and abs(first["bid_price"] - 250.0) <= 0.01 + 1e-9  # at most one tick
+        assert 0.01 - 1e-9 <= first["ask_price"] - first["bid_price"] <= 0.03 + 1e-9
+        assert source.status()["resumed_from"][AAPL.con_id]["bid"] == 250.0
+        last = quotes[-1]
+    finally:
+        store.close()
+    store = open_store(root)  # the restart
+    try:
+        before = len(quotes)
+        await run_sim(store, lambda: len(stream(store, TickType.BID_ASK)) > before)
+        resumed = stream(store, TickType.BID_ASK)[before]
+    finally:
+        store.close()
+    assert resumed["seq"] == last["seq"] + 1
+    assert abs(resumed["bid_price"] - last["bid_price"]) <= 0.01 + 1e-9  # continues: no jump to start_price
+
+
+async def test_contracts_holding_real_ticks_are_never_simulated(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "storage")
+    try:
+        store.append_batch_sync(AAPL.con_id, TickType.LAST, [make_trade(time.time_ns() - 10**9)], source="ib_tbt")
+        source = SimSource([AAPL], FAST, SystemClock())
+        app = StreamingApp(store, [AAPL])
+        await app.start([source])
+        await asyncio.sleep(0.3)  # ~30 batches
+        await app.stop()
+        assert [t["source"] for t in stream(store, TickType.LAST)] == ["ib_tbt"]
+        assert stream(store, TickType.BID_ASK) == []
+        assert source.status()["not_simulated"] == {AAPL.con_id: "its streams hold non-simulated ticks (ib_tbt)"}
+    finally:
+        store.close()
+
+
+async def test_the_simulator_stops_on_a_contract_that_receives_real_ticks(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "storage")
+    try:
+        source = SimSource([AAPL], FAST, SystemClock())
+        app = StreamingApp(store, [AAPL])
+        await app.start([source])
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if stream(store, TickType.BID_ASK):
+                break
+        await app.publish(AAPL.con_id, TickType.LAST, [make_trade(time.time_ns())], "api")
+        await asyncio.sleep(0.05)  # a batch already being published may still land
+        held = len(stream(store, TickType.BID_ASK))
+        await asyncio.sleep(0.3)
+        await app.stop()
+        assert len(stream(store, TickType.BID_ASK)) == held and AAPL.con_id in source.not_simulated
+    finally:
+        store.close()

@@ -4,6 +4,8 @@ The endpoint needs `Authorization: Bearer <api.token>`; with no token configured
 (403), never open. Ticks go through `StreamingApp.publish`, so they are durable before the answer
 and reach live subscribers like any source's ticks. A batch sent with an `idempotency_key` is
 stored once: a retry with the same key gets the original answer back (`ib_stream.api.idempotency`).
+A tick whose `ts` is more than `api.max_future_skew_seconds` ahead of the service clock is refused
+(422 naming it, nothing of the batch stored; with `on_error=skip` it is listed in `rejected`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ib_stream.api.params import MAX_CONTRACT_ID
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import TickType
 from ib_stream.errors import TickValidationError
+from ib_stream.times import FutureSkew
 
 router = APIRouter(tags=["ingest"])
 MAX_BATCH_TICKS: Final = 100_000
@@ -55,7 +58,7 @@ class TickBatch(BaseModel):
         403: {"description": "Disabled: no api.token configured"},
         404: {"description": "Unknown contract"},
         409: {"description": "idempotency_key reused for a different batch"},
-        422: {"description": "Invalid batch or tick (names index, field and value)"},
+        422: {"description": "Invalid batch or tick, or a tick too far in the future (names index, field and value)"},
     },
 )
 async def append_ticks(state: State, batch: TickBatch) -> dict[str, Any]:
@@ -84,7 +87,10 @@ async def _append_counted(state: ServiceState, batch: TickBatch, tick_type: Tick
 
 async def append(state: ServiceState, batch: TickBatch, tick_type: TickType) -> dict[str, Any]:
     """Publish the batch; with on_error=skip the store leaves invalid ticks out and reports them."""
-    result = await state.streaming.publish(batch.contract_id, tick_type, batch.ticks, batch.source, batch.on_error)
+    skew = FutureSkew.of_seconds(state.settings.api.max_future_skew_seconds, "api.max_future_skew_seconds")
+    result = await state.streaming.publish(
+        batch.contract_id, tick_type, batch.ticks, batch.source, batch.on_error, future_skew=skew
+    )
     stored = result.count > 0
     return {
         "contract_id": batch.contract_id,

@@ -19,15 +19,44 @@ router = APIRouter(tags=["system"])
 
 @router.get("/health", summary="Liveness: the process answers")
 async def health(state: State) -> dict[str, Any]:
-    """Return 200 while the process serves HTTP (it says nothing about the store; see /ready)."""
+    """Return 200 while the process serves HTTP (it says nothing about the store; see /ready). `recording` says
+    whether the live source records: `status` is `degraded` while IB is enabled but not connected, or when the
+    simulator was not run because the data root holds real data."""
+    sources = state.streaming.source_status()
+    recording = recording_status(state, sources)
     return {
-        "status": "ok",
+        "status": "ok" if recording["ok"] else "degraded",
         "version": __version__,
         "source": state.source_name,
         "uptime_seconds": round(time.time() - state.started_at, 3),
         "time": now_iso(),
-        "sources": state.streaming.source_status(),
+        "recording": recording,
+        "sources": sources,
     }
+
+
+def recording_status(state: ServiceState, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether the live source records: `{ok, state, detail}`, state one of recording, idle (no live source),
+    broker_unreachable (IB enabled, not connected: it keeps retrying, its streams are in the gap ledger, nothing is
+    simulated) or not_recording (the simulator is refused a data root holding real data)."""
+    if state.source_note is not None:
+        return {"ok": False, "state": "not_recording", "detail": state.source_note}
+    ib = sources.get("ib")
+    if ib is not None and not ib.get("connected"):
+        ports = ", ".join(map(str, state.settings.ib.ports))
+        detail = (
+            f"Interactive Brokers is not connected (host {state.settings.ib.host}, ports {ports}): retrying; "
+            "its streams are in a broker_unreachable or disconnect gap until it answers; nothing is simulated"
+        )
+        return {"ok": False, "state": "broker_unreachable", "detail": detail}
+    if not state.streaming.sources:
+        return {"ok": True, "state": "idle", "detail": "no live source runs (ticks arrive through POST /v2/ticks)"}
+    left_alone = (sources.get("sim") or {}).get("not_simulated") or {}
+    if left_alone:
+        held = ", ".join(str(con_id) for con_id in sorted(left_alone))
+        detail = f"recording from {state.source_name}; not simulated (they hold non-simulated ticks): {held}"
+        return {"ok": True, "state": "recording", "detail": detail}
+    return {"ok": True, "state": "recording", "detail": f"recording from {state.source_name}"}
 
 
 @router.get(
