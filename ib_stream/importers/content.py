@@ -21,6 +21,7 @@ that visits each hour once — any time-ordered file).
 from __future__ import annotations
 
 import collections
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -39,29 +40,27 @@ KEY_FIELDS: Final[dict[TickType, tuple[str, ...]]] = {
 }
 HOURS_HELD: Final = 4
 ContentKey = tuple[Any, ...]
-_NORMALISE: Final[dict[str, Callable[[Any], Any]]] = {
-    "float": float,
-    "int": int,
-    "bool": bool,
-    "str": str,
-    "depth_side": str,
-    "operation": str,
-    "side": lambda v: v,
-}
+
+
+def _key_function(tick_type: TickType) -> Callable[[dict[str, Any]], ContentKey]:
+    # Values are compared as Python compares them (1 == 1.0, with equal hashes), typed as the parsers typed them.
+    required = operator.itemgetter("ts", *(name for name, _ in _REQUIRED[tick_type]))
+    optional = _OPTIONAL[tick_type]
+    if not optional:
+        return lambda tick: required(tick)
+    return lambda tick: (*required(tick), *(tick.get(name, default) for name, default in optional))
 
 
 def content_key(tick_type: TickType, tick: dict[str, Any]) -> ContentKey:
-    """The content key of a tick (its `ts` and the value fields of its type; a missing field takes its default)."""
-    specs = _KEY_SPECS[tick_type]
-    return (int(tick["ts"]), *(normalise(tick.get(name, default)) for name, default, normalise in specs))
+    """The content key of a tick: its `ts`, then the required value fields of its type, then the optional ones (a
+    missing one takes its default)."""
+    return _KEYS[tick_type](tick)
 
 
-_KEY_SPECS: Final = {
-    tick_type: tuple(
-        (spec.name, spec.default, _NORMALISE[spec.kind]) for spec in TICK_FIELDS[tick_type] if spec.name in fields
-    )
-    for tick_type, fields in KEY_FIELDS.items()
-}
+_SPECS: Final = {t: [s for s in TICK_FIELDS[t] if s.name in names] for t, names in KEY_FIELDS.items()}
+_REQUIRED: Final = {t: tuple((s.name, s.default) for s in specs if s.required) for t, specs in _SPECS.items()}
+_OPTIONAL: Final = {t: tuple((s.name, s.default) for s in specs if not s.required) for t, specs in _SPECS.items()}
+_KEYS: Final = {tick_type: _key_function(tick_type) for tick_type in KEY_FIELDS}
 
 
 class StoredContent:
@@ -75,12 +74,20 @@ class StoredContent:
         self.own_ranges = own_ranges  # seq ranges [first, end) this import appended to the stream so far
         self.partition_ns = engine.layout.partition_ns
         self._hours: collections.OrderedDict[int, collections.Counter[ContentKey]] = collections.OrderedDict()
+        self._current_start = -(1 << 62)  # the hour of the last key looked up, and its counts
+        self._current: collections.Counter[ContentKey] = collections.Counter()
 
     def take(self, key: ContentKey) -> bool:
         """Whether the store held this tick before the import: if so, one stored copy is used up."""
-        held = self._hour(key[0] - key[0] % self.partition_ns)
-        if held[key] > 0:
-            held[key] -= 1
+        ts = key[0]
+        if self._current_start <= ts < self._current_start + self.partition_ns:
+            held = self._current
+        else:
+            self._current_start = ts - ts % self.partition_ns
+            held = self._current = self._hour(self._current_start)
+        count = held.get(key)
+        if count:
+            held[key] = count - 1
             return True
         return False
 
@@ -96,7 +103,8 @@ class StoredContent:
         return held
 
     def _load(self, start: int) -> collections.Counter[ContentKey]:
-        fields = KEY_FIELDS[self.stream.tick_type]
+        tick_type = self.stream.tick_type
+        fields = [name for name, _ in (*_REQUIRED[tick_type], *_OPTIONAL[tick_type])]
         table = self.engine.read_stream(self.stream, start, start + self.partition_ns, ["seq", "ts", *fields])
         if table.num_rows == 0:
             return collections.Counter()

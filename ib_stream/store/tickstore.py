@@ -96,12 +96,13 @@ class TickStore:
         """Close the buffer — everything queued made durable, every segment file closed — so its segment files can be
         rewritten (`store.rewrite`), then open it again from them: hot tier and next seqs recovered as by `open`.
         No append may be made meanwhile."""
-        self.buffer.close()
+        closed = self.buffer
+        closed.close()
         try:
             yield
         finally:
             buffer = TickBuffer(self.config, self.layout, self.clock)
-            buffer.listeners.append(self._track)
+            buffer.listeners.extend(closed.listeners)
             buffer.open(self.index.last_seqs(), self.index.archived_seqs())
             self.buffer = self.archiver.buffer = buffer
             self.engine.hot = _LiveHot(buffer)
