@@ -383,8 +383,8 @@ class ImportLedger(SqliteDatabase):
             stream = StreamKey(contract_id, TickType(tick_type))
             if state == PENDING:
                 (later,) = self._query(
-                    "SELECT min(first_seq) FROM import_ranges WHERE import_id<>? AND contract_id=? AND tick_type=? "
-                    "AND first_seq>?",
+                    "SELECT min(first_seq) FROM import_ranges WHERE import_id>? AND contract_id=? AND tick_type=? "
+                    "AND first_seq>=?",
                     (import_id, contract_id, tick_type, first),
                 )[0]
                 end = min(end, later) if later is not None else end

@@ -9,7 +9,7 @@ compaction, rollups and snapshots, then late recorded ticks in hours already com
 MBP-1 file: quotes and trades, three of its trades identical to recorded ones) are made; with `undone=True` (the
 oracle) they are not. Both make the import `Y` (trades that no other source holds), so the import ids are 1, 2
 (the X imports) and 3 (Y) in the first, 1 (Y) in the oracle. `observe(store)` gathers ticks, bars (from rollups
-and from ticks), books and daily statistics; `assert_same` compares two observations (floats to 1e-9).
+and from ticks, and through the store's query cache), books and daily statistics; `assert_same` compares two observations (floats to 1e-9).
 """
 
 from __future__ import annotations
@@ -174,6 +174,12 @@ def observe(store: TickStore) -> dict[str, Any]:
             {k: v for k, v in r.items() if k not in ("seq", "recv_ts")} for r in records
         ]
     start, end = H0 - HOUR, H0 + (HOURS + 1) * HOUR
+    # Through the store's query cache (a cached answer must never outlive a change of its range)...
+    frame = store.engine.query(C, [TickType.LAST, TickType.BID_ASK], start, end)
+    seen["cached query"] = frame.drop(columns=["seq", "recv_ts"]).astype(object).to_dict("records")
+    cached = OrderFlow(store.engine, CONTRACT).bars(BarsRequest(C, start, end, "5m"))
+    seen["cached bars 5m"] = cached.table.to_pylist()
+    # ...and around it.
     for use_rollups in (True, False):
         flow = OrderFlow(store.engine, CONTRACT, use_rollups=use_rollups, use_cache=False)
         for resolution in ("1m", "1h"):

@@ -154,34 +154,47 @@ def test_undo_of_ticks_still_in_the_buffer(store: TickStore, config: StorageConf
     store.open()  # for the fixture's close
 
 
-def test_an_interrupted_import_can_be_undone(store: TickStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The run dies after its third batch was appended and before the ledger knew: that batch's ticks are its too.
+@pytest.mark.parametrize("appended", [True, False])
+def test_an_interrupted_import_can_be_undone(
+    store: TickStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appended: bool
+) -> None:
+    # The run dies at its third batch, after the append was durable and before the ledger knew (its ticks are the
+    # import's too), or before the append (then the seqs it was about to get go to the next import's ticks).
     ms = T0_NS // 1_000_000 - 3_600_000
     path = trades_file(tmp_path / "t.csv", [(ms + i, 60.0 + i % 4, 1.0 + i % 2) for i in range(50)])
     store.append_batch_sync(C, "last", [{"ts": (ms + 1) * 1_000_000, "price": 61.0, "size": 2.0}], "sim")
-    original = ImportLedger.commit
+    commit, append = ImportLedger.commit, store.append_batch_sync
     calls: list[Any] = []
 
-    def crash_on_third(self: ImportLedger, *args: Any) -> None:
+    def crash_on_third_commit(self: ImportLedger, *args: Any) -> None:
         calls.append(args)
         if len(calls) == 3:
             raise RuntimeError("killed after the append")
-        original(self, *args)
+        commit(self, *args)
 
-    monkeypatch.setattr(ImportLedger, "commit", crash_on_third)
+    def crash_on_third_append(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("killed before the append")
+        return append(*args, **kwargs)
+
+    if appended:
+        monkeypatch.setattr(ImportLedger, "commit", crash_on_third_commit)
+    else:
+        monkeypatch.setattr(store, "append_batch_sync", crash_on_third_append)
     with pytest.raises(RuntimeError):
         import_file(store, path, preset("binance-trades"), C, batch_size=10)
-    monkeypatch.setattr(ImportLedger, "commit", original)
-    assert sum(last_ticks(store).values()) == 31
+    monkeypatch.undo()
+    assert sum(last_ticks(store).values()) == (31 if appended else 21)
     other = import_file(store, trades_file(tmp_path / "o.csv", [(ms + 900 + i, 70.0, 3.0) for i in range(5)]),
                         preset("binance-trades"), C)  # fmt: skip
     assert [(i.import_id, i.state, i.stored) for i in list_imports(store.config.index_file)] == [
-        (1, "imported", 20),  # unfinished (`import list` says interrupted); the third batch is pending
+        (1, "imported", 20),  # unfinished (`import list` says interrupted); the third batch is not counted
         (2, "imported", 5),
     ]
     assert other.import_id == 2
     result = undo_import(store, 1)
-    assert result.removal is not None and result.removal.removed[LAST] == 30
+    assert result.removal is not None and result.removal.removed[LAST] == (30 if appended else 20)
     assert last_ticks(store) == collections.Counter(
         [((ms + 1) * 1_000_000, 61.0, 2.0, "sim")]
         + [((ms + 900 + i) * 1_000_000, 70.0, 3.0, "import") for i in range(5)]
