@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS import_batches (
     file_path   TEXT    NOT NULL,
     updated_ns  INTEGER NOT NULL,
     prefix_sha256 TEXT,             -- digest of the stream's ticks [0, end_tick) of the file (NULL: older rows)
+    import_id   INTEGER,            -- the import (run) that wrote the batch (NULL: older rows)
+    held_out    INTEGER NOT NULL DEFAULT 0,  -- ticks refused as lying in the future: a re-run reads them again
     PRIMARY KEY (file_sha256, contract_id, tick_type, recipe, first_tick)
 );
 CREATE TABLE IF NOT EXISTS imports (
