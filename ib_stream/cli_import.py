@@ -1,4 +1,5 @@
-"""Command line: `ib-stream import orderflow|file|presets` — existing recordings into the store, exactly once.
+"""Command line: `ib-stream import orderflow|file|presets|list|undo` — existing recordings into the store, exactly
+once, and out of it again.
 
 The sub-app `import_app` is added to the root command group by `ib_stream.cli`; it shares the
 storage settings, progress bar and tables of `ib_stream.cli_support`, and the root group's error
@@ -15,6 +16,7 @@ import typer
 from ib_stream import cli_support as support
 from ib_stream.domain import TickType
 from ib_stream.errors import ValidationError
+from ib_stream.importers.ledger import IMPORTED, ImportInfo
 from ib_stream.importers.orderflow_book import BOOK_ROWS
 from ib_stream.importers.orderflow_sqlite import (
     OrderflowOptions,
@@ -25,9 +27,11 @@ from ib_stream.importers.orderflow_sqlite import (
 )
 from ib_stream.importers.presets import PRESETS, preset
 from ib_stream.importers.tabular import FORMATS, Output, Recipe, import_file, parse_mapping, parse_pairs, scan_file
+from ib_stream.importers.undo import ImportUndo, UndoReport, list_imports
 from ib_stream.importers.writer import ImportReport
 from ib_stream.settings import StorageConfig
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import iso_compact
 
 import_app = typer.Typer(
     help="Import existing recordings into the store (a re-run stores nothing twice).", no_args_is_help=True
@@ -172,6 +176,80 @@ def presets_command() -> None:
     support.print_tables(table)
 
 
+@import_app.command("list")
+def list_command(ctx: typer.Context) -> None:
+    """List the imports of the data root: id, state, when, file, how it was read, streams, ticks and time span."""
+    config = support.storage_config(ctx)
+    imports = list_imports(config.index_file)
+    if not imports:
+        support.out().print("no imports", highlight=False)
+        return
+    table = support.table(None, "id", "state", "when", "file", "how", "streams", "ticks", "already stored", "span")
+    for info in imports:
+        span = info.span
+        table.add_row(
+            str(info.import_id),
+            _state(info),
+            iso_compact(info.started_ns - info.started_ns % 1_000_000_000),
+            info.file_path,
+            info.how,
+            ", ".join(f"{s.stream.contract_id} {s.stream.tick_type.value}" for s in info.streams),
+            f"{info.stored:,}",
+            f"{sum(s.matched for s in info.streams):,}",
+            f"{iso_compact(span[0])} .. {iso_compact(span[1])}" if span else "",
+        )
+    support.print_tables(table)
+
+
+@import_app.command("undo")
+def undo_command(
+    ctx: typer.Context,
+    import_id: Annotated[int, typer.Argument(metavar="ID", help="The import to undo (see `import list`).")],
+) -> None:
+    """Remove the ticks of one import from the store, as if it had never run (archive, buffer, derived files)."""
+    config = support.storage_config(ctx)
+    support.require_catalog(config)
+    store = _open_store(config)
+    try:
+        undo = ImportUndo(store, import_id)
+        try:
+            steps = undo.prepare()
+            with support.progress(f"undoing import {import_id}", steps) as advance:
+                report = undo.run(advance)
+        finally:
+            undo.close()
+    finally:
+        store.close()
+    _print_undo(report)
+
+
+def _state(info: ImportInfo) -> str:
+    return "interrupted" if info.state == IMPORTED and info.finished_ns is None else info.state
+
+
+def _print_undo(report: UndoReport) -> None:
+    out = support.out()
+    info = report.info
+    if report.removal is None:
+        out.print(f"import {info.import_id} ({info.file_path}) was already undone: nothing to do", highlight=False)
+        return
+    removal = report.removal
+    out.print(
+        f"undid import {info.import_id} ({info.file_path}, {info.how}): {removal.ticks_removed:,} ticks removed, "
+        f"{removal.partitions_rewritten:,} archive partitions and {removal.segments_rewritten:,} buffer segments "
+        f"rewritten, {removal.derived_files_removed:,} snapshots and rollups to rebuild, {removal.seconds:.2f} s",
+        highlight=False,
+    )
+    table = support.table(None, "stream", "ticks removed")
+    for summary in info.streams:
+        table.add_row(
+            f"{summary.stream.contract_id} {summary.stream.tick_type.value}", f"{removal.removed[summary.stream]:,}"
+        )
+    support.print_tables(table)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 def _open_store(config: StorageConfig) -> TickStore:
     # The import is the only writer of the locked data root, and it waits for each batch to be
     # durable: group commit would only add its interval to every batch (5x slower at 1,000 ticks).
@@ -225,18 +303,24 @@ def _print_report(report: ImportReport) -> None:
             f"{report.stored[stream]:,}",
             f"{report.duplicates[stream]:,}",
         )
+    filtered = f"{report.rows_filtered:,} rows filtered out by --where, " if report.filtered else ""
+    named = f"import {report.import_id}: " if report.import_id is not None else ""
     out.print(
-        f"imported {report.file} (sha256 {report.file_sha256[:12]}): {report.rows_read:,} rows read, "
+        f"{named}imported {report.file} (sha256 {report.file_sha256[:12]}): {report.rows_read:,} rows read, "
         f"{report.ticks_stored:,} ticks stored, {report.ticks_duplicate:,} already stored, "
-        f"{report.rows_skipped:,} rows skipped, {report.batches:,} batches, {report.seconds:.2f} s",
+        f"{report.rows_skipped:,} rows skipped, {filtered}{report.batches:,} batches, {report.seconds:.2f} s",
         highlight=False,
     )
     tables = [table]
-    if report.skipped:
-        skipped = support.table("skipped", "reason", "rows", "first")
-        for reason, count in report.skipped.most_common():
-            skipped.add_row(reason, f"{count:,}", report.examples.get(reason, ""))
-        tables.append(skipped)
+    for title, counts, examples in (
+        ("skipped", report.skipped, report.examples),
+        ("filtered out by --where", report.filtered, report.filtered_examples),
+    ):
+        if counts:
+            listed = support.table(title, "reason", "rows", "first")
+            for reason, count in counts.most_common():
+                listed.add_row(reason, f"{count:,}", examples.get(reason, ""))
+            tables.append(listed)
     support.print_tables(*tables)
     for stream, upto in sorted(report.grown.items()):
         out.print(

@@ -135,7 +135,7 @@ def import_orderflow(
     """Import an order-flow recording into `store` (idempotent: a second run stores nothing)."""
     recording = inspect_recording(path)
     contracts = resolve_contracts(recording, options)
-    writer = ImportWriter(store, str(path), recording_sha256(path), batch_size, progress)
+    writer = ImportWriter(store, str(path), recording_sha256(path), batch_size, progress, describe(contracts, options))
     try:
         with closing(_connect(path)) as db:
             # Rows without an instrument are read (and counted as skipped) unless instruments were chosen.
@@ -147,6 +147,12 @@ def import_orderflow(
         return writer.finish()
     finally:
         writer.close()
+
+
+def describe(contracts: Mapping[str, int], options: OrderflowOptions) -> str:
+    """How a recording was read, as the options that say it (shown by `import list`)."""
+    mapping = ",".join(f"{name}={contract}" for name, contract in sorted(contracts.items()))
+    return f"orderflow --map {mapping} --book-rows {options.book_rows}"
 
 
 def selected_rows(recording: Recording, contracts: Mapping[str, int], options: OrderflowOptions) -> int:

@@ -217,7 +217,7 @@ def import_file(
         raise ValidationError("--only", ",".join(t.value for t in only), f"selects none of {recipe.name}'s streams")
     sha, _, columns = scan_file(path, recipe)
     check_recipe(recipe, columns, option)
-    writer = ImportWriter(store, str(path), sha, batch_size, progress)
+    writer = ImportWriter(store, str(path), sha, batch_size, progress, describe(recipe, option, only))
     try:
         readers = [
             _OutputReader(o, writer.sink(StreamKey(contract_id, o.tick_type), recipe.digest(o))) for o in outputs
@@ -229,12 +229,34 @@ def import_file(
                 continue
             for reader in readers:
                 try:
-                    reader.read(row)
+                    left_out = reader.read(row)
                 except BadValue as e:
                     writer.skip(f"{reader.name}: {e.reason}", f"row {number}", e.value)
+                    continue
+                if left_out is not None:
+                    writer.filtered(f"{reader.name}: {left_out[0]}", f"row {number}", left_out[1])
         return writer.finish()
     finally:
         writer.close()
+
+
+def describe(recipe: Recipe, option: str, only: tuple[TickType, ...] = ()) -> str:
+    """How a file was read, as the options that say it (shown by `import list`)."""
+    if option == "--preset":
+        chosen = f" --only {','.join(t.value for t in only)}" if only else ""
+        return f"--preset {recipe.name}{chosen}"
+    parts = []
+    for output in recipe.outputs:
+        mapping = ",".join(f"{column}={name}" for name, column in output.columns.items())
+        text = f"--tick-type {output.tick_type.value} --map {mapping}"
+        if output.time_unit != "auto":
+            text += f" --time-unit {output.time_unit}"
+        if output.constants:
+            text += " --set " + ",".join(f"{k}={v}" for k, v in output.constants.items())
+        if output.where:
+            text += " --where " + ",".join(f"{k}={v}" for k, v in output.where.items())
+        parts.append(text)
+    return "; ".join(parts)
 
 
 class _OutputReader:
@@ -243,7 +265,7 @@ class _OutputReader:
     def __init__(self, output: Output, sink: StreamSink) -> None:
         self.name = output.tick_type.value
         self.sink = sink
-        self.where = [(_getter(column), value) for column, value in output.where.items()]
+        self.where = [(column, _getter(column), value) for column, value in output.where.items()]
         specs = {s.name: s for s in TICK_FIELDS[output.tick_type]}
         parse_time = time_parser(output.time_unit)
         self.get_ts = _getter(output.columns["ts"])
@@ -260,11 +282,12 @@ class _OutputReader:
                 self.fields.append((name, _getter(column), _CONVERTERS[spec.kind], spec.required, spec.kind == "str"))
         self.constants = {name: _constant(specs[name].kind, value) for name, value in output.constants.items()}
 
-    def read(self, row: Row) -> None:
-        for get, value in self.where:
+    def read(self, row: Row) -> tuple[str, Any] | None:
+        """Hand the row's tick to the sink; return (reason, value) when a --where filter leaves the row out."""
+        for column, get, value in self.where:
             found = get(row)
             if found is None or str(found).strip() != value:
-                return
+                return f"{column} is not {value} (--where)", found
         raw_ts = self.get_ts(row)
         if is_missing(raw_ts):
             raise BadValue("missing timestamp", raw_ts)
@@ -280,6 +303,7 @@ class _OutputReader:
             except BadValue as e:
                 raise BadValue(f"{name} is {e.reason}", value) from None
         self.sink.add(tick)
+        return None
 
 
 def _constant(kind: str, value: Any) -> Any:

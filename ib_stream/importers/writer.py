@@ -1,12 +1,15 @@
-"""Importers: batch parsed ticks into the store exactly once per file, and count what happened.
+"""Importers: batch parsed ticks into the store exactly once, and count what happened.
 
-A parser hands each tick to the `StreamSink` of its stream and each unusable row to `skip`; the
-sink validates the tick, numbers it (its index among the stream's ticks of this file), leaves out
-what the ledger says is already stored and appends the rest in batches (see `ledger` for the
-protocol that survives a crash between an append and its ledger entry). It also keeps a running
-digest of the stream's ticks, so that a file that grew since an earlier import is recognised: its
-ticks are held back up to each end of an earlier import's batches and dropped there when the digests
-agree (at most one earlier batch is held in memory).
+A parser hands each tick to the `StreamSink` of its stream, each unusable row to `skip` and each row a
+`--where` filter leaves out to `filtered`; the sink validates the tick, numbers it (its index among the
+stream's ticks of this file), leaves out what the ledger says is already stored (see `ledger` for the
+protocol that survives a crash between an append and its ledger entry), refuses a tick from the future,
+leaves out what the store already holds by content (`content`: the same trade from another file or
+reading is stored once) and appends the rest in batches, each recorded with the seq range it was given
+under the run's import id (what `import undo` removes). It also keeps a running digest of the stream's
+ticks, so that a file that grew since an earlier import is recognised: its ticks are held back up to each
+end of an earlier import's batches and dropped there when the digests agree (at most one earlier batch is
+held in memory).
 """
 
 from __future__ import annotations
@@ -20,42 +23,51 @@ from typing import Any, Final
 
 import orjson
 
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import MAX_TS_NS, MIN_TS_NS, StreamKey, TickValidator
 from ib_stream.errors import TickValidationError
-from ib_stream.importers.ledger import DONE, PENDING, BatchKey, BatchRow, ImportLedger
+from ib_stream.importers.content import StoredContent, content_key
+from ib_stream.importers.ledger import DONE, BatchDone, BatchKey, BatchRow, ImportLedger, covered_upto
 from ib_stream.importers.values import BadValue
-from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import iso_ns
 
 SOURCE: Final = "import"
 DEFAULT_BATCH_TICKS: Final = 10_000
+FUTURE_SKEW_NS: Final = 300 * NS_PER_SECOND  # how far past the clock an event time may lie
 _PROGRESS_EVERY: Final = 1_000
-# Fields that identify a tick's content; seq, recv_ts and source are given by the store / the run.
-_NOT_CONTENT: Final = frozenset({"seq", "recv_ts", "source"})
 Progress = Callable[[int], None]
 
 
 @dataclass(slots=True)
 class ImportReport:
-    """What an import did: rows read, ticks stored and already stored per stream, rows skipped by reason."""
+    """What an import did: rows read, ticks stored and already stored per stream, rows skipped or filtered out."""
 
     file: str
     file_sha256: str
     rows_read: int = 0
     stored: collections.Counter[StreamKey] = field(default_factory=collections.Counter)
     duplicates: collections.Counter[StreamKey] = field(default_factory=collections.Counter)
+    matched: collections.Counter[StreamKey] = field(default_factory=collections.Counter)  # of duplicates: by content
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first row skipped for it
+    filtered: collections.Counter[str] = field(default_factory=collections.Counter)  # rows a --where left out
+    filtered_examples: dict[str, str] = field(default_factory=dict)
     grown: dict[StreamKey, int] = field(
         default_factory=dict
     )  # ticks found stored by an import of the file before it grew
     batches: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    import_id: int | None = None  # None: nothing was stored or found stored (a re-run the ledger answered)
 
     @property
     def rows_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    @property
+    def rows_filtered(self) -> int:
+        return sum(self.filtered.values())
 
     @property
     def ticks_stored(self) -> int:
@@ -73,6 +85,17 @@ def checked_ts(ns: int) -> int:
     return ns
 
 
+def refuse_future(ts_ns: int, latest_ns: int) -> None:
+    """Raise BadValue when an event time lies beyond `latest_ns` (the clock plus the skew allowed).
+
+    This is the importers' one check of event times against the clock; it is called for every tick of every
+    importer (`StreamSink`), and the shared core check of event times, with the imports skew setting, takes
+    its place when the core provides it.
+    """
+    if ts_ns > latest_ns:
+        raise BadValue(f"timestamp is in the future (after now + {FUTURE_SKEW_NS // NS_PER_SECOND} s)", iso_ns(ts_ns))
+
+
 class ImportWriter:
     """Batches of one file's ticks into the store, recorded in the import ledger; one per import run."""
 
@@ -83,14 +106,17 @@ class ImportWriter:
         file_sha256: str,
         batch_size: int = DEFAULT_BATCH_TICKS,
         progress: Progress | None = None,
+        how: str = "",
     ) -> None:
         self.store = store
         self.file_path = file_path
         self.batch_size = batch_size
         self.progress = progress
+        self.how = how
         self.report = ImportReport(file_path, file_sha256)
         self.ledger = ImportLedger(store.config.index_file)
         self.sinks: dict[StreamKey, StreamSink] = {}
+        self.latest_ts = store.clock.now_ns() + FUTURE_SKEW_NS
         self._started = time.perf_counter()
         self._unreported_rows = 0
 
@@ -102,10 +128,16 @@ class ImportWriter:
             for other in self.ledger.other_recipes(key):
                 self.report.warnings.append(
                     f"{self.file_path} was already imported into {stream} with other options (recipe {other[:12]}); "
-                    "ticks read differently are stored beside the earlier ones"
+                    "ticks read the same either way are matched by content and stored once"
                 )
             found = self.sinks[stream] = StreamSink(self, key, self.ledger.batches(key))
         return found
+
+    def import_id(self) -> int:
+        """The id of this run's import (recorded on first use: when a batch stores or finds ticks)."""
+        if self.report.import_id is None:
+            self.report.import_id = self.ledger.start_import(self.file_path, self.report.file_sha256, self.how)
+        return self.report.import_id
 
     def row_read(self) -> None:
         """Count one row of the file as read (drives the progress bar)."""
@@ -116,15 +148,18 @@ class ImportWriter:
 
     def skip(self, reason: str, where: str, value: Any = None) -> None:
         """Count a row (or the part of it for one stream) left out, with the first example per reason."""
-        self.report.skipped[reason] += 1
-        if reason not in self.report.examples:
-            shown = repr(value) if value is not None else ""
-            self.report.examples[reason] = f"{where}: {shown[:120]}" if shown else where
+        _count(self.report.skipped, self.report.examples, reason, where, value)
+
+    def filtered(self, reason: str, where: str, value: Any = None) -> None:
+        """Count a row (or the part of it for one stream) a --where filter left out, with the first example."""
+        _count(self.report.filtered, self.report.filtered_examples, reason, where, value)
 
     def finish(self) -> ImportReport:
         """Append what remains of every stream and return the report."""
         for sink in self.sinks.values():
             sink.flush()
+        if self.report.import_id is not None:
+            self.ledger.finish_import(self.report.import_id)
         self._advance()
         self.report.seconds = time.perf_counter() - self._started
         self.close()
@@ -139,28 +174,37 @@ class ImportWriter:
         self._unreported_rows = 0
 
 
+def _count(counter: collections.Counter[str], examples: dict[str, str], reason: str, where: str, value: Any) -> None:
+    counter[reason] += 1
+    if reason not in examples:
+        shown = repr(value) if value is not None else ""
+        examples[reason] = f"{where}: {shown[:120]}" if shown else where
+
+
 class StreamSink:
-    """One stream's ticks from the file: numbered, checked against the ledger, appended in batches."""
+    """One stream's ticks from the file: numbered, checked against the ledger and the store, appended in batches."""
 
     def __init__(self, writer: ImportWriter, key: BatchKey, rows: list[BatchRow]) -> None:
         self.writer = writer
         self.key = key
         self.stream = key.stream
         self.validator = TickValidator(key.stream.tick_type)
-        done = [r for r in rows if r.state == DONE]
-        self.done_upto = max((r.end_tick for r in done), default=0)
-        # A batch left pending by an interrupted run: its ticks may or may not be in the store.
-        self.pending = [r for r in rows if r.state == PENDING and r.end_tick > self.done_upto]
-        self.pending_end = max((r.end_tick for r in self.pending), default=0)
-        self._in_store: collections.Counter[tuple[Any, ...]] | None = None
+        self.done_upto = covered_upto(rows)
+        # Batches after it (left pending by an interrupted run, or holding ticks that were in the future then): a
+        # new batch spans them all, and their ticks are looked up in the store by content like any other.
+        self.pending_end = max((r.end_tick for r in rows if r.end_tick > self.done_upto), default=0)
+        self.appended: list[tuple[int, int]] = []  # seq ranges [first, end) this run appended
+        self.content = StoredContent(writer.store.engine, key.stream, lambda: self.appended)
         self.next_index = 0
         self.first = self.done_upto
         self.ticks: list[dict[str, Any]] = []
-        self.min_ts = MAX_TS_NS
-        self.max_ts = MIN_TS_NS
+        self.min_ts, self.max_ts = MAX_TS_NS, MIN_TS_NS  # of self.ticks
+        self.routed_min, self.routed_max = MAX_TS_NS, MIN_TS_NS  # of the ticks stored or found stored since a flush
+        self.matched = 0  # since the last flush
+        self.held_out = 0
         self.digest = hashlib.sha256()  # of the stream's ticks [0, next_index)
         # Ends of the batches of an earlier content of this file (it grew): ticks are held until one is reached.
-        fresh = not done  # no batch of this content is done yet (a pending one may be)
+        fresh = not any(r.state == DONE for r in rows)  # no batch of this content is done yet
         self.earlier = writer.ledger.earlier_ends(key, writer.file_path) if fresh else {}
         self.held: list[dict[str, Any]] = []
 
@@ -191,14 +235,27 @@ class StreamSink:
             self.flush()
 
     def _route(self, index: int, tick: dict[str, Any]) -> None:
-        """Count the tick as already stored (by a done batch, or found in the store for a pending one), or take it."""
-        if index < self.done_upto or (index < self.pending_end and self._stored_already(self.check(tick))):
-            self.writer.report.duplicates[self.stream] += 1
+        """Count the tick as already stored (by a done batch, or found in the store by content), refuse it if it lies
+        in the future, or take it."""
+        report = self.writer.report
+        if index < self.done_upto:
+            report.duplicates[self.stream] += 1
+            return
+        ts = tick["ts"]
+        try:
+            refuse_future(ts, self.writer.latest_ts)
+        except BadValue as e:
+            self.writer.skip(f"{self.stream.tick_type.value}: {e.reason}", f"tick {index}", e.value)
+            self.held_out += 1
+            return
+        self.routed_min, self.routed_max = min(self.routed_min, ts), max(self.routed_max, ts)
+        if self.content.take(content_key(self.stream.tick_type, tick)):
+            report.duplicates[self.stream] += 1
+            report.matched[self.stream] += 1
+            self.matched += 1
             return
         self.ticks.append(tick)
-        ts = tick["ts"]
-        self.min_ts = min(self.min_ts, ts)
-        self.max_ts = max(self.max_ts, ts)
+        self.min_ts, self.max_ts = min(self.min_ts, ts), max(self.max_ts, ts)
 
     def _match_earlier(self, tick: dict[str, Any]) -> None:
         """Hold the tick until the next end of an earlier content's batch; there, drop what is held when the
@@ -228,7 +285,7 @@ class StreamSink:
             self._route(index, tick)
 
     def flush(self) -> None:
-        """Append the batch (pending in the ledger first, done once durable)."""
+        """Append the batch (pending in the ledger first, with the seq range it is about to get; done once durable)."""
         if self.held:  # the file ends before the earlier content's next batch end
             self._release()
         end = self.next_index
@@ -236,50 +293,37 @@ class StreamSink:
             return
         writer = self.writer
         writer.report.batches += 1
-        ts_range = (self.min_ts, self.max_ts) if self.ticks else None
+        import_id = writer.import_id()
+        stored_ts = (self.min_ts, self.max_ts) if self.ticks else None
+        stream = self.stream
+        seq_from = writer.store.buffer.next_seq(stream)
         writer.ledger.begin(
             self.key,
             (self.first, end),
             writer.report.batches,
             len(self.ticks),
-            ts_range,
+            stored_ts,
             writer.file_path,
             self.digest.hexdigest(),
+            import_id,
+            seq_from,
         )
         seqs = None
         if self.ticks:
-            stream = self.stream
             result = writer.store.append_batch_sync(stream.contract_id, stream.tick_type, self.ticks, SOURCE, "skip")
             seqs = (result.first_seq, result.last_seq) if result.count else None
+            if seqs is not None:
+                self.appended.append((result.first_seq, result.last_seq + 1))
             writer.report.stored[stream] += result.count
             for error in result.rejected:  # only ticks a parser passed as checked can get here
                 writer.skip(
                     f"{stream.tick_type.value}: rejected by the store", f"batch {writer.report.batches}", error.message
                 )
-        writer.ledger.commit(self.key, self.first, seqs)
+        routed = (self.routed_min, self.routed_max) if self.routed_min <= self.routed_max else None
+        done = BatchDone(import_id, seq_from, stored_ts, routed, self.matched, self.held_out)
+        writer.ledger.commit(self.key, self.first, seqs, done)
         self.first = end
         self.ticks = []
         self.min_ts, self.max_ts = MAX_TS_NS, MIN_TS_NS
-
-    def _stored_already(self, record: dict[str, Any]) -> bool:
-        # Ticks of a pending batch are looked up in the store by content (each stored tick matches once).
-        if self._in_store is None:
-            self._in_store = self._load_pending()
-        content = _content(record)
-        if self._in_store[content] > 0:
-            self._in_store[content] -= 1
-            return True
-        return False
-
-    def _load_pending(self) -> collections.Counter[tuple[Any, ...]]:
-        ranges = [(r.min_ts, r.max_ts) for r in self.pending if r.min_ts is not None and r.max_ts is not None]
-        if not ranges:
-            return collections.Counter()
-        start = min(lo for lo, _ in ranges)
-        end = max(hi for _, hi in ranges) + 1
-        table = self.writer.store.engine.read_stream(self.stream, start, end)
-        return collections.Counter(_content(r) for r in table_to_records(table) if r["source"] == SOURCE)
-
-
-def _content(record: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(v for k, v in record.items() if k not in _NOT_CONTENT)
+        self.routed_min, self.routed_max = MAX_TS_NS, MIN_TS_NS
+        self.matched = self.held_out = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from ib_stream.store.statistics import StatisticsUpdater, date_of
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 ChangeListener = Callable[[StreamKey, int, int], None]
+_EVERY_CHUNK = 1 << 62  # an eviction horizon no chunk is newer than
 
 
 @dataclass(slots=True)
@@ -114,6 +115,25 @@ class Archiver:
                 raise next(iter(failed.values()))
             report.seconds = time.perf_counter() - started
             self.last_durations["archive"] = report.seconds
+            return report
+
+    def archive_now(self, streams: Iterable[StreamKey]) -> ArchiveReport:
+        """Archive every buffered tick of `streams`, the open segments' included, and drop them from the hot tier, so
+        a rewrite of the archive (`store.rewrite`) sees all of them there; safe to re-run, like `archive_sealed`."""
+        with self._lock:
+            report = ArchiveReport()
+            touched: set[tuple[StreamKey, str]] = set()
+            for stream in streams:
+                for segment in self.layout.segments(stream):
+                    if segment_last_seq(segment.path, stream.tick_type) > self.index.archived_seqs().get(stream, 0):
+                        ticks, dates = self._archive_segment(segment, report)
+                        report.segments += 1
+                        report.ticks += ticks
+                        touched |= {(stream, d) for d in dates}
+                hot = self.buffer.hot(stream)
+                if hot is not None:
+                    hot.evict(self.index.archived_seqs().get(stream, 0), _EVERY_CHUNK)
+            self.statistics.refresh(touched)
             return report
 
     def _archive_segment(self, segment: Segment, report: ArchiveReport) -> tuple[int, set[str]]:
@@ -194,6 +214,37 @@ class Archiver:
             report.seconds = time.perf_counter() - started
             self.last_durations["compact"] = report.seconds
             return report
+
+    def rewrite_partition(self, partition: Partition, drop: Callable[[pa.Table], np.ndarray]) -> int:
+        """Rewrite a partition without the rows `drop` marks: its files are merged as compaction merges them, the
+        rest is written as one file (none when nothing is left) and swapped in for them in one catalog transaction
+        (temp → fsync → rename → commit; the replaced files are retired). Return the rows dropped (0: nothing
+        changed). A crash at any step leaves the old files or the new one catalogued; running it again finishes."""
+        with self._lock:
+            stream = partition.stream
+            olds = self.index.partition_files(stream, partition.start_ns)
+            self._remove_crashed_outputs(partition, olds)
+            if not olds:
+                return 0
+            tables = [read_parquet(self.layout.absolute(f.file_path), stream.tick_type) for f in olds]
+            merged = sort_table(pa.concat_tables([t.replace_schema_metadata(None) for t in tables]))
+            dropped = np.asarray(drop(merged), dtype=bool)
+            count = int(dropped.sum())
+            if not count:
+                return 0
+            kept = merged.filter(pa.array(~dropped))
+            sources = [f.file_path for f in olds]
+            new = None
+            if kept.num_rows:
+                seq = kept.column("seq").to_numpy()
+                path = self.layout.compacted_path(partition, int(seq.min()), int(seq.max()), len(seq))
+                jsonl_bytes = sum(f.jsonl_bytes for f in olds) * kept.num_rows // merged.num_rows
+                # (It can have the name of one of them, holding the same rows: it never lists itself as replaced.)
+                replaced = [f for f in sources if f != self.layout.relative(path)]
+                new = self._write_file(partition, kept, path, jsonl_bytes, "compacted", replaced)
+            self.index.replace(new, sources, self.clock.now_ns())
+            self.on_change(stream, min(f.start_time for f in olds), max(f.end_time for f in olds))
+            return count
 
     def _remove_crashed_outputs(self, partition: Partition, catalogued: list[ArchiveFile]) -> None:
         # A compacted file in a partition that the catalog does not list (and did not retire) can

@@ -100,6 +100,22 @@ class TickStore:
             raise
         return self
 
+    @contextlib.contextmanager
+    def buffer_paused(self) -> Iterator[None]:
+        """Close the buffer — everything queued made durable, every segment file closed — so its segment files can be
+        rewritten (`store.rewrite`), then open it again from them: hot tier and next seqs recovered as by `open`.
+        No append may be made meanwhile."""
+        closed = self.buffer
+        closed.close()
+        try:
+            yield
+        finally:
+            buffer = TickBuffer(self.config, self.layout, self.clock)
+            buffer.listeners.extend(closed.listeners)
+            buffer.open(self.index.last_seqs(), self.index.archived_seqs())
+            self.buffer = self.archiver.buffer = buffer
+            self.engine.hot = _LiveHot(buffer)
+
     async def aopen(self) -> TickStore:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.open)
 

@@ -28,6 +28,7 @@ def test_the_python_example_runs(config: StorageConfig, tmp_path: Path) -> None:
     exec(compile(block, str(DOC), "exec"), namespace)
     assert namespace["report"].ticks_stored == 57
     assert namespace["flow"].ticks_stored == 2
+    assert namespace["undone"].removal.ticks_removed == 2
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -194,14 +194,19 @@ def test_the_ledger_survives_an_index_rebuild(config: StorageConfig, trades_csv:
         assert stored(store) == expected(trades_csv)
 
 
-def test_the_same_file_read_another_way_is_stored_again_with_a_warning(store: TickStore, trades_csv: Path) -> None:
+def test_the_same_file_read_another_way_is_matched_by_content_with_a_warning(
+    store: TickStore, trades_csv: Path
+) -> None:
+    # Reading the file without the side gives the same trades (time, price, size): they are not stored again
+    # (the issue "every tick once": before content keys they were, doubling the volume).
     run_import(store, trades_csv)
     recipe = preset("binance-trades")
     output = recipe.outputs[0]
     without_side = type(output)(output.tick_type, {k: v for k, v in output.columns.items() if k != "buyer_maker"}, "ms")
     other = type(recipe)("custom", "no side", (without_side,), "csv")
     report = import_file(store, trades_csv, other, CONTRACT)
-    assert report.stored[STREAM] == ROWS
+    assert report.stored[STREAM] == 0 and report.duplicates[STREAM] == ROWS == report.matched[STREAM]
+    assert stored(store) == expected(trades_csv)
     assert len(report.warnings) == 1 and "already imported into 7/last with other options" in report.warnings[0]
 
 
@@ -228,16 +233,21 @@ def test_a_file_that_grew_stores_only_its_new_ticks(store: TickStore, trades_csv
     assert store.buffer.next_seq(STREAM) == ROWS + 42 + 1
 
 
-def test_a_changed_file_is_stored_again_from_the_first_batch_that_differs(store: TickStore, trades_csv: Path) -> None:
+def test_a_changed_file_stores_only_its_changed_ticks(store: TickStore, trades_csv: Path) -> None:
     run_import(store, trades_csv)
+    original = expected(trades_csv)
     lines = trades_csv.read_text().splitlines()
     fields = lines[1 + 35].split(",")
     fields[2] = "999.0"  # trade 35 edited: the earlier batches end at 10, 20, 30 (same), 40 (differs)
     lines[1 + 35] = ",".join(fields)
     trades_csv.write_text("\n".join(lines) + "\n")
     changed = run_import(store, trades_csv)
-    assert changed.duplicates[STREAM] == 30 and changed.stored[STREAM] == ROWS - 30
+    # The ledger matches the first 30 ticks; from there the store is asked by content: only the edited trade is new
+    # (before content keys the 26 unchanged ticks after tick 30 were stored a second time).
     assert changed.grown == {STREAM: 30}
+    assert changed.duplicates[STREAM] == ROWS - 1 and changed.matched[STREAM] == ROWS - 31
+    assert changed.stored[STREAM] == 1
+    assert stored(store) == original | expected(trades_csv)  # each trade of either content, as often as in either
 
 
 def test_a_grown_file_import_interrupted_then_rerun(
