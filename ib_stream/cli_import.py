@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from ib_stream import cli_support as support
+from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import TickType
 from ib_stream.errors import ValidationError
 from ib_stream.importers.ledger import IMPORTED, ImportInfo
@@ -80,7 +81,12 @@ def orderflow_command(
     try:
         with support.progress(f"importing {file.name}", total) as advance:
             report = import_orderflow(
-                store, file, options, batch_size=batch_size or config.batch_size, progress=advance
+                store,
+                file,
+                options,
+                batch_size=batch_size or config.batch_size,
+                progress=advance,
+                future_skew_ns=_future_skew_ns(ctx),
             )
     finally:
         store.close()
@@ -160,6 +166,7 @@ def file_command(
                 only=chosen,
                 batch_size=batch_size or config.batch_size,
                 progress=advance,
+                future_skew_ns=_future_skew_ns(ctx),
             )
     finally:
         store.close()
@@ -330,3 +337,8 @@ def _print_report(report: ImportReport) -> None:
         )
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
+
+
+def _future_skew_ns(ctx: typer.Context) -> int:
+    """How far ahead of the clock an imported tick may lie (setting imports.max_future_skew_seconds)."""
+    return int(support.settings(ctx).imports.max_future_skew_seconds * NS_PER_SECOND)

@@ -35,6 +35,7 @@ from ib_stream.importers.orderflow_book import BookRows, Levels, depth_tick, dif
 from ib_stream.importers.values import BadValue, epoch_ns, is_missing, to_float, trade_side
 from ib_stream.importers.writer import (
     DEFAULT_BATCH_TICKS,
+    DEFAULT_FUTURE_SKEW_NS,
     ImportReport,
     ImportWriter,
     Progress,
@@ -131,11 +132,14 @@ def import_orderflow(
     *,
     batch_size: int = DEFAULT_BATCH_TICKS,
     progress: Progress | None = None,
+    future_skew_ns: int = DEFAULT_FUTURE_SKEW_NS,
 ) -> ImportReport:
     """Import an order-flow recording into `store` (idempotent: a second run stores nothing)."""
     recording = inspect_recording(path)
     contracts = resolve_contracts(recording, options)
-    writer = ImportWriter(store, str(path), recording_sha256(path), batch_size, progress, describe(contracts, options))
+    writer = ImportWriter(
+        store, str(path), recording_sha256(path), batch_size, progress, describe(contracts, options), future_skew_ns
+    )
     try:
         with closing(_connect(path)) as db:
             # Rows without an instrument are read (and counted as skipped) unless instruments were chosen.

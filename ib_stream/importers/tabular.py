@@ -41,7 +41,15 @@ from ib_stream.importers.values import (
     to_int,
     trade_side,
 )
-from ib_stream.importers.writer import DEFAULT_BATCH_TICKS, ImportReport, ImportWriter, Progress, StreamSink, checked_ts
+from ib_stream.importers.writer import (
+    DEFAULT_BATCH_TICKS,
+    DEFAULT_FUTURE_SKEW_NS,
+    ImportReport,
+    ImportWriter,
+    Progress,
+    StreamSink,
+    checked_ts,
+)
 from ib_stream.store.tickstore import TickStore
 
 RECIPE_VERSION: Final = 1  # bump when the same file and recipe would give different ticks
@@ -208,6 +216,7 @@ def import_file(
     only: tuple[TickType, ...] = (),
     batch_size: int = DEFAULT_BATCH_TICKS,
     progress: Progress | None = None,
+    future_skew_ns: int = DEFAULT_FUTURE_SKEW_NS,
 ) -> ImportReport:
     """Import a CSV / JSON-lines file through `recipe` into `contract_id` (idempotent: a re-run stores nothing)."""
     if not path.is_file():
@@ -217,7 +226,7 @@ def import_file(
         raise ValidationError("--only", ",".join(t.value for t in only), f"selects none of {recipe.name}'s streams")
     sha, _, columns = scan_file(path, recipe)
     check_recipe(recipe, columns, option)
-    writer = ImportWriter(store, str(path), sha, batch_size, progress, describe(recipe, option, only))
+    writer = ImportWriter(store, str(path), sha, batch_size, progress, describe(recipe, option, only), future_skew_ns)
     try:
         readers = [
             _OutputReader(o, writer.sink(StreamKey(contract_id, o.tick_type), recipe.digest(o))) for o in outputs

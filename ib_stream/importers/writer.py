@@ -29,12 +29,14 @@ from ib_stream.errors import TickValidationError
 from ib_stream.importers.content import StoredContent, content_key
 from ib_stream.importers.ledger import DONE, BatchDone, BatchKey, BatchRow, ImportLedger, covered_upto
 from ib_stream.importers.values import BadValue
+from ib_stream.settings import ImportsConfig
 from ib_stream.store.tickstore import TickStore
-from ib_stream.times import iso_ns
+from ib_stream.times import check_event_time, iso_ns
 
 SOURCE: Final = "import"
 DEFAULT_BATCH_TICKS: Final = 10_000
-FUTURE_SKEW_NS: Final = 300 * NS_PER_SECOND  # how far past the clock an event time may lie
+FUTURE_SKEW_SETTING: Final = "imports.max_future_skew_seconds"
+DEFAULT_FUTURE_SKEW_NS: Final = int(ImportsConfig().max_future_skew_seconds * NS_PER_SECOND)
 _PROGRESS_EVERY: Final = 1_000
 Progress = Callable[[int], None]
 
@@ -85,15 +87,17 @@ def checked_ts(ns: int) -> int:
     return ns
 
 
-def refuse_future(ts_ns: int, latest_ns: int) -> None:
-    """Raise BadValue when an event time lies beyond `latest_ns` (the clock plus the skew allowed).
-
-    This is the importers' one check of event times against the clock; it is called for every tick of every
-    importer (`StreamSink`), and the shared core check of event times, with the imports skew setting, takes
-    its place when the core provides it.
-    """
-    if ts_ns > latest_ns:
-        raise BadValue(f"timestamp is in the future (after now + {FUTURE_SKEW_NS // NS_PER_SECOND} s)", iso_ns(ts_ns))
+def refuse_future(ts_ns: int, now_ns: int, skew_ns: int) -> None:
+    """Raise BadValue when an event time lies more than `skew_ns` after `now_ns`: the shared check of event times
+    (`ib_stream.times.check_event_time`) with the imports skew setting, for every tick of every importer."""
+    if ts_ns > now_ns + skew_ns:  # the common case costs one comparison
+        try:
+            check_event_time(ts_ns, now_ns, skew_ns, setting=FUTURE_SKEW_SETTING)
+        except TickValidationError as e:
+            limit = skew_ns / NS_PER_SECOND
+            raise BadValue(
+                f"timestamp is in the future (after now + {limit:g} s, {FUTURE_SKEW_SETTING})", iso_ns(ts_ns)
+            ) from e
 
 
 class ImportWriter:
@@ -107,6 +111,7 @@ class ImportWriter:
         batch_size: int = DEFAULT_BATCH_TICKS,
         progress: Progress | None = None,
         how: str = "",
+        future_skew_ns: int = DEFAULT_FUTURE_SKEW_NS,
     ) -> None:
         self.store = store
         self.file_path = file_path
@@ -116,7 +121,8 @@ class ImportWriter:
         self.report = ImportReport(file_path, file_sha256)
         self.ledger = ImportLedger(store.config.index_file)
         self.sinks: dict[StreamKey, StreamSink] = {}
-        self.latest_ts = store.clock.now_ns() + FUTURE_SKEW_NS
+        self.now_ns = store.clock.now_ns()
+        self.future_skew_ns = future_skew_ns
         self._started = time.perf_counter()
         self._unreported_rows = 0
 
@@ -243,7 +249,7 @@ class StreamSink:
             return
         ts = tick["ts"]
         try:
-            refuse_future(ts, self.writer.latest_ts)
+            refuse_future(ts, self.writer.now_ns, self.writer.future_skew_ns)
         except BadValue as e:
             self.writer.skip(f"{self.stream.tick_type.value}: {e.reason}", f"tick {index}", e.value)
             self.held_out += 1

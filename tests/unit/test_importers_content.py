@@ -114,11 +114,11 @@ def test_ticks_from_the_future_are_refused_until_their_time_has_come(
     store: TickStore, clock: ManualClock, tmp_path: Path
 ) -> None:
     now = clock.now_ns()
-    trades = [(now - 60 * NS_PER_SECOND, 1.0, 1.0), (now + 200 * NS_PER_SECOND, 2.0, 1.0)]
-    trades += [(now + 400 * NS_PER_SECOND, 3.0, 1.0), (now + 86_400 * NS_PER_SECOND, 4.0, 1.0)]
+    trades = [(now - 60 * NS_PER_SECOND, 1.0, 1.0), (now + 60 * NS_PER_SECOND, 2.0, 1.0)]  # the last ns allowed
+    trades += [(now + 60 * NS_PER_SECOND + 1, 3.0, 1.0), (now + 86_400 * NS_PER_SECOND, 4.0, 1.0)]
     path = write_trades(tmp_path / "t.csv", trades, "ns")
-    report = import_file(store, path, RECIPES["ns"], C)
-    reason = "last: timestamp is in the future (after now + 300 s)"
+    report = import_file(store, path, RECIPES["ns"], C)  # the default of imports.max_future_skew_seconds: 60 s
+    reason = "last: timestamp is in the future (after now + 60 s, imports.max_future_skew_seconds)"
     assert report.stored[LAST] == 2 and dict(report.skipped) == {reason: 2}
     assert report.examples[reason].startswith("tick 2: '20")
     assert stored_trades(store) == collections.Counter(trades[:2])
@@ -127,6 +127,15 @@ def test_ticks_from_the_future_are_refused_until_their_time_has_come(
     assert later.stored[LAST] == 2 and later.duplicates[LAST] == 2 and not later.skipped
     assert stored_trades(store) == collections.Counter(trades)
     assert import_file(store, path, RECIPES["ns"], C).duplicates[LAST] == 4
+
+
+def test_the_imports_skew_setting_moves_the_limit(store: TickStore, clock: ManualClock, tmp_path: Path) -> None:
+    now = clock.now_ns()
+    trades = [(now + 400 * NS_PER_SECOND, 3.0, 1.0), (now + 501 * NS_PER_SECOND, 4.0, 1.0)]
+    path = write_trades(tmp_path / "t.csv", trades, "ns")
+    report = import_file(store, path, RECIPES["ns"], C, future_skew_ns=500 * NS_PER_SECOND)
+    assert report.stored[LAST] == 1 and sum(report.skipped.values()) == 1
+    assert "after now + 500 s" in next(iter(report.skipped))
 
 
 WHERE_CSV = """\
