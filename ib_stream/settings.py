@@ -119,6 +119,14 @@ class ApiConfig(BaseModel):
     query_timeout_seconds: float = Field(
         30, gt=0, le=3600, description="Work of one request that runs longer is stopped (503 QUERY_TIMEOUT)."
     )
+    read_token_required: bool = Field(
+        False,
+        description="Reads need the bearer token too (all but /health and /ready); for a service beyond loopback.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Browser origins allowed to call the API (CORS), e.g. https://dash.example.com; none by default.",
+    )
     max_body_mb: float = Field(32, gt=0, le=1024, description="Largest request body (POST /v2/ticks); larger: 413.")
     live_bar_lateness_seconds: float = Field(
         2.0,

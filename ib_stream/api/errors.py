@@ -19,6 +19,14 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+def error_response(scope_app: Any, code: str, body: dict[str, Any], status: int, **kwargs: Any) -> OrjsonResponse:
+    """The JSON error response, counted in the service's metrics (`ib_stream_http_errors_total{code,status}`)."""
+    service = getattr(getattr(scope_app, "state", None), "service", None)
+    if service is not None:
+        service.metrics.count_error(code, status)
+    return OrjsonResponse(body, status_code=status, **kwargs)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into the JSON error shape."""
 
@@ -27,7 +35,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.http_status if exc.http_status < 500 or exc.code != IbStreamError.code else 500
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return OrjsonResponse(exc.to_dict(), status_code=status)
+        return error_response(request.app, exc.code, exc.to_dict(), status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> OrjsonResponse:
@@ -42,26 +50,21 @@ def install_error_handlers(app: FastAPI) -> None:
             if value is not None
             else f"{field} is invalid: {first.get('msg')}"
         )
-        return OrjsonResponse(
-            error_body("INVALID_INPUT", message, {"field": field, "value": shown, "errors": _plain(exc.errors())}),
-            status_code=422,
-        )
+        body = error_body("INVALID_INPUT", message, {"field": field, "value": shown, "errors": _plain(exc.errors())})
+        return error_response(request.app, "INVALID_INPUT", body, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED", 403: "FORBIDDEN"}.get(
             exc.status_code, "HTTP_ERROR"
         )
-        return OrjsonResponse(
-            error_body(code, str(exc.detail), {"path": request.url.path}),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = error_body(code, str(exc.detail), {"path": request.url.path})
+        return error_response(request.app, code, body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return OrjsonResponse(error_body("INTERNAL_ERROR", "internal server error", {}), status_code=500)
+        return error_response(request.app, "INTERNAL_ERROR", error_body("INTERNAL_ERROR", "internal server error"), 500)
 
 
 def _plain(errors: Any) -> list[dict[str, Any]]:

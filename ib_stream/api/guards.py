@@ -20,15 +20,17 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ib_stream.api.auth import token_problem
-from ib_stream.api.responses import OrjsonResponse
+from ib_stream.api.errors import error_response
 from ib_stream.budget import request_cancel_flag_bound
 from ib_stream.errors import IbStreamError
 from ib_stream.settings import Settings
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/health", "/ready"})  # probes answer without a token whatever the settings
 
 
 class PayloadTooLargeError(IbStreamError):
@@ -52,16 +54,34 @@ class RequestGuard:
             problem = self._refusal(scope)
             body = await self._read_body(receive) if problem is None else problem
             if isinstance(body, IbStreamError):  # the body is not (all) read: answer and close the connection
-                response = OrjsonResponse(body.to_dict(), status_code=body.http_status, headers={"Connection": "close"})
-                await response(scope, receive, send)
+                await self._refuse(body, scope, receive, send, close=True)
                 return
             first: Message = {"type": "http.request", "body": body, "more_body": False}
         else:
+            problem = self._read_refusal(scope)
+            if problem is not None:
+                await self._refuse(problem, scope, receive, send)
+                return
             first = await receive()  # a read-only request's (empty) body
         cancelled = threading.Event()
         with request_cancel_flag_bound(cancelled):
             async with _watching(receive, cancelled, first) as app_receive:
                 await self.app(scope, app_receive, send)
+
+    async def _refuse(
+        self, problem: IbStreamError, scope: Scope, receive: Receive, send: Send, close: bool = False
+    ) -> None:
+        headers = {"Connection": "close"} if close else None
+        response = error_response(
+            scope.get("app"), problem.code, problem.to_dict(), problem.http_status, headers=headers
+        )
+        await response(scope, receive, send)
+
+    def _read_refusal(self, scope: Scope) -> IbStreamError | None:
+        """With api.read_token_required, a read needs the token too (not the probes /health and /ready)."""
+        if not self.settings.api.read_token_required or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+            return None
+        return token_problem(self.settings, _text(dict(scope["headers"]).get(b"authorization")))
 
     def _refusal(self, scope: Scope) -> IbStreamError | None:
         headers = dict(scope["headers"])
@@ -129,5 +149,13 @@ def _text(value: bytes | None) -> str | None:
 
 
 def install(app: Any, settings: Settings) -> None:
-    """Put the guard in front of the app (outermost, so it runs before any route or other middleware)."""
+    """Put the guard in front of the app, and outside it CORS headers for the origins of api.cors_origins (none by
+    default: browsers on other origins are refused) so that a preflight and a refusal carry them too."""
     app.add_middleware(RequestGuard, settings=settings)
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.api.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )

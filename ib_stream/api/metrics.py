@@ -59,6 +59,12 @@ class ServiceMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.errors = Counter(
+            "ib_stream_http_errors",
+            "Requests answered with an error, by error code (QUERY_TIMEOUT, PAYLOAD_TOO_LARGE, UNAUTHORIZED, ...).",
+            ["code", "status"],
+            registry=self.registry,
+        )
         self.registry.register(StatsCollector(service, store, streaming))
 
     def render(self) -> bytes:
@@ -68,6 +74,10 @@ class ServiceMetrics:
     def observe_query(self, endpoint: str, seconds: float) -> None:
         """Record how long a query of `endpoint` took."""
         self.query_seconds.labels(endpoint=endpoint).observe(seconds)
+
+    def count_error(self, code: str, status: int) -> None:
+        """Count one request answered with an error."""
+        self.errors.labels(code=code, status=str(status)).inc()
 
     def count_ingest(self, outcome: str) -> None:
         """Count one POST /v2/ticks batch by outcome: stored, replayed or rejected."""
