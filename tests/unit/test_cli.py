@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ib_stream.cli import app
-from ib_stream.cli_support import announce_service, announced_service_url
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
 from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.service_file import announced_service_url, service_announced
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 START, END = "2025-01-10T14:00:00Z", "2025-01-10T16:00:00Z"
@@ -342,7 +342,7 @@ def test_console_script_entry_point(data_root: StorageConfig) -> None:
 def test_serve_announces_its_url_in_the_data_root_while_it_runs(tmp_path: Path, host: str, url: str) -> None:
     config = StorageConfig(data_root=tmp_path / "new-root")
     assert announced_service_url(config) is None
-    with announce_service(config, host, 8123):
+    with service_announced(config, host, 8123):
         assert announced_service_url(config) == url
     assert not config.service_file.exists()
     assert announced_service_url(config) is None
