@@ -2,8 +2,8 @@
 
 Everything that can refuse the start is checked before the store is opened, before anything is written and before
 "serving on" is printed: the host must resolve, the port is bound here (the bound sockets are handed to uvicorn,
-so nobody takes the port in between), the data root must be a directory nobody else holds, and the contracts
-file must read. An expected error the service still meets while starting (its lifespan: a writer that took the
+so nobody takes the port in between), the contracts file must read, and the data root must be a directory
+nobody else holds. An expected error the service still meets while starting (its lifespan: a writer that took the
 data root in between, a bad sink setting) ends it with one line too, not uvicorn's traceback.
 
 The announcement `.service.json` is written once the service holds the data root, and removed only while it
@@ -61,10 +61,12 @@ def serve(
         port_field="--port" if port is not None else "api.port",
     )
     try:
+        support.contracts(settings)
+        # Last, as it creates a new data root (what the store would do a moment later): nothing is written when
+        # another check fails, and a data root in use is left as it is.
         support.check_data_root(settings.storage, create=True)
         with support.writer_lock(settings.storage):
             pass  # free: the service takes it when it opens the store
-        support.contracts(settings)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         typer.echo(
