@@ -131,7 +131,7 @@ def index_rebuild(ctx: typer.Context, data_dir: support.DataDirOption = None) ->
         f"{len(report.superseded):,} superseded by compaction"
     )
     for problem in report.unreadable:
-        typer.echo(f"skipped {problem.path}: {problem.detail}", err=True)
+        typer.echo(f"skipped {problem.path}: {support.one_line(problem.detail)}", err=True)
     if kept is not None:
         typer.echo(
             f"warning: the gap ledger and the import ledger were in the damaged catalog and cannot be rebuilt from "

@@ -166,10 +166,13 @@ class StartupGuard:
             await self.app(scope, receive, send)
             return
         held: list[Message] = []
+        started = False
 
         async def relay(message: Message) -> None:
+            nonlocal started
             if message["type"] == "lifespan.startup.complete":
                 announce_service(self.config, self.host, self.port)  # the store is open: the data root is ours
+                started = True
             elif message["type"] == "lifespan.startup.failed":
                 held.append(message)  # sent before the error is raised: forwarded once it is known
                 return
@@ -184,10 +187,13 @@ class StartupGuard:
             self.error.__cause__ = e
         except BaseException:
             for message in held:
-                await send(message)
+                await send(message)  # with the traceback: uvicorn logs it
             raise
-        if held:
-            await send({"type": "lifespan.startup.failed", "message": ""})
+        if self.error is None:
+            for message in held:
+                await send(message)
+        elif not started:
+            await send({"type": "lifespan.startup.failed", "message": ""})  # uvicorn stops; the error is ours
 
 
 class _QuietStartupFailure(logging.Filter):

@@ -42,13 +42,12 @@ from ib_stream.errors import (
     ValidationError,
 )
 from ib_stream.settings import Settings, StorageConfig, load_settings
-from ib_stream.store.catalog_health import catalog_damage, is_damage
+from ib_stream.store.catalog_health import catalog_damage, is_damage, is_disk_trouble
 from ib_stream.store.index import PartitionIndex
 from ib_stream.store.layout import Layout
 from ib_stream.store.tickstore import TickStore, lock_data_root
 from ib_stream.times import parse_cli_duration, parse_cli_time
 
-_SQLITE_IOERR, _SQLITE_FULL = 10, 13  # SQLite's words for a disk that failed or filled up
 REBUILD_HINT = "`ib-stream index rebuild` recreates a damaged catalog from the archive files"
 
 
@@ -106,7 +105,7 @@ def _hint(error: IbStreamError) -> str:
         return " (`ib-stream verify` lists every damaged archive file)"
     if error.__cause__ is not None and is_damage(error.__cause__):
         return f" ({REBUILD_HINT})"
-    if getattr(error.__cause__, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL):
+    if error.__cause__ is not None and is_disk_trouble(error.__cause__):
         return " (is the disk of the data root full? free some space and run it again)"
     return ""
 

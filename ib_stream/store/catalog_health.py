@@ -16,9 +16,12 @@ from urllib.parse import quote
 from ib_stream.store.layout import Layout, fsync_dir
 from ib_stream.times import iso_basic
 
-# SQLite's primary result codes that mean the file itself is damaged (not busy, not missing, not denied).
+# SQLite's primary result codes that mean the file itself is damaged (not busy, not missing, not denied), and those
+# of a disk that failed or filled up.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 _SIDE_FILES = ("-wal", "-shm")  # moved first: a new catalog must never meet the old catalog's WAL
 
 
@@ -30,6 +33,12 @@ def is_damage(error: BaseException) -> bool:
         and code is not None
         and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     )
+
+
+def is_disk_trouble(error: BaseException) -> bool:
+    """Whether a sqlite3 error says the disk failed or is full (SQLite reports ENOSPC as either)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL)
 
 
 def catalog_damage(layout: Layout, *, thorough: bool = False) -> str | None:
