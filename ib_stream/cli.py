@@ -1,5 +1,5 @@
-"""Command line: thin commands over the store — archive, index rebuild, verify, query, stats, serve, and
-(from their own modules) coverage, backfill and import.
+"""Command line: thin commands over the store — archive, index rebuild, verify, query, stats, and (from their own
+modules) bars, coverage, backfill, import and serve.
 
 Every expected error (`ib_stream.errors.IbStreamError`) is turned into one line on stderr and an
 exit code in exactly one place (`cli_support.RootGroup.invoke`); exit 2 means bad input, configuration or a data
@@ -8,30 +8,26 @@ root in use, exit 1 a storage problem (or, for `verify`, a mismatch found).
 
 from __future__ import annotations
 
-import logging
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import pandas as pd
 import typer
 
-from ib_stream import cli_recording
+from ib_stream import cli_bars, cli_recording, cli_serve
 from ib_stream import cli_support as support
 from ib_stream.cli_import import import_app
 from ib_stream.clock import from_ns
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.errors import (
-    NotFoundError,
-    ValidationError,
-)
+from ib_stream.errors import NotFoundError, StorageError, ValidationError
 from ib_stream.orderflow.query import StorageQuery
-from ib_stream.settings import load_settings
 from ib_stream.store.archive import ArchiveReport
+from ib_stream.store.catalog_health import catalog_damage, set_aside_catalog
 from ib_stream.store.index import PartitionIndex
+from ib_stream.store.layout import Layout
 from ib_stream.store.readonly import open_readonly_engine
 from ib_stream.store.repair import count_archive_files, rebuild, verify
-from ib_stream.store.tickstore import TickStore, lock_data_root, make_layout
-from ib_stream.times import parse_cli_time
+from ib_stream.store.tickstore import make_layout
 
 EXPORT_FORMATS = (".csv", ".parquet")
 DEFAULT_SHOWN_ROWS = 20
@@ -47,8 +43,10 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Maintain the SQLite catalog of the archive.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.command("bars")(cli_bars.bars)
 app.command("coverage")(cli_recording.coverage)
 app.command("backfill")(cli_recording.backfill)
+app.command("serve")(cli_serve.serve)
 app.add_typer(import_app, name="import")
 
 
@@ -77,23 +75,25 @@ def archive(
     retention: Annotated[
         bool, typer.Option("--retention", help="Then delete segments and archive files past retention.")
     ] = False,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Archive every sealed buffer segment into Parquet (takes the data-root lock)."""
-    config = support.storage_config(ctx)
-    store = TickStore(config).open()
+    config = support.storage_config(ctx, data_dir)
     reports: list[tuple[str, ArchiveReport]] = []
-    try:
-        pending = store.archiver.pending_segments()
-        with support.progress("archiving segments", len(pending)) as advance:
-            reports.append(("archive", store.archiver.archive_sealed(progress=lambda ticks: advance(1))))
-        if compact:
-            with support.progress("compacting partitions", None) as advance:
-                reports.append(("compact", store.archiver.compact(progress=lambda ticks: advance(1))))
-        if retention:
-            with support.progress("applying retention", None):
-                reports.append(("retention", store.run_retention()))
-    finally:
-        store.close()
+    with support.storage_work(config):
+        store = support.open_store(config)
+        try:
+            pending = store.archiver.pending_segments()
+            with support.progress("archiving segments", len(pending)) as advance:
+                reports.append(("archive", store.archiver.archive_sealed(progress=lambda ticks: advance(1))))
+            if compact:
+                with support.progress("compacting partitions", None) as advance:
+                    reports.append(("compact", store.archiver.compact(progress=lambda ticks: advance(1))))
+            if retention:
+                with support.progress("applying retention", None):
+                    reports.append(("retention", store.run_retention()))
+        finally:
+            store.close()
     table = support.table("archive", "job", "segments", "ticks", "files written", "files removed", "seconds")
     for name, report in reports:
         table.add_row(
@@ -111,22 +111,44 @@ def archive(
 
 
 @index_app.command("rebuild")
-def index_rebuild(ctx: typer.Context) -> None:
-    """Recreate the catalog from the archive files alone (refused while a writer holds the data root)."""
-    config = support.storage_config(ctx)
-    with (
-        lock_data_root(config.data_root),
-        support.progress("reading archive files", count_archive_files(config)) as advance,
-    ):
-        report = rebuild(config, progress=advance)
+def index_rebuild(ctx: typer.Context, data_dir: support.DataDirOption = None) -> None:
+    """Recreate the catalog from the archive files alone (refused while a writer holds the data root).
+
+    A damaged catalog is kept aside as index.db.corrupt-<UTC time>; the gap and import ledgers it held are lost.
+    """
+    config = support.storage_config(ctx, data_dir)
+    layout = Layout.of(config)
+    with support.writer_lock(config), support.storage_work(config):
+        damage = catalog_damage(layout, thorough=True)
+        kept = _set_aside(layout) if damage is not None else None
+        with support.progress("reading archive files", count_archive_files(config)) as advance:
+            report = rebuild(config, progress=advance)
     out = support.out()
+    if kept is not None:
+        out.print(f"the catalog {layout.index_file} was damaged ({damage}): kept as {kept}")
     out.print(
         f"catalog rebuilt: {report.files:,} files, {report.ticks:,} ticks, "
-        f"{len(report.superseded):,} superseded by compaction",
-        highlight=False,
+        f"{len(report.superseded):,} superseded by compaction"
     )
     for problem in report.unreadable:
-        typer.echo(f"skipped {problem.path}: {problem.detail}", err=True)
+        typer.echo(f"skipped {problem.path}: {support.one_line(problem.detail)}", err=True)
+    if kept is not None:
+        typer.echo(
+            f"warning: the gap ledger and the import ledger were in the damaged catalog and cannot be rebuilt from "
+            f"the archive files: they start empty (recorded gaps before now are not reported, and importing a file "
+            f"again stores its ticks again); what is left of them is in {kept}",
+            err=True,
+        )
+
+
+def _set_aside(layout: Layout) -> Path:
+    try:
+        return set_aside_catalog(layout, time.time_ns())
+    except OSError as e:
+        raise StorageError(
+            f"the damaged catalog {layout.index_file} cannot be moved aside: {e.strerror or e}",
+            details={"path": str(layout.index_file)},
+        ) from e
 
 
 @app.command("verify")
@@ -136,21 +158,22 @@ def verify_command(
         bool,
         typer.Option("--checksums/--no-checksums", help="Compare sha256 checksums too (reads every file)."),
     ] = True,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Compare the catalog with the archive files; exit 1 when any mismatch is found."""
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, data_dir)
     support.require_catalog(config)
     with support.progress("verifying files", support.catalogued_files(config)) as advance:
         report = verify(config, checksums=checksums, progress=advance)
     out = support.out()
     if report.ok:
-        out.print(f"ok: {report.files_checked:,} catalogued files match the archive", highlight=False)
+        out.print(f"ok: {report.files_checked:,} catalogued files match the archive")
         return
     table = support.table(
         f"{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''}", "kind", "path", "detail"
     )
     for problem in report.problems:
-        table.add_row(problem.kind, problem.path, problem.detail)
+        table.add_row(problem.kind, problem.path, support.one_line(problem.detail))
     support.print_tables(table)
     raise typer.Exit(1)
 
@@ -161,12 +184,11 @@ def verify_command(
 @app.command()
 def query(
     ctx: typer.Context,
-    contract_id: Annotated[int, typer.Argument(metavar="CONTRACT_ID", help="IB contract id, e.g. 265598.")],
+    contract_id: support.ContractIdArgument,
     tick_types: Annotated[str, typer.Option("--tick-types", help="Comma list, e.g. bid_ask,last.")],
-    start: Annotated[str, typer.Option("--start", help="ISO-8601 with an offset or Z, e.g. 2025-01-10T14:30Z.")],
-    end: Annotated[
-        str | None, typer.Option("--end", help="ISO-8601 with an offset or Z (default: now); exclusive.")
-    ] = None,
+    start: support.StartOption = None,
+    end: support.EndOption = None,
+    last: support.LastOption = None,
     resolution: Annotated[
         str | None,
         typer.Option("--resolution", help="tick (default) or a bar size: 1s 5s 15s 30s 1m 5m 15m 30m 1h 1d."),
@@ -180,53 +202,32 @@ def query(
             "--limit", min=1, help=f"At most this many rows (printing shows {DEFAULT_SHOWN_ROWS} unless given)."
         ),
     ] = None,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Query a contract's ticks (or bars) in [start, end) from the archive and the buffer, read-only."""
     if output is not None and output.suffix.lower() not in EXPORT_FORMATS:
         raise ValidationError(
             "--output", str(output), f"has an unknown extension (use one of {', '.join(EXPORT_FORMATS)})"
         )
-    start_time = parse_cli_time(start, "--start")
-    end_time = parse_cli_time(end, "--end") if end is not None else None
-    if end_time is not None and end_time <= start_time:
-        raise ValidationError("--end", end, f"is not after --start {start}")
-    config = support.storage_config(ctx)
+    span = support.time_range(start, end, last)
+    config = support.storage_config(ctx, data_dir)
     support.require_catalog(config)
     engine = open_readonly_engine(config)
     storage_query = StorageQuery(engine)
     try:
-        frame = storage_query.query_range_sync(contract_id, tick_types, start_time, end_time, resolution)
+        frame = storage_query.query_range_sync(contract_id, tick_types, span.start_ns, span.end_ns, resolution)
     finally:
         storage_query.close()
         engine.index.close()
     if output is not None:
-        _export(frame if limit is None else frame.head(limit), output)
+        support.export(frame if limit is None else frame.head(limit), output)
         return
     shown = frame.head(limit or DEFAULT_SHOWN_ROWS)
     table = support.table(None, *[str(c) for c in shown.columns])
     for row in shown.itertuples(index=False):
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[support.cell(v) for v in row])
     out = support.print_tables(table)
-    out.print(f"{len(frame):,} rows, {len(shown):,} shown", highlight=False)
-
-
-def _export(frame: pd.DataFrame, path: Path) -> None:
-    try:
-        if path.suffix.lower() == ".csv":
-            frame.to_csv(path, index=False)
-        else:
-            frame.to_parquet(path, index=False)
-    except OSError as e:
-        raise ValidationError("--output", str(path), f"cannot be written: {e.strerror or e}") from e
-    typer.echo(f"wrote {len(frame):,} rows to {path}")
-
-
-def _cell(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat().replace("+00:00", "Z")
-    return str(value)
+    out.print(f"{len(frame):,} rows, {len(shown):,} shown")
 
 
 # ---- stats -----------------------------------------------------------------------------------------
@@ -235,10 +236,11 @@ def _cell(value: Any) -> str:
 @app.command()
 def stats(
     ctx: typer.Context,
-    contract: Annotated[int | None, typer.Option("--contract", help="Only this contract id.")] = None,
+    contract: support.OptionalContractIdOption = None,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Show per stream what the archive and the buffer hold, and the daily statistics."""
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, data_dir)
     support.require_catalog(config)
     index = PartitionIndex(config.index_file, readonly=True)
     try:
@@ -323,52 +325,6 @@ def _number(value: float | None) -> str:
 
 def _minute(ns: int) -> str:
     return from_ns(ns).strftime("%Y-%m-%d %H:%MZ")
-
-
-# ---- serve -----------------------------------------------------------------------------------------
-
-
-@app.command()
-def serve(
-    ctx: typer.Context,
-    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on (default: api.host).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="TCP port (default: api.port, 8000).")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data root (overrides the setting).")] = None,
-    source: Annotated[
-        str | None,
-        typer.Option("--source", help="Market-data source: sim, ib or replay (default: the source setting)."),
-    ] = None,
-) -> None:
-    """Run the service: record the live source into the store and serve the HTTP API and live streams."""
-    import uvicorn
-
-    from ib_stream.api.app import create_app
-
-    options: support.GlobalOptions = ctx.find_root().obj
-    overrides: dict[str, Any] = {}
-    root = data_dir or options.data_dir
-    if root is not None:
-        overrides["storage"] = {"data_root": root}
-    api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if api:
-        overrides["api"] = api
-    if source is not None:
-        overrides["source"] = source
-    settings = load_settings(options.config_file, **overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    typer.echo(
-        f"ib-stream: serving on http://{settings.api.host}:{settings.api.port} (data root {settings.storage.data_root})"
-    )
-    with support.announce_service(settings.storage, settings.api.host, settings.api.port):
-        uvicorn.run(
-            create_app(settings),
-            host=settings.api.host,
-            port=settings.api.port,
-            log_level="info",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=10,
-        )
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from pydantic import SecretStr
 from ib_stream import cli_support as support
 from ib_stream.api.params import parse_duration, parse_tick_types
 from ib_stream.clock import NS_PER_SECOND, SystemClock
-from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError, DataRootLockedError, SourceError, ValidationError
 from ib_stream.settings import IbConfig
@@ -35,11 +34,11 @@ from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.store.coverage import stream_coverage
 from ib_stream.store.gaps import GapLedger
 from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.service_file import announced_service_url
 from ib_stream.store.tickstore import TickStore
-from ib_stream.times import parse_cli_time
+from ib_stream.times import iso_ns
 
 log = logging.getLogger(__name__)
-ContractOption = Annotated[int, typer.Option("--contract", help="Contract id (conId) from the contracts file.")]
 TickTypesOption = Annotated[
     str | None, typer.Option("--tick-types", help="Comma list of tick types (default: the contract's streams).")
 ]
@@ -47,15 +46,16 @@ TickTypesOption = Annotated[
 
 def coverage(
     ctx: typer.Context,
-    contract_id: ContractOption,
+    contract_id: support.ContractIdOption,
     tick_types: TickTypesOption = None,
     min_gap: Annotated[str, typer.Option("--min-gap", help="Report holes at least this long (30s, 5m, 1h).")] = "1m",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (as the HTTP API gives it).")
     ] = False,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Show what is recorded of a contract per stream, the holes, and the gap ledger (reasons, backfill)."""
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, data_dir)
     support.require_catalog(config)
     contract = _contract(ctx, contract_id)
     gap_ns = parse_duration(min_gap, "--min-gap")
@@ -103,12 +103,14 @@ def coverage(
 
 def backfill(
     ctx: typer.Context,
-    contract_id: ContractOption,
-    start: Annotated[str, typer.Option("--start", help="Start of the span, ISO-8601 with offset or Z.")],
-    end: Annotated[str, typer.Option("--end", help="End of the span (exclusive), ISO-8601 with offset or Z.")],
+    contract_id: support.ContractIdOption,
+    start: support.StartOption = None,
+    end: support.EndOption = None,
+    last: support.LastOption = None,
     tick_types: TickTypesOption = None,
     client_id: Annotated[
-        int | None, typer.Option("--client-id", help="API client id (default: ib.client_id + 1).")
+        int | None,
+        typer.Option("--client-id", min=0, max=2**31 - 1, help="API client id (default: ib.client_id + 1)."),
     ] = None,
     service_url: Annotated[
         str | None,
@@ -118,6 +120,7 @@ def backfill(
             "says it listens, else api host:port).",
         ),
     ] = None,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Fill [start, end) of a contract's streams from IB's historical ticks, storing only what is not held.
 
@@ -125,12 +128,11 @@ def backfill(
     with the api.token); otherwise this command connects to IB itself.
     """
     settings = support.settings(ctx)
-    config = support.storage_config(ctx)
+    span = support.time_range(start, end, last, end_required=True)
+    start_ns, end_ns = span.start_ns, span.end_ns
+    assert end_ns is not None  # end_required
+    config = support.storage_config(ctx, data_dir)
     contract = _contract(ctx, contract_id)
-    start_ns = parse_cli_time(start, "--start")
-    end_ns = parse_cli_time(end, "--end")
-    if end_ns <= start_ns:
-        raise ValidationError("--end", end, "must be after --start")
     asked = parse_tick_types(tick_types, "--tick-types") if tick_types else contract.tick_types
     wanted = [t for t in asked if backfillable(t)]
     for skipped in set(asked) - set(wanted):
@@ -141,11 +143,13 @@ def backfill(
     store = TickStore(config, SystemClock())
     try:
         store.open()
+    except OSError as e:
+        raise support.os_error(e) from e
     except DataRootLockedError:
         # The service holds the data root: it backfills through its own IB connection.
-        url = service_url or support.announced_service_url(config) or f"http://{settings.api.host}:{settings.api.port}"
+        url = service_url or announced_service_url(config) or f"http://{settings.api.host}:{settings.api.port}"
         typer.echo(f"the service holds the data root: asking it at {url}", err=True)
-        lines = _backfill_through_service(url, settings.api.token, contract_id, wanted, start, end)
+        lines = _backfill_through_service(url, settings.api.token, contract_id, wanted, start_ns, end_ns)
     else:
         try:
             lines = asyncio.run(_backfill(store, ib, contract, wanted, start_ns, end_ns))
@@ -156,10 +160,14 @@ def backfill(
 
 
 def _backfill_through_service(
-    url: str, token: SecretStr | None, contract_id: int, tick_types: list[TickType], start: str, end: str
+    url: str, token: SecretStr | None, contract_id: int, tick_types: list[TickType], start_ns: int, end_ns: int
 ) -> list[str]:
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else {}
-    params = {"start_time": start, "end_time": end, "tick_types": ",".join(t.value for t in tick_types)}
+    params = {
+        "start_time": iso_ns(start_ns),
+        "end_time": iso_ns(end_ns),
+        "tick_types": ",".join(t.value for t in tick_types),
+    }
     try:
         answer = httpx.post(f"{url}/v2/contracts/{contract_id}/backfill", params=params, headers=headers, timeout=None)
     except httpx.TransportError as e:
@@ -259,7 +267,7 @@ async def _history(config: IbConfig) -> AsyncIterator[HistoryRequests]:
 
 def _contract(ctx: typer.Context, contract_id: int) -> Contract:
     settings = support.settings(ctx)
-    for contract in load_contracts(settings.contracts_file):
+    for contract in support.contracts(settings):
         if contract.con_id == contract_id:
             return contract
     raise ContractNotFoundError(

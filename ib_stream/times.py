@@ -8,7 +8,7 @@ docs/concepts/times.md explains the rules to users.
 |------------|------------------------|------------------------------------|----------------------------------------------|
 | Python API | `to_utc_ns`            | local time (as `datetime.now()`)    | datetime, date, Timestamp, str, datetime64; ints are ns since the epoch |
 | HTTP       | `parse_http_time`      | refused                            | ISO-8601 up to ns, years 1990..2199          |
-| CLI        | `parse_cli_time`       | refused                            | ISO-8601 (`datetime.fromisoformat`), to the µs |
+| CLI        | `parse_cli_time`       | refused                            | ISO-8601 (`datetime.fromisoformat`), to the µs, years 1990..2199; `now`, `-30m` |
 | importers  | `parse_recording_time` | UTC                                | ISO-8601, `T` or space, up to 9 fraction digits |
 
 Formatters, all UTC with `Z`: `iso_ns` (9 fraction digits), `iso_us` (6 digits, truncated; the hot path of
@@ -43,6 +43,12 @@ TimeLike = datetime | date | pd.Timestamp | str | int | np.datetime64
 
 HTTP_YEARS: Final = (1990, 2199)
 _OFFSET: Final = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+_CLI_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_CLI_DURATION: Final = re.compile(r"^\s*(?P<amount>\d{1,9}(?:\.\d{1,9})?)\s*(?P<unit>[smhd])\s*$", re.IGNORECASE)
+# `now`, `now-30m`, `-30m`: the lookahead lets a bare `-30m` in; `now-` or `-` alone match nothing.
+_CLI_RELATIVE: Final = re.compile(
+    r"^(?:now|(?=-))(?:\s*-\s*(?P<amount>\d{1,9}(?:\.\d{1,9})?)\s*(?P<unit>[smhd]))?$", re.IGNORECASE
+)
 _RECORDING_ISO: Final = re.compile(
     r"^\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)?\s*$",
     re.IGNORECASE,
@@ -102,19 +108,53 @@ def parse_http_time(value: str, field: str) -> int:
     return int(stamp.tz_convert("UTC").value)
 
 
-def parse_cli_time(value: str, option: str) -> int:
+def parse_cli_time(value: str, option: str, now_ns: int | None = None) -> int:
     """Parse a time given on the command line into UTC int64 ns.
 
     ISO-8601 as `datetime.fromisoformat` reads it (`Z`, `+HH:MM`, `+HHMM` or `+HH`; fraction digits past
-    the microsecond are dropped). A time without an offset is refused rather than guessed.
+    the microsecond are dropped), years 1990..2199 as over HTTP; or a time relative to now: `now`,
+    `-30m` / `now-30m` (units s, m, h, d). `now_ns` is now (default: the system clock), so that several
+    options of one command share it. An absolute time without an offset is refused rather than guessed.
     """
+    text = value.strip()
+    relative = _CLI_RELATIVE.match(text)
+    if relative is not None:
+        now = time.time_ns() if now_ns is None else now_ns
+        ns = now - (_cli_amount(relative, option, value) if relative["amount"] else 0)
+        if ns < calendar.timegm((HTTP_YEARS[0], 1, 1, 0, 0, 0)) * NS_PER_SECOND:
+            raise ValidationError(option, value, f"is before the year {HTTP_YEARS[0]}")
+        return ns
     try:
-        when = datetime.fromisoformat(value)
+        when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValidationError(option, value, "is not an ISO-8601 time (e.g. 2025-01-10T14:30:00Z)") from None
+        raise ValidationError(
+            option, value, "is not an ISO-8601 time or a relative one (e.g. 2025-01-10T14:30:00Z, now, -30m)"
+        ) from None
     if when.tzinfo is None:
         raise ValidationError(option, value, "has no UTC offset: add Z or +HH:MM (e.g. 2025-01-10T14:30:00Z)")
+    first, last = HTTP_YEARS
+    if not first <= when.year <= last:  # checked before converting: year 1 or 9999 would overflow
+        raise ValidationError(option, value, f"is outside the years {first}..{last}")
     return to_ns(when)
+
+
+def parse_cli_duration(value: str, option: str) -> int:
+    """Parse a duration given on the command line (`--last 2h`: `90s`, `30m`, `1.5h`, `2d`) into ns."""
+    match = _CLI_DURATION.match(value)
+    if match is None:
+        raise ValidationError(option, value, "is not a duration like 90s, 30m, 2h or 1d")
+    ns = _cli_amount(match, option, value)
+    if ns <= 0:
+        raise ValidationError(option, value, "must be longer than 0")
+    return ns
+
+
+def _cli_amount(match: re.Match[str], option: str, value: str) -> int:
+    ns = round(float(match["amount"]) * _CLI_UNITS[match["unit"].lower()] * NS_PER_SECOND)
+    # Capped so that now minus it stays a time int64 ns, pandas and SQLite can hold.
+    if ns > (HTTP_YEARS[1] - HTTP_YEARS[0] + 1) * 366 * 86_400 * NS_PER_SECOND:
+        raise ValidationError(option, value, f"is longer than the years {HTTP_YEARS[0]}..{HTTP_YEARS[1]} span")
+    return ns
 
 
 def parse_recording_time(text: str) -> int:

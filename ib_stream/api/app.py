@@ -51,6 +51,7 @@ from ib_stream.sources.sim import SimSource
 from ib_stream.store.downtime import record_downtime
 from ib_stream.store.gaps import BackfillState
 from ib_stream.store.provenance import Provenance
+from ib_stream.store.service_file import withdraw_service
 from ib_stream.store.tickstore import TickStore
 from ib_stream.streaming import StreamingApp, TickSource
 from ib_stream.times import FutureSkew
@@ -206,7 +207,7 @@ def create_app(
             await asyncio.to_thread(store.gaps.end_run, clock.now_ns())
             # `ib-stream serve` announced its URL there; it holds the data root lock, so the file is its own. Removed
             # here because uvicorn ends a SIGTERMed process by re-raising the signal, before serve's cleanup runs.
-            settings.storage.service_file.unlink(missing_ok=True)
+            withdraw_service(settings.storage)  # only if it still names this process
             await store.aclose()  # flushes and fsyncs the buffer, releases the data root
             log.info("ib-stream stopped; everything acknowledged is on disk")
 

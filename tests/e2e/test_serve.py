@@ -17,7 +17,7 @@ from ib_stream.settings import StorageConfig
 from ib_stream.storage import StorageQuery
 from ib_stream.store.readonly import open_readonly_engine
 from ib_stream.times import iso_us
-from tests.e2e.conftest import AAPL, REPO, free_port
+from tests.e2e.conftest import AAPL, REPO, free_port, start_server, test_settings
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
@@ -126,3 +126,25 @@ def test_serve_records_the_simulated_market_and_shuts_down_cleanly(tmp_path: Pat
     assert len(frame) > 10
     for tick_type, group in frame.groupby("tick_type"):
         assert list(group["seq"]) == list(range(1, len(group) + 1)), tick_type
+
+
+def test_a_stopping_service_removes_only_its_own_announcement(tmp_path: Path) -> None:
+    # Another process's announcement (a serve that holds this data root from elsewhere, as far as the file says)
+    # survives this service's shutdown; the service removes the file only while it names its own pid.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        settings = test_settings(tmp_path / "storage")
+        announcement = settings.storage.service_file
+        announcement.parent.mkdir(parents=True)
+        theirs = json.dumps({"url": "http://127.0.0.1:1", "pid": other.pid})
+        announcement.write_text(theirs)
+        _, stop = start_server(settings, sources=[])
+        stop()
+        assert announcement.read_text() == theirs
+        announcement.write_text(json.dumps({"url": "http://127.0.0.1:1", "pid": os.getpid()}))
+        _, stop = start_server(settings, sources=[])
+        stop()
+        assert not announcement.exists()
+    finally:
+        other.kill()
+        other.wait()

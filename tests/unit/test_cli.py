@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
+from ib_stream import cli_support
 from ib_stream.cli import app
-from ib_stream.cli_support import announce_service, announced_service_url
 from ib_stream.clock import ManualClock
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import PartitionIndex, StorageQuery, TickStore
 from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.service_file import announced_service_url, service_announced, withdraw_service
 from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 START, END = "2025-01-10T14:00:00Z", "2025-01-10T16:00:00Z"
@@ -342,7 +345,7 @@ def test_console_script_entry_point(data_root: StorageConfig) -> None:
 def test_serve_announces_its_url_in_the_data_root_while_it_runs(tmp_path: Path, host: str, url: str) -> None:
     config = StorageConfig(data_root=tmp_path / "new-root")
     assert announced_service_url(config) is None
-    with announce_service(config, host, 8123):
+    with service_announced(config, host, 8123):
         assert announced_service_url(config) == url
     assert not config.service_file.exists()
     assert announced_service_url(config) is None
@@ -355,3 +358,96 @@ def test_an_announcement_left_by_a_killed_service_is_ignored(tmp_path: Path) -> 
     assert announced_service_url(config) is None
     config.service_file.write_text("{not json")
     assert announced_service_url(config) is None
+
+
+# ---- --data-dir after the command, output that is not a terminal -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["archive"],
+        ["index", "rebuild"],
+        ["verify"],
+        ["query", str(CONTRACT), "--tick-types", "last", "--start", START, "--end", END],
+        ["stats"],
+        ["bars", str(CONTRACT), "--start", START, "--end", END],
+        ["coverage", "--contract", str(CONTRACT)],
+    ],
+    ids=lambda args: "-".join(args[:2]) if args[0] == "index" else args[0],
+)
+def test_every_command_on_a_data_root_takes_data_dir_which_wins_over_the_global_one(
+    data_root: StorageConfig, tmp_path: Path, args: list[str]
+) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'contracts_file = "{Path(__file__).resolve().parents[2] / "config" / "contracts.toml"}"\n')
+    result = CliRunner().invoke(
+        app,
+        [
+            "--config",
+            str(settings),
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            *args,
+            "--data-dir",
+            str(data_root.data_root),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_messages_are_not_wrapped_when_output_is_not_a_terminal(data_root: StorageConfig) -> None:
+    long = f"message {'x' * 150} {data_root.data_root}/{'y' * 100}"
+
+    def printed() -> None:
+        cli_support.out().print(long)
+
+    runner = typer.Typer()
+    runner.command()(printed)
+    result = CliRunner().invoke(runner, [])
+    assert result.stdout == long + "\n"
+
+
+def test_tables_and_paths_in_a_pipe_are_whole_lines_without_trailing_blanks(data_root: StorageConfig) -> None:
+    victim = catalog_files(data_root)[0]
+    (data_root.archive_dir / victim).write_bytes(b"PAR1")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    command = [
+        sys.executable,
+        "-m",
+        "ib_stream.cli",
+        "verify",
+        "--no-checksums",
+        "--data-dir",
+        str(data_root.data_root),
+    ]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert piped.returncode == 1, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert len(lines) == 5  # title, header, rule, and one row for each of the file's two problems
+    assert all(line == line.rstrip() for line in lines)
+    rows = [line for line in lines if victim in line]
+    assert len(rows) == 2 and all(len(row) > 80 for row in rows)
+
+
+# ---- the service announcement belongs to the process it names ----------------------------------------------
+
+
+def test_withdrawing_the_announcement_leaves_another_process_s_file(tmp_path: Path) -> None:
+    config = StorageConfig(data_root=tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        theirs = f'{{"url": "http://127.0.0.1:8000", "pid": {other.pid}}}'
+        config.service_file.write_text(theirs)
+        assert withdraw_service(config) is False
+        assert config.service_file.read_text() == theirs
+        with service_announced(config, "127.0.0.1", 8123):
+            config.service_file.write_text(theirs)  # another serve took over the data root meanwhile
+        assert config.service_file.read_text() == theirs
+        assert announced_service_url(config) == "http://127.0.0.1:8000"
+    finally:
+        other.kill()
+        other.wait()
+    with service_announced(config, "127.0.0.1", 8123):
+        assert announced_service_url(config) == "http://127.0.0.1:8123"
+    assert not config.service_file.exists()  # its own: removed

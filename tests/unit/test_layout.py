@@ -10,7 +10,6 @@ import pytest
 
 import ib_stream
 from ib_stream.alerts.history import AlertHistory
-from ib_stream.cli_support import announce_service, announced_service_url
 from ib_stream.clock import ManualClock
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.live_settings import AlertsConfig, JsonSinkConfig
@@ -18,6 +17,7 @@ from ib_stream.settings import StorageConfig
 from ib_stream.sinks.json_sink import JsonSink
 from ib_stream.storage import TickStore
 from ib_stream.store.layout import Layout
+from ib_stream.store.service_file import announced_service_url, service_announced
 from tests.conftest import CONTRACT, T0_NS, trade
 
 PACKAGE = Path(ib_stream.__file__).parent
@@ -96,7 +96,7 @@ def test_temp_files_under_the_derived_directories_are_removed_on_open(tmp_path: 
 
 def test_the_service_announcement_goes_to_the_data_root_not_beside_the_catalog(tmp_path: Path) -> None:
     config = moved(tmp_path)
-    with announce_service(config, "127.0.0.1", 8123):
+    with service_announced(config, "127.0.0.1", 8123):
         assert (tmp_path / "root" / ".service.json").is_file()
         assert announced_service_url(config) == "http://127.0.0.1:8123"
         assert [p.name for p in (tmp_path / "root").iterdir()] == [".service.json"]  # no temp file left

@@ -22,6 +22,7 @@ from ib_stream.times import (
     iso_compact,
     iso_ns,
     iso_us,
+    parse_cli_duration,
     parse_cli_time,
     parse_http_time,
     parse_recording_time,
@@ -84,6 +85,51 @@ def test_cli_times_are_read_to_the_microsecond() -> None:
     assert parse_cli_time("2025-01-10T09:30:00.123456-05:00", "--start") == expected
     with pytest.raises(ValidationError, match="is not an ISO-8601 time"):
         parse_cli_time("10/01/2025 14:30", "--end")
+
+
+NOW = pd.Timestamp("2025-01-10T14:30:00.5Z").value
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds_ago"),
+    [("now", 0), ("NOW", 0), ("-30m", 1800), ("now-30m", 1800), ("now - 1.5h", 5400), ("-90s", 90), ("-2d", 172800)],
+)
+def test_cli_times_may_be_relative_to_now(text: str, seconds_ago: float) -> None:
+    assert parse_cli_time(text, "--start", NOW) == NOW - int(seconds_ago * 1_000_000_000)
+
+
+def test_relative_cli_times_default_to_the_system_clock() -> None:
+    before = time.time_ns()
+    assert before - 60 * 10**9 <= parse_cli_time("-1m", "--end") <= time.time_ns() - 60 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("-", "ISO-8601 time or a relative one"),
+        ("now-", "ISO-8601 time or a relative one"),
+        ("now+1h", "ISO-8601 time or a relative one"),  # only the past: there is no data ahead of now
+        ("-30x", "ISO-8601 time or a relative one"),
+        ("-50000d", "before the year 1990"),
+        ("-999999999d", "longer than the years 1990..2199 span"),
+        ("0001-01-01T00:00:00Z", "outside the years 1990..2199"),  # would overflow: year 1 is not int64 ns
+        ("9999-12-31T23:59:59+01:00", "outside the years 1990..2199"),
+        ("1989-12-31T23:59:59Z", "outside the years 1990..2199"),
+    ],
+)
+def test_cli_times_outside_the_years_or_malformed_are_refused_naming_the_option(text: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_cli_time(text, "--start", NOW)
+    assert refused.value.field == "--start" and refused.value.message.startswith(f"--start {text} ")
+    assert reason in refused.value.message
+
+
+def test_cli_durations_for_last() -> None:
+    assert parse_cli_duration("2h", "--last") == 7200 * 10**9
+    assert parse_cli_duration(" 1.5m ", "--last") == 90 * 10**9
+    for bad, reason in (("0s", "longer than 0"), ("2 weeks", "not a duration"), ("-2h", "not a duration")):
+        with pytest.raises(ValidationError, match=reason):
+            parse_cli_duration(bad, "--last")
 
 
 def test_recording_times_accept_what_recorders_write() -> None:
