@@ -51,7 +51,12 @@ def orderflow_command(
     file: _FileArgument,
     contract_id: Annotated[
         int | None,
-        typer.Option("--contract", "--contract-id", help="Contract id of the file's only (or only chosen) instrument."),
+        typer.Option(
+            "--contract",
+            "--contract-id",
+            parser=support.contract_id_parser("--contract"),
+            help="Contract id of the file's only (or only chosen) instrument.",
+        ),
     ] = None,
     mapping: Annotated[
         list[str] | None,
@@ -64,6 +69,7 @@ def orderflow_command(
         str, typer.Option("--book-rows", help="What a book row holds: full (the whole book) or delta (changed levels).")
     ] = "full",
     batch_size: _BatchOption = None,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Import an order-flow SQLite recording: book rows as price-level depth, trades as last with side."""
     if book_rows not in BOOK_ROWS:
@@ -76,7 +82,7 @@ def orderflow_command(
     )
     recording = inspect_recording(file)
     total = selected_rows(recording, resolve_contracts(recording, options), options)
-    config = support.storage_config(ctx, create=True)
+    config = support.storage_config(ctx, data_dir, create=True)
     store = _open_store(config)
     try:
         with support.progress(f"importing {file.name}", total) as advance:
@@ -98,7 +104,13 @@ def file_command(
     ctx: typer.Context,
     file: _FileArgument,
     contract_id: Annotated[
-        int, typer.Option("--contract", "--contract-id", help="Contract id the ticks are stored under.")
+        int,
+        typer.Option(
+            "--contract",
+            "--contract-id",
+            parser=support.contract_id_parser("--contract"),
+            help="Contract id the ticks are stored under.",
+        ),
     ],
     preset_name: Annotated[
         str | None, typer.Option("--preset", help="A named layout (see `ib-stream import presets`).")
@@ -130,6 +142,7 @@ def file_command(
         str | None, typer.Option("--only", help="Import only these tick types of a preset (comma list, e.g. bid_ask).")
     ] = None,
     batch_size: _BatchOption = None,
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Import a CSV / JSON-lines file (plain or gzip) through a preset or a column mapping."""
     if (preset_name is None) == (mapping is None):
@@ -153,7 +166,7 @@ def file_command(
     if not file.is_file():
         raise ValidationError("FILE", str(file), "does not exist")
     _, total, _ = scan_file(file, recipe)
-    config = support.storage_config(ctx, create=True)
+    config = support.storage_config(ctx, data_dir, create=True)
     store = _open_store(config)
     try:
         with support.progress(f"importing {file.name}", total) as advance:
@@ -184,9 +197,9 @@ def presets_command() -> None:
 
 
 @import_app.command("list")
-def list_command(ctx: typer.Context) -> None:
+def list_command(ctx: typer.Context, data_dir: support.DataDirOption = None) -> None:
     """List the imports of the data root: id, state, when, file, how it was read, streams, ticks and time span."""
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, data_dir)
     imports = list_imports(config.index_file)
     if not imports:
         support.out().print("no imports", highlight=False)
@@ -212,9 +225,10 @@ def list_command(ctx: typer.Context) -> None:
 def undo_command(
     ctx: typer.Context,
     import_id: Annotated[int, typer.Argument(metavar="ID", help="The import to undo (see `import list`).")],
+    data_dir: support.DataDirOption = None,
 ) -> None:
     """Remove the ticks of one import from the store, as if it had never run (archive, buffer, derived files)."""
-    config = support.storage_config(ctx)
+    config = support.storage_config(ctx, data_dir)
     support.require_catalog(config)
     store = _open_store(config)
     try:
@@ -293,10 +307,7 @@ def _instrument_map(items: list[str]) -> dict[str, int]:
         name, sep, value = item.rpartition("=")
         if not sep or not name.strip():
             raise ValidationError("--map", item, "is not INSTRUMENT=CONTRACT_ID")
-        try:
-            contracts[name.strip()] = int(value)
-        except ValueError:
-            raise ValidationError("--map", item, "has a contract id that is not an integer") from None
+        contracts[name.strip()] = support.parse_contract_id(value, "--map")
     return contracts
 
 

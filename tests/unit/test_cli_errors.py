@@ -185,6 +185,18 @@ for value in ("0", "-5", str(2**63)):
         2,
         f"--contract {value} is not a contract id",
     )
+    case(  # the file is never read: the id is refused first, as HTTP refuses it
+        f"contract-{value}-import-file",
+        ["import", "file", "/etc/hostname", f"--contract={value}", "--preset", "truefx"],
+        2,
+        f"--contract {value} is not a contract id",
+    )
+    case(
+        f"contract-{value}-import-map",
+        ["import", "orderflow", "/etc/hostname", "--map", f"ES={value}"],
+        2,
+        f"--map {value} is not a contract id",
+    )
 
 case("usage-missing-option", ["query", str(CONTRACT), "--start", START], 2, "--tick-types", "--help")
 case("usage-unknown-option", ["verify", "--bogus"], 2, "--bogus", "ib-stream verify --help")

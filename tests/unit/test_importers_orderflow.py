@@ -449,7 +449,7 @@ def test_cli_reports_skipped_rows_by_reason(config: StorageConfig, btc_file: Pat
     [
         (["--contract", "11"], "error: --map BTC, ETH need a contract id"),
         (["--map", "BTC"], "error: --map BTC is not INSTRUMENT=CONTRACT_ID"),
-        (["--map", "BTC=x"], "error: --map BTC=x has a contract id that is not an integer"),
+        (["--map", "BTC=x"], "error: --map x is not a contract id (an integer, e.g. 265598)"),
         (["--map", "BTC=1,ETH=2", "--book-rows", "some"], "error: --book-rows some is not one of full, delta"),
     ],
 )
