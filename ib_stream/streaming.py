@@ -2,6 +2,11 @@
 every durable tick out to live subscribers in seq order, with backpressure that never drops
 silently: storage is never skipped, and a subscriber that falls too far behind is disconnected
 with an error message (counted).
+
+When the store refuses a batch (a full disk, an I/O error: `StorageWriteError`), `publish` raises
+to its caller — a source drops the batch and carries on, `POST /v2/ticks` answers 507 / 503 — and
+notes the outage of that stream; once a batch of the stream is stored again, the outage becomes a
+`storage_error` gap in the ledger (from the last tick stored before it to the first after it).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any, Protocol
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError
+from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError, StorageError, StorageWriteError
 from ib_stream.store.buffer import AppendResult, OnError
+from ib_stream.store.gaps import BackfillState, GapReason
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
+from ib_stream.times import iso_us
 
 log = logging.getLogger(__name__)
 LiveItem = tuple[StreamKey, dict[str, Any]]
@@ -45,6 +52,17 @@ class StreamingStats:
     source_errors: int = 0
     last_lag_seconds: float = 0.0  # receive time -> fan-out of the latest tick
     lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
+
+
+@dataclass(slots=True)
+class _StorageOutage:
+    """A stream whose ticks the store refused: from when, how many, why (becomes a `storage_error` gap)."""
+
+    start_ns: int
+    ticks: int
+    code: str
+    reason: str
+    sources: set[str]
 
 
 class Subscription:
@@ -111,6 +129,7 @@ class StreamingApp:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outages: dict[StreamKey, _StorageOutage] = {}
         self.sources: list[TickSource] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -135,6 +154,9 @@ class StreamingApp:
         for subs in self._subs.values():
             for sub in subs.values():
                 sub.close()
+        now = self.store.clock.now_ns()
+        for stream in list(self._outages):  # still refused at shutdown: the gap ends now
+            await self._record_outage(stream, now)
 
     async def _run_source(self, source: TickSource) -> None:
         try:
@@ -154,10 +176,62 @@ class StreamingApp:
         source: str,
         on_error: OnError = "reject",
     ) -> AppendResult:
-        """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order."""
-        result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+        """Store ticks (durably) — they reach live subscribers from the store's listener, in seq order.
+
+        Raises `StorageWriteError` / `StorageFullError` when the store cannot write: nothing of the batch is
+        stored, and the stream's outage is recorded as a `storage_error` gap once it stores again.
+        """
+        try:
+            result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+        except StorageWriteError as e:
+            stream = StreamKey(
+                int(contract_id), tick_type if isinstance(tick_type, TickType) else TickType.parse(tick_type)
+            )
+            self._note_outage(stream, ticks, source, e)
+            raise
         self.stats.ticks_published += result.count
+        if result.stream in self._outages and result.count:
+            await self._record_outage(result.stream, _first_ts(ticks) or self.store.clock.now_ns())
         return result
+
+    def _note_outage(self, stream: StreamKey, ticks: Sequence[Any], source: str, error: StorageWriteError) -> None:
+        outage = self._outages.get(stream)
+        if outage is None:
+            latest = self._latest.get(stream)
+            first = _first_ts(ticks) or self.store.clock.now_ns()
+            start = min(first, latest["ts"]) if latest is not None else first  # no later than the last tick stored
+            outage = self._outages[stream] = _StorageOutage(
+                start, 0, error.code, str(error.details.get("reason")), set()
+            )
+            log.warning(
+                "stream %s: the store refuses writes (%s): its ticks are dropped until it recovers", stream, error.code
+            )
+        outage.ticks += len(ticks)
+        outage.sources.add(source)
+
+    async def _record_outage(self, stream: StreamKey, end_ns: int) -> None:
+        outage = self._outages.pop(stream)
+        detail = (
+            f"the store refused writes ({outage.code}: {outage.reason}) from {iso_us(outage.start_ns)}: "
+            f"{outage.ticks} tick(s) from {', '.join(sorted(outage.sources))} were dropped"
+        )
+        ib = any(s.startswith("ib_") for s in outage.sources)  # IB's history can fill it; nothing else can
+        backfill = BackfillState.PENDING if ib else BackfillState.OFF
+        try:
+            await asyncio.to_thread(
+                self.store.gaps.add,
+                stream,
+                outage.start_ns,
+                max(outage.start_ns, end_ns),
+                GapReason.STORAGE_ERROR,
+                detail,
+                backfill,
+            )
+        except StorageError as e:  # the ledger shares the disk: try again with the next stored batch
+            self._outages.setdefault(stream, outage)
+            log.warning("stream %s: the storage_error gap cannot be recorded yet: %s", stream, e)
+            return
+        log.warning("stream %s: stored again; recorded a storage_error gap: %s", stream, detail)
 
     def publish_live(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> None:
         """Fan out records without storing them (the replay source)."""
@@ -248,3 +322,10 @@ class StreamingApp:
                 details={"field": "contract_id", "value": contract_id, "known": sorted(self.contracts)},
             )
         return contract
+
+
+def _first_ts(ticks: Sequence[Any]) -> int | None:
+    """The earliest integer `ts` of a batch of tick dicts (None when it has none)."""
+    stamps = [t.get("ts") for t in ticks if isinstance(t, dict)]
+    ints = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
+    return min(ints) if ints else None

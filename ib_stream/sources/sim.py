@@ -5,12 +5,15 @@ Per contract: a mid price random walk on the contract's tick grid; a spread of 1
 quote arrivals whose intensity follows a slow log-normal activity factor with occasional bursts;
 trades at the quote (or inside a wide spread) with heavy-tailed sizes and persistent aggressor
 runs; 10 levels of position-based depth per side. `SimMarket` is pure (event time in, ticks
-out); `SimSource` paces it against the wall clock and hands batches to the StreamingApp.
+out); `SimSource` paces it against the wall clock and hands batches to the StreamingApp. While the
+store refuses writes (a full disk) the market goes on and its batches are dropped — the StreamingApp
+records the outage as a `storage_error` gap — so the source resumes by itself when the disk does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import random
@@ -19,6 +22,7 @@ from typing import Any
 
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
 from ib_stream.domain import Contract, TickType
+from ib_stream.errors import StorageWriteError
 from ib_stream.settings import SimConfig
 from ib_stream.streaming import StreamingApp
 
@@ -191,4 +195,5 @@ class SimSource:
                 ticks = market.advance(now, is_open)
                 for tick_type, batch in ticks.items():
                     if batch:
-                        await app.publish(market.contract.con_id, tick_type, batch, SOURCE)
+                        with contextlib.suppress(StorageWriteError):  # dropped; the app records the outage
+                            await app.publish(market.contract.con_id, tick_type, batch, SOURCE)
