@@ -278,6 +278,7 @@ class SegmentWriter:
         state.group.clear()
         try:
             self._cut_back(touched, state)
+            self._release(touched, state)
         except OSError as e:
             self._rollback = touched
             log.error("cutting back %d segment(s) failed (%s): retried before the next write", len(touched), e)
@@ -320,6 +321,12 @@ class SegmentWriter:
             except OSError as e:
                 log.warning("removing the segment %s made by the failed group failed: %s", t.segment.path, e)
 
+    def _release(self, touched: Iterable[_Touched], state: _State) -> None:
+        # Segments a failed group rotated away from are closed once cut back (the current ones stay open).
+        for t in touched:
+            if state.current.get(t.segment.stream) is not t.segment:
+                self._close(t.segment, state)
+
     def _await_storage(self, state: _State) -> bool:
         """Retry with backoff until a probe write succeeds (True) or the buffer is closed (False)."""
         probe = temp_path(self.layout.buffer_dir / "write-probe")
@@ -339,6 +346,7 @@ class SegmentWriter:
             try:
                 if self._rollback:
                     self._cut_back(self._rollback, state)
+                    self._release(self._rollback, state)
                     self._rollback = []
                 self.io.make_dirs(self.layout.buffer_dir)
                 self.io.probe(probe, self._probe_bytes)

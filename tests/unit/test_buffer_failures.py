@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -63,6 +64,19 @@ def stored_seqs(config: StorageConfig, stream: StreamKey) -> list[int]:
     directory = config.buffer_dir / str(stream.contract_id) / stream.tick_type.value
     lines = [line for p in sorted(directory.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
     return [orjson.loads(line)["seq"] for line in lines]
+
+
+def open_buffer_files(config: StorageConfig) -> list[str]:
+    """The files under the buffer directory this process holds open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(config.buffer_dir)):
+            found.append(target)
+    return found
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:
@@ -169,6 +183,7 @@ async def test_a_group_spanning_streams_and_segments_is_cut_back_whole(tmp_path:
         wait_until(lambda: store.buffer.outage is None)
         assert (await trades(store, 1, 50)).first_seq == 5
         assert (await trades(store, 1, 50, tick_type="bid_ask")).first_seq == 5
+        assert len(open_buffer_files(config)) <= 2, "segments the failed group rotated away from stay open"
     finally:
         store.close()
     assert stored_seqs(config, LAST) == stored_seqs(config, QUOTES) == [1, 2, 3, 4, 5]
