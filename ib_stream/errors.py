@@ -4,6 +4,8 @@ IbStreamError                      base: code, message, details
 ├── ConfigError                    bad settings file / environment value
 ├── SourceError                    a market-data source failed
 ├── StorageError                   the store cannot read or write
+│   ├── StorageWriteError          a buffer write or fsync failed: the batch was not stored (retry later)
+│   │   └── StorageFullError       the same, because the disk is full (ENOSPC / quota)
 │   ├── CorruptFileError           a Parquet/JSONL file is unreadable (names the file)
 │   └── DataRootLockedError        another process owns the data root for writing
 ├── ValidationError                bad input, always names the field and the value
@@ -48,6 +50,23 @@ class SourceError(IbStreamError):
 
 class StorageError(IbStreamError):
     code = "STORAGE_ERROR"
+
+
+class StorageWriteError(StorageError):
+    """A buffer write, fsync or high-water record failed: nothing of the batch was kept and its seqs were not used.
+
+    The store keeps refusing appends (promptly, with this error) until a retry finds it writable again;
+    `details` has `path`, `errno` and `retry_after_seconds`. Same code as `StorageError`, answered with 503.
+    """
+
+    http_status = 503
+
+
+class StorageFullError(StorageWriteError):
+    """The disk (or the quota) holding the buffer is full: answered with 507 Insufficient Storage."""
+
+    code = "STORAGE_FULL"
+    http_status = 507
 
 
 class CorruptFileError(StorageError):

@@ -63,6 +63,15 @@ class StorageConfig(BaseModel):
     heartbeat_seconds: float = Field(
         5, gt=0, description="How often the service notes it is alive (a crash is dated to within this)."
     )
+    write_retry_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="After a failed buffer write (disk full, I/O error), the first retry waits this long; each failed "
+        "retry doubles the wait.",
+    )
+    write_retry_max_seconds: float = Field(
+        30.0, gt=0, description="The longest wait between two retries of a failing buffer write."
+    )
 
     @field_validator("buffer_rotation_minutes")
     @classmethod

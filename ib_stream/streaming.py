@@ -6,6 +6,11 @@ with an error message (counted).
 Event time is checked where ticks are published: a tick whose `ts` is further ahead of the store's
 clock than `future_skew` allows (`source_max_future_skew_seconds` for live sources; the ingest route
 passes `api.max_future_skew_seconds`) is refused like any invalid tick (`times.check_event_time`).
+
+When the store refuses a batch (a full disk, an I/O error: `StorageWriteError`), `publish` raises
+to its caller — a source drops the batch and carries on, `POST /v2/ticks` answers 507 / 503 — and
+notes the outage of that stream; once a batch of the stream is stored again, the outage becomes a
+`storage_error` gap in the ledger (from the last tick stored before it to the first after it).
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ from typing import Any, Protocol
 
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
-from ib_stream.errors import ContractNotFoundError, IbStreamError, SlowConsumerError, TickValidationError
+from ib_stream.errors import (
+    ContractNotFoundError,
+    IbStreamError,
+    SlowConsumerError,
+    StorageError,
+    StorageWriteError,
+    TickValidationError,
+)
 from ib_stream.store.buffer import AppendResult, OnError
+from ib_stream.store.gaps import BackfillState, GapReason
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
-from ib_stream.times import FutureSkew, screen_event_times
+from ib_stream.times import FutureSkew, iso_us, screen_event_times
 
 log = logging.getLogger(__name__)
 LiveItem = tuple[StreamKey, dict[str, Any]]
@@ -51,6 +64,17 @@ class StreamingStats:
     future_ticks_refused: int = 0  # ticks whose ts was too far ahead of the clock
     last_lag_seconds: float = 0.0  # receive time -> fan-out of the latest tick
     lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
+
+
+@dataclass(slots=True)
+class _StorageOutage:
+    """A stream whose ticks the store refused: from when, how many, why (becomes a `storage_error` gap)."""
+
+    start_ns: int
+    ticks: int
+    code: str
+    reason: str
+    sources: set[str]
 
 
 class Subscription:
@@ -125,6 +149,7 @@ class StreamingApp:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outages: dict[StreamKey, _StorageOutage] = {}
         self.sources: list[TickSource] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -149,6 +174,9 @@ class StreamingApp:
         for subs in self._subs.values():
             for sub in subs.values():
                 sub.close()
+        now = self.store.clock.now_ns()
+        for stream in list(self._outages):  # still refused at shutdown: the gap ends now
+            await self._record_outage(stream, now)
 
     async def _run_source(self, source: TickSource) -> None:
         try:
@@ -174,13 +202,26 @@ class StreamingApp:
 
         A tick whose `ts` is more than `future_skew` (default: the app's, for live sources) ahead of the store's
         clock is refused: with `on_error="reject"` the batch raises TickValidationError naming it and nothing is
-        stored; with `"skip"` it is left out and listed in `rejected` with the store's own rejections."""
+        stored; with `"skip"` it is left out and listed in `rejected` with the store's own rejections.
+
+        Raises `StorageWriteError` / `StorageFullError` when the store cannot write: nothing of the batch is
+        stored, and the stream's outage is recorded as a `storage_error` gap once it stores again.
+        """
         skew = future_skew or self.future_skew
-        if skew is None:
-            result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
-        else:
-            result = await self._publish_checked(contract_id, tick_type, ticks, source, on_error, skew)
+        try:
+            if skew is None:
+                result = await self.store.append_batch(contract_id, tick_type, ticks, source, on_error)
+            else:
+                result = await self._publish_checked(contract_id, tick_type, ticks, source, on_error, skew)
+        except StorageWriteError as e:
+            stream = StreamKey(
+                int(contract_id), tick_type if isinstance(tick_type, TickType) else TickType.parse(tick_type)
+            )
+            self._note_outage(stream, ticks, source, e)
+            raise
         self.stats.ticks_published += result.count
+        if result.stream in self._outages and result.count:
+            await self._record_outage(result.stream, _first_ts(ticks) or self.store.clock.now_ns())
         return result
 
     async def _publish_checked(
@@ -208,6 +249,45 @@ class StreamingApp:
             error.details["index"] = kept[int(error.details.get("index", 0))]
         rejected = sorted((*result.rejected, *refused), key=lambda e: int(e.details.get("index", 0)))
         return replace(result, rejected=tuple(rejected))
+
+    def _note_outage(self, stream: StreamKey, ticks: Sequence[Any], source: str, error: StorageWriteError) -> None:
+        outage = self._outages.get(stream)
+        if outage is None:
+            latest = self._latest.get(stream)
+            first = _first_ts(ticks) or self.store.clock.now_ns()
+            start = min(first, latest["ts"]) if latest is not None else first  # no later than the last tick stored
+            outage = self._outages[stream] = _StorageOutage(
+                start, 0, error.code, str(error.details.get("reason")), set()
+            )
+            log.warning(
+                "stream %s: the store refuses writes (%s): its ticks are dropped until it recovers", stream, error.code
+            )
+        outage.ticks += len(ticks)
+        outage.sources.add(source)
+
+    async def _record_outage(self, stream: StreamKey, end_ns: int) -> None:
+        outage = self._outages.pop(stream)
+        detail = (
+            f"the store refused writes ({outage.code}: {outage.reason}) from {iso_us(outage.start_ns)}: "
+            f"{outage.ticks} tick(s) from {', '.join(sorted(outage.sources))} were dropped"
+        )
+        ib = any(s.startswith("ib_") for s in outage.sources)  # IB's history can fill it; nothing else can
+        backfill = BackfillState.PENDING if ib else BackfillState.OFF
+        try:
+            await asyncio.to_thread(
+                self.store.gaps.add,
+                stream,
+                outage.start_ns,
+                max(outage.start_ns, end_ns),
+                GapReason.STORAGE_ERROR,
+                detail,
+                backfill,
+            )
+        except StorageError as e:  # the ledger shares the disk: try again with the next stored batch
+            self._outages.setdefault(stream, outage)
+            log.warning("stream %s: the storage_error gap cannot be recorded yet: %s", stream, e)
+            return
+        log.warning("stream %s: stored again; recorded a storage_error gap: %s", stream, detail)
 
     def publish_live(self, stream: StreamKey, records: Sequence[dict[str, Any]]) -> None:
         """Fan out records without storing them (the replay source)."""
@@ -298,3 +378,10 @@ class StreamingApp:
                 details={"field": "contract_id", "value": contract_id, "known": sorted(self.contracts)},
             )
         return contract
+
+
+def _first_ts(ticks: Sequence[Any]) -> int | None:
+    """The earliest integer `ts` of a batch of tick dicts (None when it has none)."""
+    stamps = [t.get("ts") for t in ticks if isinstance(t, dict)]
+    ints = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
+    return min(ints) if ints else None

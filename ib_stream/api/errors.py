@@ -1,8 +1,13 @@
-"""The one place errors become HTTP responses: `{"error": {"code", "message", "details"}}`."""
+"""The one place errors become HTTP responses: `{"error": {"code", "message", "details"}}`.
+
+Each error class carries its status (`IbStreamError.http_status`); a storage write error (507 `STORAGE_FULL`,
+503 `STORAGE_ERROR` from a failed write) also tells the client when to retry (`Retry-After`).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ib_stream.api.responses import OrjsonResponse
-from ib_stream.errors import IbStreamError, excerpt
+from ib_stream.errors import IbStreamError, StorageWriteError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,10 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.http_status if exc.http_status < 500 or exc.code != IbStreamError.code else 500
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return error_response(request.app, exc.code, exc.to_dict(), status)
+        headers = None
+        if isinstance(exc, StorageWriteError):
+            headers = {"Retry-After": str(max(1, math.ceil(float(exc.details.get("retry_after_seconds") or 1))))}
+        return error_response(request.app, exc.code, exc.to_dict(), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> OrjsonResponse:

@@ -40,6 +40,8 @@ class ServiceStatus(Protocol):
     ready: bool
     started_at: float
 
+    def store_status(self) -> tuple[bool, str]: ...
+
 
 class ServiceMetrics:
     """The registry of one service: the scrape-time collector plus the histogram and counter fed as things happen."""
@@ -101,8 +103,11 @@ class StatsCollector(Collector):
         yield InfoMetricFamily(
             "ib_stream_build", "Version and live source.", {"version": __version__, "source": service.source_name}
         )
+        writable, _ = service.store_status()
         yield GaugeMetricFamily(
-            "ib_stream_ready", "1 when the service is ready to serve.", 1.0 if service.ready else 0.0
+            "ib_stream_ready",
+            "1 when the service is ready to serve (started, and the store accepts appends).",
+            1.0 if service.ready and writable else 0.0,
         )
         yield GaugeMetricFamily(
             "ib_stream_uptime_seconds", "Seconds since the service started.", time.time() - service.started_at
@@ -130,6 +135,45 @@ class StatsCollector(Collector):
         yield _counter("ib_stream_source_errors", "Live sources that stopped with an error.", streaming.source_errors)
         yield GaugeMetricFamily(
             "ib_stream_pending_writes", "Appends waiting to become durable.", store.buffer.pending_writes()
+        )
+
+        # Storage failures: a full disk or an I/O error refuses appends until a retry succeeds.
+        outage = store.buffer.outage
+        yield GaugeMetricFamily(
+            "ib_stream_storage_writable",
+            "1 while the buffer accepts appends, 0 during a storage outage.",
+            0 if outage else 1,
+        )
+        yield GaugeMetricFamily(
+            "ib_stream_storage_outage_seconds",
+            "Seconds since the current storage outage began (0 when writable).",
+            (store.clock.now_ns() - outage.since_ns) / 1e9 if outage else 0.0,
+        )
+        failures = CounterMetricFamily(
+            "ib_stream_storage_write_failures",
+            "Buffer write groups that failed and were cut back, by kind (full: ENOSPC/quota, io: any other error).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(buffer.write_failures.items()):
+            failures.add_metric([kind], count)
+        yield failures
+        yield _counter(
+            "ib_stream_storage_refused_ticks",
+            "Ticks not stored because the disk could not take them (cut back, or refused during an outage).",
+            buffer.refused_ticks,
+        )
+        yield _counter(
+            "ib_stream_storage_write_retries", "Probes of the disk during storage outages.", buffer.write_retries
+        )
+        yield _counter(
+            "ib_stream_storage_lost_ticks",
+            "Acknowledged ticks found on no disk any more (recorded as storage_lost gaps).",
+            buffer.lost_ticks,
+        )
+        yield _counter(
+            "ib_stream_segments_restored",
+            "Open buffer segments removed under the writer and copied back from the open file.",
+            buffer.segments_restored,
         )
 
         # Durability: fsync latency as a summary (rate(_sum) / rate(_count) is the mean fsync time).

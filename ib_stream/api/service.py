@@ -212,12 +212,7 @@ class ServiceState:
     # ---- health and recording ---------------------------------------------------------------------------------
     def store_status(self) -> tuple[bool, str]:
         """Whether the store accepts writes, and why not (or how many writes are pending)."""
-        buffer = self._store.buffer
-        if buffer.failure is not None:
-            return False, f"buffer writer stopped after an error: {buffer.failure}"
-        if not buffer.running:
-            return False, "buffer writer is not running"
-        return True, f"{buffer.pending_writes()} writes pending"
+        return self._store.write_status()
 
     def backfiller(self, fetch: Fetch) -> Backfiller:
         """A backfiller that stores IB history fetched with `fetch` into this store."""

@@ -11,11 +11,15 @@ Real data stays real: `SimSource` never simulates a contract whose streams hold 
 (broker, imported, ingested: the store's `provenance`), and stops simulating one that receives such ticks
 while it runs. After a restart each contract's path continues from its last stored quote and trade
 (`Resume`), not from `start_price`.
+
+While the store refuses writes (a full disk) the market goes on and its batches are dropped — the
+StreamingApp records the outage as a `storage_error` gap — so the source resumes by itself when the disk does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -26,6 +30,7 @@ from typing import Any, Final
 
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
 from ib_stream.domain import SIM_SOURCE, Contract, StreamKey, TickType
+from ib_stream.errors import StorageWriteError
 from ib_stream.settings import SimConfig
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
@@ -279,7 +284,8 @@ class SimSource:
                 ticks = market.advance(now, is_open)
                 for tick_type, batch in ticks.items():
                     if batch:
-                        await app.publish(market.contract.con_id, tick_type, batch, SOURCE)
+                        with contextlib.suppress(StorageWriteError):  # dropped; the app records the outage
+                            await app.publish(market.contract.con_id, tick_type, batch, SOURCE)
 
     def _may_simulate(self, store: TickStore, contract: Contract) -> bool:
         if not store.provenance.holds_real(contract.con_id):

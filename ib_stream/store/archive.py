@@ -2,6 +2,10 @@
 
 Every step is temp file → fsync → rename → catalog commit → only then retire the input, so a
 crash anywhere is repaired by running the step again, and running it again never duplicates.
+A step that fails (a full disk, an I/O error, a catalog that cannot commit) removes its temp file
+and the files it wrote but could not catalogue, and raises: the job runs again at its next interval.
+Archival also notices acknowledged seqs that no segment holds any more (`on_lost`) before its
+watermark passes them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ib_stream.errors import StorageError
 from ib_stream.settings import StorageConfig
 from ib_stream.store.buffer import TickBuffer
 from ib_stream.store.index import ArchiveFile, PartitionIndex, utc_now_iso
-from ib_stream.store.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment
+from ib_stream.store.layout import DAY_NS, HOUR_NS, Layout, Partition, Segment, temp_path
 from ib_stream.store.schema import (
     META_JSONL_BYTES,
     META_SOURCES,
@@ -34,12 +38,15 @@ from ib_stream.store.schema import (
     sort_table,
     write_parquet_atomic,
 )
+from ib_stream.store.segment_io import write_error
+from ib_stream.store.seqmarks import LostRange
 from ib_stream.store.statistics import StatisticsUpdater, date_of
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 ChangeListener = Callable[[StreamKey, int, int], None]
 _EVERY_CHUNK = 1 << 62  # an eviction horizon no chunk is newer than
+LostListener = Callable[[LostRange], None]
 
 
 @dataclass(slots=True)
@@ -65,6 +72,7 @@ class Archiver:
         buffer: TickBuffer,
         clock: Clock,
         on_change: ChangeListener | None = None,
+        on_lost: LostListener | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -72,6 +80,7 @@ class Archiver:
         self.buffer = buffer
         self.clock = clock
         self.on_change = on_change or (lambda stream, lo, hi: None)
+        self.on_lost = on_lost or (lambda lost: None)
         self._lock = threading.Lock()  # one archive job at a time
         self.last_durations: dict[str, float] = {}
         self.statistics = StatisticsUpdater(layout, index)
@@ -147,14 +156,19 @@ class Archiver:
         if table.num_rows == 0:
             return 0, set()
         ts = table.column("ts").to_numpy().view(np.int64)
+        if int(seq[0]) > archived + 1:  # the watermark would pass seqs no segment holds: name them first
+            self.on_lost(LostRange(stream, archived + 1, int(seq[0]) - 1, int(ts[0]), int(ts[0]), "found by archival"))
         starts = ts - ts % self.layout.partition_ns
         files: list[ArchiveFile] = []
-        for part_start in np.unique(starts):
-            mask = starts == part_start
-            partition = Partition(stream, int(part_start), int(part_start) + self.layout.partition_ns)
-            files.append(self._write_part(partition, table.filter(pa.array(mask)), int(lengths[mask].sum())))
-        last = int(seq[-1])
-        self.index.register(files, {stream: last})
+        try:
+            for part_start in np.unique(starts):
+                mask = starts == part_start
+                partition = Partition(stream, int(part_start), int(part_start) + self.layout.partition_ns)
+                files.append(self._write_part(partition, table.filter(pa.array(mask)), int(lengths[mask].sum())))
+            self.index.register(files, {stream: int(seq[-1])})
+        except StorageError:
+            self._remove_uncatalogued(files)  # parts above the watermark: no catalog row can name them
+            raise
         report.files_written += len(files)
         for f in files:
             self.on_change(stream, f.start_time, f.end_time)
@@ -172,15 +186,29 @@ class Archiver:
     ) -> ArchiveFile:
         final = path
         metadata = {META_JSONL_BYTES: str(jsonl_bytes).encode(), META_SOURCES: orjson.dumps(sources)}
-        size, checksum = write_parquet_atomic(
-            table,
-            final,
-            compression=self.config.archive_compression,
-            compression_level=self.config.archive_compression_level,
-            row_group_size=self.config.archive_row_group_size,
-            metadata=metadata,
-        )
+        try:
+            size, checksum = write_parquet_atomic(
+                table,
+                final,
+                compression=self.config.archive_compression,
+                compression_level=self.config.archive_compression_level,
+                row_group_size=self.config.archive_row_group_size,
+                metadata=metadata,
+            )
+        except OSError as e:  # a full disk, an I/O error: no temp file (nor uncatalogued file) is left behind
+            temp_path(final).unlink(missing_ok=True)
+            if not self.index.has_file(self.layout.relative(final)):
+                final.unlink(missing_ok=True)  # renamed, then its directory could not be made durable
+            retry = self.config.index_update_interval_seconds
+            raise write_error(e, f"writing {kind} {final}", retry, "the job runs again at its next interval") from e
         return describe_file(self.layout, partition, table, final, size, checksum, jsonl_bytes, kind)
+
+    def _remove_uncatalogued(self, files: list[ArchiveFile]) -> None:
+        for f in files:
+            try:
+                self.layout.absolute(f.file_path).unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("cannot remove %s, written but not catalogued: %s", f.file_path, e)
 
     # ---- compaction ------------------------------------------------------------------------------
     def compact(self, progress: Progress | None = None) -> ArchiveReport:
@@ -203,7 +231,12 @@ class Archiver:
                 path = self.layout.compacted_path(partition, int(seq.min()), int(seq.max()), len(seq))
                 sources = [f.file_path for f in olds]
                 new = self._write_file(partition, merged, path, sum(f.jsonl_bytes for f in olds), "compacted", sources)
-                self.index.replace(new, sources, self.clock.now_ns())
+                try:
+                    self.index.replace(new, sources, self.clock.now_ns())
+                except StorageError:
+                    if new.file_path not in sources:
+                        self._remove_uncatalogued([new])
+                    raise
                 self.on_change(stream, new.start_time, new.end_time)
                 report.files_written += 1
                 report.files_removed += len(olds)

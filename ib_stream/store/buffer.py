@@ -2,8 +2,16 @@
 
 Appends are validated and sequenced on the caller's thread, then handed to one writer thread
 that writes them to the stream's current 15-minute segment and fsyncs at most every
-`fsync_interval_ms`; an append's future resolves only after its ticks are durable, at which
-point they also enter the in-memory hot cache.
+`fsync_interval_ms`; an append's future resolves only after its ticks are durable (and the
+stream's seq high-water mark is recorded), at which point they also enter the in-memory hot cache.
+
+A group is acknowledged whole or not at all. When a write, an fsync or the high-water record fails
+(ENOSPC, EIO, ...), every segment the group touched is cut back to its size before the group and
+fsynced, every unacknowledged append fails at once with `StorageFullError` / `StorageWriteError`,
+and each stream's next seq goes back to the first seq not acknowledged. New appends are refused
+promptly while the writer retries (`write_retry_seconds`, doubling up to `write_retry_max_seconds`):
+a probe write that succeeds ends the outage by itself. The writer also notices an open segment
+removed under it and copies it back from the open file.
 """
 
 from __future__ import annotations
@@ -11,16 +19,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -29,47 +35,16 @@ from ib_stream.domain import StreamKey, TickType, TickValidator
 from ib_stream.errors import StorageError, TickValidationError, ValidationError
 from ib_stream.settings import StorageConfig
 from ib_stream.store.hotcache import HotStream
-from ib_stream.store.layout import Layout, Segment, fsync_dir
-from ib_stream.store.schema import read_segment_file, segment_last_seq
+from ib_stream.store.layout import Layout, Segment
+from ib_stream.store.recovery import bounds_above, find_holes, truncate_torn_tail
+from ib_stream.store.schema import read_segment_file
+from ib_stream.store.segment_io import SegmentIO
+from ib_stream.store.seqmarks import LostRange, Mark, SeqMarks
+from ib_stream.store.writer import STOP, AppendResult, BufferStats, Outage, SegmentWriter, Write, drain
 
+__all__ = ["AppendResult", "BufferStats", "OnError", "Outage", "TickBuffer"]
 log = logging.getLogger(__name__)
 OnError = Literal["reject", "skip"]
-_STOP = object()
-_IDLE_WAKE_SECONDS = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """What an append stored: the stream, the seq range given to its ticks and what was rejected."""
-
-    stream: StreamKey
-    first_seq: int
-    last_seq: int
-    count: int
-    rejected: tuple[TickValidationError, ...] = ()
-
-
-@dataclass(slots=True)
-class BufferStats:
-    """Counters of the buffer since start (exposed as metrics by the service)."""
-
-    ticks_written: int = 0
-    batches_written: int = 0
-    fsyncs: int = 0
-    fsync_seconds: float = 0.0
-    rejected_ticks: int = 0
-    torn_lines_truncated: int = 0
-    torn_files: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Write:
-    stream: StreamKey
-    segment_start: int
-    data: bytes
-    records: list[dict[str, Any]]
-    future: Future[AppendResult]
-    result: AppendResult
 
 
 class TickBuffer:
@@ -80,34 +55,54 @@ class TickBuffer:
         self.layout = layout
         self.clock = clock
         self.stats = BufferStats()
+        self.lost_on_open: list[LostRange] = []  # acknowledged ranges recovery found on no disk
         self._validators = {t: TickValidator(t) for t in TickType}
         self._next_seq: dict[StreamKey, int] = {}
+        self._acked: dict[StreamKey, Mark] = {}  # highest acknowledged seq per stream
+        self._open_paths: dict[StreamKey, Path] = {}  # each stream's segment the writer holds open
         self._hot: dict[StreamKey, HotStream] = {}
-        self._lock = threading.Lock()  # seq assignment + enqueue order
+        self._lock = threading.Lock()  # seq assignment + enqueue order + outage state
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inflight: collections.deque[int] = collections.deque()  # recv_ts of unacknowledged writes
         self._last_recv = 0
-        self._failed: BaseException | None = None
+        self._outage: Outage | None = None
+        self._writer = SegmentWriter(config, layout, clock, self._queue, self.stats, self)
         self._thread: threading.Thread | None = None
         # Called from the writer thread, in seq order, with each batch once durable and visible.
         self.listeners: list[Callable[[StreamKey, list[dict[str, Any]]], None]] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def open(self, last_seqs: dict[StreamKey, int], archived_seqs: dict[StreamKey, int]) -> None:
-        """Recover every stream (torn tails, next seq, hot cache) and start the writer thread."""
+    def open(
+        self, last_seqs: dict[StreamKey, int], archived_seqs: dict[StreamKey, int], marks: SeqMarks | None = None
+    ) -> None:
+        """Recover every stream (torn tails, lost ranges, next seq, hot cache) and start the writer thread."""
         self.layout.buffer_dir.mkdir(parents=True, exist_ok=True)
-        streams = set(self.layout.buffered_streams()) | set(last_seqs) | set(archived_seqs)
+        self._writer.marks = marks
+        known = marks.marks() if marks is not None else {}
+        streams = set(self.layout.buffered_streams()) | set(last_seqs) | set(archived_seqs) | set(known)
         for stream in sorted(streams):
-            self._recover_stream(stream, last_seqs.get(stream, 0), archived_seqs.get(stream, 0))
-        self._thread = threading.Thread(target=self._writer, name="ib-stream-buffer-writer", daemon=True)
+            self._recover_stream(stream, last_seqs.get(stream, 0), archived_seqs.get(stream, 0), known.get(stream))
+        raised = {s: m for s, m in self._acked.items() if s not in known or known[s].seq < m.seq}
+        if marks is not None and raised:
+            marks.acknowledge(raised)
+        self._thread = threading.Thread(target=self._writer.run, name="ib-stream-buffer-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Flush and fsync everything queued, then stop the writer."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
             self._thread.join()
             self._thread = None
+
+    @property
+    def io(self) -> SegmentIO:
+        """The writer's file operations (a seam: a test swaps in one that fails on purpose)."""
+        return self._writer.io
+
+    @io.setter
+    def io(self, io: SegmentIO) -> None:
+        self._writer.io = io
 
     # ---- appends ---------------------------------------------------------------------------------
     async def append(self, contract_id: int, tick_type: TickType | str, tick: Any, source: str = "api") -> AppendResult:
@@ -126,6 +121,7 @@ class TickBuffer:
 
         `on_error="reject"` (default) stores nothing of a batch holding an invalid tick and raises
         the first error; `"skip"` stores the valid ticks and reports the invalid ones in `rejected`.
+        A failed write raises `StorageFullError` / `StorageWriteError`: nothing of the batch is stored.
         """
         return await asyncio.wrap_future(self.submit(contract_id, tick_type, ticks, source, on_error))
 
@@ -138,8 +134,8 @@ class TickBuffer:
         on_error: OnError = "reject",
     ) -> Future[AppendResult]:
         """Validate, sequence and enqueue a batch from any thread; the future resolves when durable."""
-        if self._failed is not None:
-            raise StorageError(f"buffer writer stopped after an error: {self._failed}")
+        if self._writer.failed is not None:
+            raise StorageError(f"buffer writer stopped after an error: {self._writer.failed}")
         if self._thread is None:
             raise StorageError("buffer is not open")
         stream = StreamKey(
@@ -147,6 +143,9 @@ class TickBuffer:
         )
         validator = self._validators[stream.tick_type]
         with self._lock:
+            if self._outage is not None:  # refused at once while the writer waits for the disk
+                self.stats.refused_ticks += len(ticks)
+                raise self._outage.refusal()
             recv_ts = max(self.clock.now_ns(), self._last_recv)
             self._last_recv = recv_ts
             first = self._next_seq.get(stream, 1)
@@ -169,7 +168,7 @@ class TickBuffer:
                 self._hot[stream] = HotStream(stream.tick_type, first)
             result = AppendResult(stream, first, first + len(records) - 1, len(records), rejected)
             self._inflight.append(recv_ts)
-            self._queue.put(_Write(stream, self.layout.segment_start(recv_ts), data, records, future, result))
+            self._queue.put(Write(stream, self.layout.segment_start(recv_ts), data, records, future, result))
         return future
 
     # ---- what the archiver and queries need -------------------------------------------------------------
@@ -196,127 +195,96 @@ class TickBuffer:
 
     @property
     def running(self) -> bool:
-        """Whether appends are accepted: the writer thread is alive and has not failed."""
-        return self._failed is None and self._thread is not None and self._thread.is_alive()
+        """Whether the writer thread is alive and has not stopped for good (it may be waiting for the disk)."""
+        return self._writer.failed is None and self._thread is not None and self._thread.is_alive()
 
     @property
     def failure(self) -> BaseException | None:
-        """The error that stopped the writer, if one did."""
-        return self._failed
+        """Why appends fail now: the storage outage, or the error that stopped the writer."""
+        outage = self._outage
+        return outage.error if outage is not None else self._writer.failed
+
+    @property
+    def outage(self) -> Outage | None:
+        """The storage outage the writer is waiting out, if any."""
+        return self._outage
 
     def pending_writes(self) -> int:
         with self._lock:
             return len(self._inflight)
 
+    def acked(self) -> dict[StreamKey, Mark]:
+        """Each stream's highest acknowledged seq (recovered at open, then raised by every commit)."""
+        with self._lock:
+            return dict(self._acked)
+
+    # ---- lost ranges while running -------------------------------------------------------------------
+    def find_lost(self, archived_seqs: Callable[[], dict[StreamKey, int]]) -> list[LostRange]:
+        """Acknowledged seqs above the archived watermark that no segment holds now (segments removed).
+
+        A stream whose open segment is missing is skipped: the writer copies that one back from the open file.
+        """
+        with self._lock:
+            acked, open_paths = dict(self._acked), dict(self._open_paths)
+        before = archived_seqs()
+        listed = {}
+        for stream in acked:
+            path = open_paths.get(stream)
+            if path is None or path.exists():
+                listed[stream] = bounds_above(self.layout.segments(stream), before.get(stream, 0))
+        archived = archived_seqs()  # read again after listing: retention deletes only archived segments
+        holes = [h for s, b in listed.items() for h in find_holes(s, b, archived.get(s, 0), acked[s])]
+        return [self._span_from_hot(h) for h in holes]
+
+    def _span_from_hot(self, hole: LostRange) -> LostRange:
+        hot = self._hot.get(hole.stream)
+        if hot is None:
+            return hole
+        stamps = []
+        for chunk in hot.snapshot().chunks:
+            if chunk.last_seq >= hole.first_seq and chunk.first_seq <= hole.last_seq:
+                seq = chunk.table.column("seq").to_numpy()
+                ts = chunk.table.column("ts").to_numpy().view(np.int64)
+                stamps.append(ts[(seq >= hole.first_seq) & (seq <= hole.last_seq)])
+        held = np.concatenate(stamps) if stamps else np.empty(0, np.int64)
+        if not held.size:
+            return hole
+        return LostRange(hole.stream, hole.first_seq, hole.last_seq, int(held.min()), int(held.max()))
+
     # ---- recovery ------------------------------------------------------------------------------------
-    def _recover_stream(self, stream: StreamKey, catalog_last: int, archived: int) -> None:
+    def _recover_stream(self, stream: StreamKey, catalog_last: int, archived: int, mark: Mark | None) -> None:
         segments = self.layout.segments(stream)
         for segment in segments:
-            self._truncate_torn_tail(segment)
-        last_seq = max(catalog_last, archived, _last_seq_on_disk(segments))
-        self._next_seq[stream] = last_seq + 1
+            torn = truncate_torn_tail(segment.path)
+            if torn is not None:
+                self.stats.torn_lines_truncated += 1
+                self.stats.torn_files.append(str(segment.path))
+                log.warning("truncated a torn last line in %s (%d bytes kept of %d)", segment.path, *torn)
+        bounds = bounds_above(segments, archived)
+        self.lost_on_open += find_holes(stream, bounds, archived, mark)
+        on_disk = Mark(bounds[-1].last_seq, bounds[-1].last_ts, 0) if bounds else None
+        acked = max((m for m in (mark, on_disk) if m is not None), key=lambda m: m.seq, default=None)
+        if acked is not None:
+            self._acked[stream] = acked
+        # Never reuse a seq: continue after the highest ever acknowledged, even when its segment is gone.
+        self._next_seq[stream] = max(catalog_last, archived, acked.seq if acked else 0) + 1
         # Warm the hot tier with what only the buffer holds (seq > archived): parsing JSON is the
         # slow part of a restart, and archived ticks are answered from Parquet just as exactly.
         hot = HotStream(stream.tick_type, archived + 1)
-        for segment in segments:
-            if segment_last_seq(segment.path, stream.tick_type) <= archived:
+        for b in bounds:
+            if b.last_seq <= archived:
                 continue
-            table, _ = read_segment_file(segment.path, stream.tick_type)
+            table, _ = read_segment_file(b.segment.path, stream.tick_type)
             seq = table.column("seq").to_numpy()
             if seq.size and seq[0] > archived + 1 and hot.snapshot().chunks == ():
-                log.error(
-                    "stream %s: ticks %d..%d are in neither the archive nor the buffer",
-                    stream,
-                    archived + 1,
-                    seq[0] - 1,
-                )
-                hot = HotStream(stream.tick_type, int(seq[0]))
+                hot = HotStream(stream.tick_type, int(seq[0]))  # the seqs below are lost (reported above)
             hot.add_table(table.filter(pa.array(seq > archived)))
         self._hot[stream] = hot
 
-    def _truncate_torn_tail(self, segment: Segment) -> None:
-        path = segment.path
-        with open(path, "rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            keep = _last_newline_end(handle, size)
-            handle.truncate(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.stats.torn_lines_truncated += 1
-        self.stats.torn_files.append(str(path))
-        log.warning("truncated a torn last line in %s (%d bytes kept of %d)", path, keep, size)
-
-    # ---- writer thread ----------------------------------------------------------------------------
-    def _writer(self) -> None:
-        interval = self.config.fsync_interval_ms / 1000.0
-        handles: dict[StreamKey, tuple[int, IO[bytes]]] = {}
-        dirty: dict[int, IO[bytes]] = {}
-        pending: list[_Write] = []
-        last_fsync = time.monotonic()
-        stopping = False
-        try:
-            while True:
-                wait = max(0.0, interval - (time.monotonic() - last_fsync)) if pending else _IDLE_WAKE_SECONDS
-                items = _drain(self._queue, None if stopping else wait)
-                for item in items:
-                    if item is _STOP:
-                        stopping = True
-                        continue
-                    handle = self._handle_for(item, handles, dirty)
-                    handle.write(item.data)
-                    pending.append(item)
-                due = stopping or interval == 0 or time.monotonic() - last_fsync >= interval
-                if pending and due:
-                    self._commit(pending, dirty)
-                    last_fsync = time.monotonic()
-                    pending = []
-                self._close_ended(handles, dirty)
-                if stopping and not pending and self._queue.empty():
-                    break
-        except BaseException as e:  # a write failure stops the buffer; no append is acknowledged after it
-            self._failed = e
-            log.exception("buffer writer failed")
-            error = StorageError(f"buffer write failed: {e}")
-            for item in pending + [i for i in _drain(self._queue, None) if i is not _STOP]:
-                item.future.set_exception(error)
-        finally:
-            for _, handle in handles.values():
-                handle.close()
-
-    def _handle_for(
-        self, item: _Write, handles: dict[StreamKey, tuple[int, IO[bytes]]], dirty: dict[int, IO[bytes]]
-    ) -> IO[bytes]:
-        current = handles.get(item.stream)
-        if current is not None and current[0] == item.segment_start:
-            handle = current[1]
-        else:
-            if current is not None:
-                self._fsync_close(current[1], dirty)
-            segment = self.layout.segment(item.stream, item.segment_start)
-            created = not segment.path.exists()
-            if created:
-                _make_dirs_durably(segment.path.parent, self.layout.buffer_dir)
-            handle = open(segment.path, "ab")  # noqa: SIM115 - kept open across writes
-            if created:
-                fsync_dir(segment.path.parent)  # the new file's name survives a power loss
-            handles[item.stream] = (item.segment_start, handle)
-        dirty[id(handle)] = handle
-        return handle
-
-    def _commit(self, pending: list[_Write], dirty: dict[int, IO[bytes]]) -> None:
-        started = time.perf_counter()
-        for handle in dirty.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-        dirty.clear()
-        self.stats.fsync_seconds += time.perf_counter() - started
-        self.stats.fsyncs += 1
-        for item in pending:
+    # ---- the writer thread's host (WriterHost) ---------------------------------------------------------
+    def acknowledged(self, writes: list[Write], marks: Mapping[StreamKey, Mark]) -> None:
+        """A group is durable and its marks recorded: into the hot cache, to the listeners, then resolved."""
+        for item in writes:
             self._hot[item.stream].add(item.data, item.result.count)
             for listener in self.listeners:
                 try:
@@ -326,25 +294,36 @@ class TickBuffer:
             self.stats.ticks_written += item.result.count
             self.stats.batches_written += 1
         with self._lock:
-            for _ in pending:
+            for _ in writes:
                 self._inflight.popleft()
-        for item in pending:
+            self._acked.update(marks)
+        for item in writes:
             item.future.set_result(item.result)
 
-    def _close_ended(self, handles: dict[StreamKey, tuple[int, IO[bytes]]], dirty: dict[int, IO[bytes]]) -> None:
-        now = self.clock.now_ns()
-        for stream, (start, handle) in list(handles.items()):
-            if start + self.layout.segment_ns <= now and id(handle) not in dirty:
-                handle.close()
-                del handles[stream]
+    def refuse_all(self, outage: Outage, unwritten: list[Write]) -> list[Any]:
+        """Enter an outage: drain the queue and rewind each stream's next seq to its first unacknowledged one."""
+        with self._lock:
+            failed: list[Any] = unwritten + drain(self._queue, None)
+            for item in sorted((w for w in failed if w is not STOP), key=lambda w: -w.result.first_seq):
+                self._next_seq[item.stream] = item.result.first_seq  # ends at each stream's lowest: gap-free
+            self._inflight.clear()  # everything unacknowledged is in `failed`
+            self._outage = outage
+        return failed
 
-    def _fsync_close(self, handle: IO[bytes], dirty: dict[int, IO[bytes]]) -> None:
-        # A rotated-away file is closed only after the next commit made it durable.
-        if id(handle) in dirty:
-            handle.flush()
-            os.fsync(handle.fileno())
-        dirty.pop(id(handle), None)
-        handle.close()
+    def update_outage(self, outage: Outage) -> None:
+        with self._lock:
+            self._outage = outage
+
+    def resume(self) -> None:
+        with self._lock:
+            self._outage = None
+
+    def segment_opened(self, stream: StreamKey, path: Path | None) -> None:
+        with self._lock:
+            if path is None:
+                self._open_paths.pop(stream, None)
+            else:
+                self._open_paths[stream] = path
 
 
 def _canonical_batch(
@@ -364,55 +343,6 @@ def _canonical_batch(
             continue
         seq += 1
     return records, tuple(rejected)
-
-
-def _make_dirs_durably(directory: Path, root: Path) -> None:
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        fsync_dir(path.parent)
-
-
-def _drain(q: queue.SimpleQueue[Any], timeout: float | None) -> list[Any]:
-    items: list[Any] = []
-    try:
-        items.append(q.get(timeout=timeout) if timeout is not None else q.get_nowait())
-        while True:
-            items.append(q.get_nowait())
-    except queue.Empty:
-        pass
-    return items
-
-
-def _last_newline_end(handle: IO[bytes], size: int) -> int:
-    position = size
-    while position > 0:
-        step = min(65_536, position)
-        position -= step
-        handle.seek(position)
-        found = handle.read(step).rfind(b"\n")
-        if found >= 0:
-            return position + found + 1
-    return 0
-
-
-def _last_seq_on_disk(segments: list[Segment]) -> int:
-    for segment in reversed(segments):
-        with open(segment.path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                continue
-            start = max(0, size - 65_536)
-            handle.seek(start)
-            lines = handle.read().rstrip(b"\n").rsplit(b"\n", 1)
-            try:
-                return int(orjson.loads(lines[-1])["seq"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise StorageError(f"segment {segment.path} ends with an unreadable line: {e}") from e
-    return 0
 
 
 def _contract_id(value: Any) -> int:

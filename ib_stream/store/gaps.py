@@ -59,6 +59,8 @@ class GapReason(StrEnum):
     SERVICE_CRASH = "service_crash"  # the service died without stopping (found at the next start)
     SUBSCRIPTION_REFUSED = "subscription_refused"  # IB refused the subscription (permissions, limits)
     BROKER_UNREACHABLE = "broker_unreachable"  # IB is enabled but TWS / IB Gateway never answered since start-up
+    STORAGE_ERROR = "storage_error"  # the disk refused writes (full, I/O error): ticks produced meanwhile were dropped
+    STORAGE_LOST = "storage_lost"  # acknowledged ticks are on no disk any more (a buffer segment removed or lost)
 
 
 class BackfillState(StrEnum):

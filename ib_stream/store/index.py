@@ -272,6 +272,19 @@ class PartitionIndex(SqliteDatabase):
         rows = self._query("SELECT contract_id, tick_type, max(last_seq) FROM tick_archives GROUP BY 1, 2")
         return {StreamKey(c, TickType(t)): s for c, t, s in rows}
 
+    def has_file(self, path: str) -> bool:
+        """Whether the catalog lists this file (relative to the archive directory)."""
+        return bool(self._query("SELECT 1 FROM tick_archives WHERE file_path = ?", (path,)))
+
+    def end_before(self, stream: StreamKey, seq: int) -> int | None:
+        """The last event time of the catalogued file holding the highest seqs below `seq` (None: no such file)."""
+        rows = self._query(
+            "SELECT end_time FROM tick_archives WHERE contract_id=? AND tick_type=? AND last_seq < ? "
+            "ORDER BY last_seq DESC LIMIT 1",
+            (stream.contract_id, stream.tick_type.value, seq),
+        )
+        return int(rows[0][0]) if rows else None
+
     def streams(self) -> list[StreamKey]:
         rows = self._query(
             "SELECT contract_id, tick_type FROM stream_state UNION SELECT contract_id, tick_type FROM tick_archives"

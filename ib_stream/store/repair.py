@@ -1,4 +1,8 @@
-"""Check and repair the catalog against the archive files: `verify` and `index rebuild`."""
+"""Check and repair the catalog against the archive files: `verify` and `index rebuild`.
+
+`verify` also checks seqs against the high-water marks: every acknowledged seq above a stream's archived
+watermark must be in a buffer segment; ranges that are not (and those recorded lost before) are `lost`.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from ib_stream.settings import StorageConfig
 from ib_stream.store.archive import describe_file
 from ib_stream.store.index import ArchiveFile, PartitionIndex
 from ib_stream.store.layout import Layout, Partition
+from ib_stream.store.recovery import bounds_above, find_holes, unrecorded
 from ib_stream.store.schema import META_JSONL_BYTES, META_SOURCES, file_sha256
+from ib_stream.store.seqmarks import SeqMarks
 from ib_stream.store.statistics import StatisticsUpdater
 
 Progress = Callable[[int], None]
-PROBLEM_KINDS = ("missing", "extra", "size", "row_count", "checksum", "unreadable")
+PROBLEM_KINDS = ("missing", "extra", "size", "row_count", "checksum", "unreadable", "lost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +35,7 @@ class Problem:
     """One mismatch between the catalog and the archive files."""
 
     kind: str  # one of PROBLEM_KINDS
-    path: str  # relative to the archive directory
+    path: str  # relative to the archive directory (`lost`: the stream's buffer directory)
     detail: str
 
 
@@ -57,13 +63,14 @@ def count_archive_files(config: StorageConfig) -> int:
 
 
 def verify(config: StorageConfig, *, checksums: bool = True, progress: Progress | None = None) -> VerifyReport:
-    """Compare every catalog row with its file and every file with the catalog."""
+    """Compare every catalog row with its file and every file with the catalog; report lost seqs."""
     layout = Layout.of(config)
     index = PartitionIndex(layout.index_file, readonly=True)
     report = VerifyReport()
     try:
         catalogued = {f.file_path: f for f in index.files()}
         retired = {path for path, _ in index.retired()}
+        report.problems += _lost_seqs(layout, index)
     finally:
         index.close()
     on_disk = {layout.relative(p) for p in layout.archive_files()}
@@ -75,6 +82,42 @@ def verify(config: StorageConfig, *, checksums: bool = True, progress: Progress 
     for path in sorted(on_disk - set(catalogued) - retired):
         report.problems.append(Problem("extra", path, "file is in the archive but not in the catalog"))
     return report
+
+
+def _lost_seqs(layout: Layout, index: PartitionIndex) -> list[Problem]:
+    """Recorded lost ranges, and acknowledged seqs above the watermark that no segment holds (not recorded yet)."""
+    marks = SeqMarks(layout.index_file, readonly=True)
+    try:
+        acked, recorded = marks.marks(), marks.lost()
+    finally:
+        marks.close()
+    problems = [
+        Problem("lost", _stream_path(layout, r.stream), f"{r.detail} (gap {r.gap_id})" if r.gap_id else r.detail)
+        for r in recorded
+    ]
+    listed = {s: layout.segments(s) for s in sorted(set(acked) | set(layout.buffered_streams()))}
+    archived = index.archived_seqs()  # after listing the segments: retention deletes only archived ones
+    for stream, segments in listed.items():
+        floor = archived.get(stream, 0)
+        holes = find_holes(stream, bounds_above(segments, floor), floor, acked.get(stream))
+        for hole in unrecorded(holes, [r for r in recorded if r.stream == stream]):
+            problems.append(
+                Problem(
+                    "lost",
+                    _stream_path(layout, stream),
+                    f"acknowledged seqs {hole.first_seq}..{hole.last_seq} ({hole.count} ticks) are in no segment "
+                    "(not recorded yet: the service records them at its next buffer check or start)",
+                )
+            )
+    return problems
+
+
+def _stream_path(layout: Layout, stream: StreamKey) -> str:
+    directory = layout.stream_dir(stream)
+    try:
+        return directory.relative_to(layout.data_root).as_posix()
+    except ValueError:
+        return str(directory)
 
 
 def _check_file(absolute: Path, row: ArchiveFile, checksums: bool, report: VerifyReport) -> None:

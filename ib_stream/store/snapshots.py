@@ -163,6 +163,7 @@ class SnapshotStore:
                 if old.boundary_ns == snapshot.boundary_ns and old.path != final:
                     old.path.unlink(missing_ok=True)
         except OSError as e:
+            temp.unlink(missing_ok=True)  # a full disk keeps no half-written snapshot
             raise StorageError(f"book snapshot {final} cannot be written: {e}", details={"path": str(final)}) from e
         return final
 

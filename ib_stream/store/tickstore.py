@@ -1,5 +1,11 @@
 """The writable tick store: owns the data root (a lock file), the buffer, the archiver, the
 catalog and the query engine, and exposes the background jobs as plain idempotent methods.
+
+It also keeps seqs honest across what can happen to the files: acknowledged seqs that no segment holds
+any more (a segment removed, a bad disk) are found at start-up, by the buffer check of the archive and
+maintenance jobs and by archival, logged, and recorded once each — a `storage_lost` gap in the ledger and
+a row in `lost_seqs` (which `ib-stream verify` reports); the next seq always follows the highest ever
+acknowledged.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from ib_stream.store.archive import Archiver, ArchiveReport
 from ib_stream.store.buffer import AppendResult, OnError, TickBuffer
 from ib_stream.store.cache import ChangeTracker, QueryCache
 from ib_stream.store.depth_rollups import update_depth_rollups
-from ib_stream.store.gaps import GapLedger
+from ib_stream.store.gaps import GapLedger, GapReason
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import PartitionIndex
 from ib_stream.store.layout import DAY_NS, Layout, lock_path
 from ib_stream.store.provenance import Provenance, batch_sources
 from ib_stream.store.query import QueryEngine
+from ib_stream.store.recovery import unrecorded
 from ib_stream.store.rollups import update_rollups
+from ib_stream.store.seqmarks import LostRange, SeqMarks
 from ib_stream.store.snapshots import SnapshotReport, SnapshotWriter
+from ib_stream.times import iso_us
 
 log = logging.getLogger(__name__)
 _EVERYTHING_ARCHIVED = 1 << 62
@@ -73,6 +82,7 @@ class TickStore:
         self._lock_file: IO[str] | None = None
         self.index: PartitionIndex
         self.gaps: GapLedger
+        self.marks: SeqMarks
         self.buffer: TickBuffer
         self.archiver: Archiver
         self.engine: QueryEngine
@@ -87,11 +97,15 @@ class TickStore:
         try:
             self.index = PartitionIndex(self.layout.index_file)
             self.gaps = GapLedger(self.layout.index_file)
+            self.marks = SeqMarks(self.layout.index_file)
             self.buffer = TickBuffer(self.config, self.layout, self.clock)
             self.buffer.listeners.append(self._track)
-            self.archiver = Archiver(self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record)
+            self.archiver = Archiver(
+                self.config, self.layout, self.index, self.buffer, self.clock, self.tracker.record, self._lost_found
+            )
             self.temp_files_removed = self.archiver.cleanup_temp_files()
-            self.buffer.open(self.index.last_seqs(), self.index.archived_seqs())
+            self.buffer.open(self.index.last_seqs(), self.index.archived_seqs(), self.marks)
+            self.record_lost(self.buffer.lost_on_open, "at start-up")
             self.provenance = Provenance.open(self.layout, self.index, self.buffer)
             self.engine = QueryEngine(self.layout, self.index, _LiveHot(self.buffer), self.cache, self.clock)
             self.snapshots = SnapshotWriter.for_engine(self.engine)
@@ -124,7 +138,7 @@ class TickStore:
         buffer = getattr(self, "buffer", None)
         if buffer is not None:
             buffer.close()
-        for db in (getattr(self, "index", None), getattr(self, "gaps", None)):
+        for db in (getattr(self, "index", None), getattr(self, "gaps", None), getattr(self, "marks", None)):
             if db is not None:
                 db.close()
         self.executor.shutdown(wait=True)
@@ -172,10 +186,75 @@ class TickStore:
         if self._lock_file is not None and self.provenance.is_new(contract_id, sources):
             self.provenance.note(contract_id, sources)
 
+    def write_status(self) -> tuple[bool, str]:
+        """Whether the store accepts appends, and why not (or how many are pending)."""
+        buffer = self.buffer
+        outage = buffer.outage
+        if outage is not None:
+            error = outage.error
+            return False, (
+                f"{error.code}: appends refused since {iso_us(outage.since_ns)}: {error.details.get('reason')} "
+                f"({error.details.get('path') or 'buffer'}); {outage.retries} retries, next in "
+                f"{outage.next_retry_seconds:g}s"
+            )
+        if buffer.failure is not None:
+            return False, f"buffer writer stopped after an error: {buffer.failure}"
+        if not buffer.running:
+            return False, "buffer writer is not running"
+        return True, f"{buffer.pending_writes()} writes pending"
+
     # ---- jobs (plain, idempotent; the scheduler only calls them) ---------------------------------------------
     def run_archival(self) -> ArchiveReport:
-        """Archive every sealed segment (the every-minute rotation/archive job)."""
+        """Check the buffer for lost seqs, then archive every sealed segment (the every-minute archive job)."""
+        self.check_buffer()
         return self.archiver.archive_sealed()
+
+    def check_buffer(self) -> list[LostRange]:
+        """Find acknowledged seqs no segment holds any more; record each new range once (see `record_lost`)."""
+        return self.record_lost(self.buffer.find_lost(self.index.archived_seqs), "by the buffer check")
+
+    def record_lost(self, found: list[LostRange], when: str, *, strict: bool = False) -> list[LostRange]:
+        """Log and record (gap ledger `storage_lost`, `lost_seqs`) the ranges not recorded yet; return those.
+
+        A range that cannot be recorded (the catalog cannot commit) is logged and found again by the next check;
+        `strict` raises instead (archival must not pass seqs it could not record).
+        """
+        if not found:
+            return []
+        recorded = self.marks.lost()
+        new: list[LostRange] = []
+        for stream in sorted({f.stream for f in found}):
+            known = [r for r in recorded if r.stream == stream]
+            new += unrecorded([f for f in found if f.stream == stream], known)
+        for lost in new:
+            before = self.index.end_before(lost.stream, lost.first_seq)
+            start = min(lost.start_ns, before) if before is not None else lost.start_ns
+            detail = (
+                f"acknowledged seqs {lost.first_seq}..{lost.last_seq} ({lost.count} ticks) are on no disk any more "
+                f"(found {when}): a buffer segment was removed or lost; these seqs are never given again"
+            )
+            log.error("stream %s: %s", lost.stream, detail)
+            try:
+                gap_id = self.gaps.add(lost.stream, start, max(start, lost.end_ns), GapReason.STORAGE_LOST, detail)
+                lost = LostRange(lost.stream, lost.first_seq, lost.last_seq, start, lost.end_ns, detail, gap_id)
+                self.marks.record_lost(lost, self.clock.now_ns())
+            except StorageError as e:
+                if strict:
+                    raise
+                log.error(
+                    "stream %s: lost seqs %d..%d cannot be recorded yet: %s",
+                    lost.stream,
+                    lost.first_seq,
+                    lost.last_seq,
+                    e,
+                )
+                continue
+            self.buffer.stats.lost_ticks += lost.count
+        return new
+
+    def _lost_found(self, lost: LostRange) -> None:
+        # Archival met seqs no segment holds: recorded before its watermark passes them (or it fails and retries).
+        self.record_lost([lost], "by archival", strict=True)
 
     def run_compaction(self) -> ArchiveReport:
         return self.archiver.compact()
@@ -196,7 +275,9 @@ class TickStore:
         return self.snapshots.update()
 
     def run_maintenance(self) -> int:
-        """Delete files retired by compaction/retention once no reader needs them; refresh statistics."""
+        """Check the buffer for lost seqs; delete files retired by compaction/retention once no reader needs them;
+        refresh statistics."""
+        self.check_buffer()
         removed = self.archiver.reap_retired()
         self.archiver.statistics.refresh_all()
         return removed

@@ -61,11 +61,16 @@ def recording_status(state: ServiceState, sources: dict[str, dict[str, Any]]) ->
 
 @router.get(
     "/ready",
-    summary="Readiness: the store is open and the streaming app runs",
-    responses={503: {"description": "Not ready (starting, stopping, or the buffer writer failed)"}},
+    summary="Readiness: the store is open and writable and the streaming app runs",
+    responses={
+        503: {
+            "description": "Not ready: starting, stopping, or the store refuses appends (a full disk, an I/O error: "
+            "`checks.store.detail` says which and since when; it recovers by itself)"
+        }
+    },
 )
 async def ready(state: State) -> OrjsonResponse:
-    """Return 200 when the store is open and writable, the streaming app started and start-up finished."""
+    """Return 200 when the store is open and accepts appends, the streaming app started and start-up finished."""
     checks = readiness_checks(state)
     ok = all(check["ok"] for check in checks.values())
     body = {"status": "ready" if ok else "not_ready", "checks": checks, "time": now_iso()}
