@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import os
 import time
 from pathlib import Path
@@ -20,14 +19,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ib_stream.api.app import create_app
 from ib_stream.cli import app as cli
 from ib_stream.clock import ManualClock
 from ib_stream.domain import Contract
 from ib_stream.settings import Settings, SimConfig
 from ib_stream.sources.sim import SimSource
 from tests.conftest import T0_NS, trade
-from tests.e2e import conftest as harness
 from tests.e2e.conftest import AAPL, LiveServer, start_server
 from tests.e2e.conftest import test_settings as service_settings
 
@@ -40,10 +37,8 @@ def settings_for(root: Path) -> Settings:
 
 
 def start_clocked_server(root: Path, clock: ManualClock) -> tuple[LiveServer, Any]:
-    """The harness's server, with the app built on a manual clock (so segments rotate when the test says)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness, "create_app", functools.partial(create_app, clock=clock))
-        return start_server(settings_for(root))
+    """The harness's server on a manual clock (so segments rotate when the test says)."""
+    return start_server(settings_for(root), clock=clock)
 
 
 def post(server: LiveServer, n: int, first: int) -> httpx.Response:
