@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Re-install only when the package metadata changed (idempotent, fast on the second run).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,duckdb]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,8 @@ from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The services the tests start list themselves in a state directory of the test run, not the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="ib-stream-test-state-")
 T0 = datetime(2025, 1, 10, 14, 0, tzinfo=UTC)  # a Friday, 09:00 New York
 T0_NS = to_ns(T0)
 CONTRACT = 265598

@@ -30,6 +30,7 @@ from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings, StorageConfig, load_settings
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.readonly import open_readonly_engine
+from ib_stream.store.service_file import data_root_in_use
 from ib_stream.store.snapshots import BookAt, book_at
 from ib_stream.times import TimeLike, iso_compact, to_utc_ns
 
@@ -58,8 +59,9 @@ class StorageQuery:
     """Public query API: `await StorageQuery().query_range(contract_id, tick_types, start_time, ...)`.
 
     With no engine it opens a data root read-only (safe while the service is writing): that of `config`,
-    else that of the settings (`load_settings()`), and reads the contracts file of the settings once,
-    now. The service passes its own engine and contracts. `contracts` give each contract its calendar
+    else that of the settings (`load_settings()`) — or, when that holds no catalog, that of the one
+    `ib-stream serve` running (`store.service_file.data_root_in_use`) — and reads the contracts file of
+    the settings once, now. The service passes its own engine and contracts. `contracts` give each contract its calendar
     (CVD reset, `1d` bars); a contract not among them is made up with the XNYS calendar.
     """
 
@@ -75,7 +77,7 @@ class StorageQuery:
             settings = None
             if config is None:
                 settings = load_settings()
-                config = settings.storage
+                config = data_root_in_use(settings.storage)  # else that of the running service
             engine = open_readonly_engine(config)
             if contracts is None:
                 contracts = _configured_contracts(settings)

@@ -51,7 +51,9 @@ def open_readonly_engine(config: StorageConfig | None = None) -> QueryEngine:
     layout = Layout.of(config)
     if not layout.index_file.is_file():
         raise StorageError(
-            f"no catalog at {layout.index_file}: is the data root {layout.data_root} right, and has data been stored?",
+            f"no catalog at {layout.index_file}: is the data root {layout.data_root} right, and has data been stored? "
+            "Start the service (`make run`) or name the data root: StorageQuery(config=StorageConfig(data_root=...)) "
+            "or IB_STREAM_STORAGE__DATA_ROOT",
             details={"path": str(layout.index_file)},
         )
     index = PartitionIndex(layout.index_file, readonly=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +16,9 @@ from pydantic.fields import FieldInfo
 import ib_stream.errors as errors_module
 from ib_stream.cli import app
 from ib_stream.cli_support import exit_code_for
-from ib_stream.clock import ManualClock
 from ib_stream.errors import IbStreamError
 from ib_stream.jobs import job_intervals
 from ib_stream.settings import Settings, StorageConfig
-from ib_stream.storage import TickStore
-from tests.conftest import CONTRACT, T0_NS, quote, seconds, trade
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PROGRAM = "ib-stream"
@@ -169,36 +164,4 @@ def test_relative_links_point_to_existing_pages() -> None:
             assert (page.parent / target).is_file(), f"{page.relative_to(DOCS)} links to missing {target}"
 
 
-@pytest.fixture
-def example_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """`storage/` in the working directory: 2025-01-10 14:00–15:00 of quotes and trades, partly archived."""
-    for key in [k for k in os.environ if k.startswith("IB_STREAM_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    clock = ManualClock(T0_NS)
-    with TickStore(StorageConfig(data_root=Path("storage"), fsync_interval_ms=1), clock) as store:
-        for minute in range(60):
-            first = T0_NS + seconds(minute * 60)
-            store.append_batch_sync(CONTRACT, "last", [trade(first + seconds(i * 6), i) for i in range(10)])
-            store.append_batch_sync(CONTRACT, "bid_ask", [quote(first + seconds(i * 3), i) for i in range(20)])
-            clock.advance(60)
-            if minute == 44:
-                store.run_archival()  # 14:00–14:45 archived, the rest still in the buffer
-    yield tmp_path
-
-
-def python_blocks(relative: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", read(relative), re.S)
-
-
-def test_query_from_python_examples_run(example_root: Path) -> None:
-    namespace: dict[str, Any] = {}
-    blocks = python_blocks("howto/query-from-python.md")
-    assert len(blocks) >= 5
-    for block in blocks:
-        if "duckdb" in block and importlib.util.find_spec("duckdb") is None:
-            continue  # DuckDB is not a dependency; these examples were run by hand with it
-        exec(compile(block, "docs/howto/query-from-python.md", "exec"), namespace)
-    assert len(namespace["ticks"]) == 30 * 30  # 14:30–15:00: 10 trades + 20 quotes a minute
-    assert namespace["bars"]["trade_count"].tolist() == [10] * 60
-    assert namespace["flow"]["trade_count"].tolist() == [50] * 6
+# The Python examples of the docs run against a live service: tests/integration/test_docs_live.py.
