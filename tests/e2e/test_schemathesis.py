@@ -158,3 +158,40 @@ def test_the_schema_covers_the_routes(service: LiveServer) -> None:
     paths = set(document["paths"])
     assert {"/v2/historical/{contract_id}", "/v2/contracts", "/v2/contracts/{contract_id}/coverage"} <= paths
     assert {"/health", "/ready", "/metrics", "/v2/ticks", "/v2/contracts/{contract_id}/backfill"} <= paths
+
+
+def test_linked_operations_never_answer_with_a_server_error(api_schema: BaseSchema) -> None:
+    """Stateful: POST /v2/ticks, then the reads its links name (latest, coverage, historical) of that contract."""
+    machine = api_schema.as_state_machine()
+    calls: list[tuple[str, int]] = []
+
+    class Linked(machine):  # type: ignore[misc,valid-type]
+        def before_call(self, case: Case) -> None:
+            if case.headers:
+                case.headers.pop("Authorization", None)  # the configured token, not a generated one
+            if case.operation.label == "POST /v2/ticks":  # valid, so its links are followed (invalid bodies: above)
+                case.body = {"contract_id": AAPL, "tick_type": "last", "ticks": [trade(T0_NS + 10**12, 1)]}
+            if case.operation.path in STREAMING:
+                case.query = {**(case.query or {}), "timeout": "1"}
+
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"headers": AUTH, "timeout": 15}
+
+        def validate_response(self, response: Any, case: Case, **kwargs: Any) -> None:
+            calls.append((case.operation.label, response.status_code))
+            assert response.status_code < 500, f"{case.operation.label}: {response.status_code} {response.text[:300]}"
+
+    Linked.run(
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=4,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    linked = {"GET /v2/latest/{contract_id}", "GET /v2/contracts/{contract_id}/coverage"}
+    assert ("POST /v2/ticks", 200) in calls, sorted(set(calls))
+    assert any(label in linked and status == 200 for label, status in calls), sorted(set(calls))

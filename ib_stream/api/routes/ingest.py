@@ -49,16 +49,32 @@ class TickBatch(BaseModel):
     )
 
 
+# OpenAPI links: what a client (or a stateful test) can read of the contract a batch was stored for.
+_CONTRACT = {"contract_id": "$response.body#/contract_id"}
+_READS_OF_THE_CONTRACT = {
+    "latest": {"operationId": "latest_v2_latest__contract_id__get", "parameters": _CONTRACT},
+    "coverage": {"operationId": "coverage_v2_contracts__contract_id__coverage_get", "parameters": _CONTRACT},
+    "historical": {
+        "operationId": "historical_v2_historical__contract_id__get",
+        "parameters": {**_CONTRACT, "tick_types": "$response.body#/tick_type"},
+    },
+}
+
+
 @router.post(
     "/v2/ticks",
     summary="Append ticks from an external producer",
     dependencies=[Depends(require_token)],
     responses={
+        200: {"description": "Stored: the seq range the batch got", "links": _READS_OF_THE_CONTRACT},
         401: {"description": "Missing or wrong bearer token"},
         403: {"description": "Disabled: no api.token configured"},
         404: {"description": "Unknown contract"},
         409: {"description": "idempotency_key reused for a different batch"},
+        413: {"description": "Body larger than api.max_body_mb"},
         422: {"description": "Invalid batch or tick, or a tick too far in the future (names index, field and value)"},
+        503: {"description": "The store cannot write (I/O error): nothing stored; retry after Retry-After"},
+        507: {"description": "The disk is full: nothing stored; retry after Retry-After"},
     },
 )
 async def append_ticks(state: State, batch: TickBatch) -> dict[str, Any]:
