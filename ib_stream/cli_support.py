@@ -39,6 +39,7 @@ from ib_stream.errors import (
     IbStreamError,
     QueryError,
     StorageError,
+    StorageFullError,
     ValidationError,
 )
 from ib_stream.settings import Settings, StorageConfig, load_settings
@@ -101,6 +102,8 @@ def one_line(message: str) -> str:
 
 
 def _hint(error: IbStreamError) -> str:
+    if isinstance(error, StorageFullError):
+        return " (no space left on the device: free some space and run it again)"
     if isinstance(error, CorruptFileError):
         return " (`ib-stream verify` lists every damaged archive file)"
     if error.__cause__ is not None and is_damage(error.__cause__):

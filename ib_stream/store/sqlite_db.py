@@ -26,6 +26,8 @@ class SqliteDatabase:
         self.path = path
         self.readonly = readonly
         self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's connection: `close` closes them all
+        self._opened_lock = threading.Lock()
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -37,10 +39,13 @@ class SqliteDatabase:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             try:
+                # Used by the thread that opened it only; `check_same_thread=False` lets `close` end it from another.
                 if self.readonly:
-                    db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+                    db = sqlite3.connect(
+                        f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None, check_same_thread=False
+                    )
                 else:
-                    db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                    db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA journal_mode=WAL")
                     db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as e:
@@ -48,6 +53,8 @@ class SqliteDatabase:
                     f"{self.what} {self.path} cannot be opened: {e}", details={"path": str(self.path)}
                 ) from e
             self._local.db = db
+            with self._opened_lock:
+                self._opened.append(db)
         return db
 
     @contextlib.contextmanager
@@ -71,8 +78,10 @@ class SqliteDatabase:
             raise StorageError(f"{self.what} {self.path} read failed: {e}") from e
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        """Close the connections of every thread (when none of them uses the database any more): the last one to
+        close checkpoints the WAL and removes it, so the file alone is the whole database again."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for db in opened:
             db.close()
-            self._local.db = None
+        self._local = threading.local()

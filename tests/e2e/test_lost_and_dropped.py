@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from ib_stream.cli import app as cli
 from ib_stream.clock import ManualClock
 from ib_stream.domain import Contract
 from ib_stream.settings import Settings, SimConfig
@@ -27,6 +24,7 @@ from ib_stream.sources.sim import SimSource
 from tests.conftest import T0_NS, trade
 from tests.e2e.conftest import AAPL, LiveServer, start_server
 from tests.e2e.conftest import test_settings as service_settings
+from tests.e2e.test_storage_failures import stored_seqs, verify_cli, wait_until
 
 TOKEN = "t0ken"
 
@@ -47,13 +45,6 @@ def post(server: LiveServer, n: int, first: int) -> httpx.Response:
     return httpx.post(f"{server.url}/v2/ticks", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def recorded_gaps(server: LiveServer, tick_type: str, reason: str) -> list[dict[str, Any]]:
     body = httpx.get(f"{server.url}/v2/contracts/{AAPL}/coverage", params={"tick_types": tick_type}, timeout=30)
     return [g for g in body.json()["streams"][0]["recorded_gaps"] if g["reason"] == reason]
@@ -64,16 +55,6 @@ def metric(server: LiveServer, name: str) -> float:
         if line.startswith(f"{name} "):
             return float(line.split()[1])
     raise AssertionError(f"{name} is not exported")
-
-
-def stored_seqs(server: LiveServer) -> list[int]:
-    frame = server.run(server.state.query.query_range(AAPL, "last", T0_NS - 10**12, T0_NS + 10**12))
-    return sorted(int(s) for s in frame["seq"])
-
-
-def verify_cli(root: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["--data-dir", str(root), "verify"], env={"COLUMNS": "300"})
-    return result.exit_code, result.output
 
 
 def test_the_simulated_source_survives_a_failing_disk_and_its_outage_is_a_gap(

@@ -192,6 +192,19 @@ def observe(store: TickStore) -> dict[str, Any]:
     return seen
 
 
+def config_at(root: Path) -> StorageConfig:
+    return StorageConfig(data_root=root, fsync_interval_ms=0, compaction_delay_seconds=0, retired_file_grace_seconds=0)
+
+
+def oracle(root: Path) -> dict[str, Any]:
+    """What a store that never made the X imports answers (built under `root`)."""
+    clock = ManualClock(T0_NS)
+    config = config_at(root / "storage")
+    build(config, clock, undone=True, directory=root / "files")
+    with TickStore(config, clock) as store:
+        return observe(store)
+
+
 def assert_same(got: Any, want: Any, where: str = "") -> None:
     """Compare two observations: equal, floats within 1e-9 (relative), NaN equal to NaN."""
     if isinstance(want, float) and isinstance(got, float):

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -307,21 +308,11 @@ def test_a_read_only_file_system_is_one_line(
 def test_index_rebuild_replaces_a_corrupt_catalog_and_keeps_it_aside(
     data_root: StorageConfig, corrupt_root: Path, settings_file: Path
 ) -> None:
-    before = cli(
-        settings_file,
-        "query",
-        str(CONTRACT),
-        "--tick-types",
-        "bid_ask,last",
-        "--start",
-        START,
-        "--end",
-        END,
-        "--limit",
-        "1000",
-        "--data-dir",
-        str(data_root.data_root),
-    )
+    def every_tick(root: Path) -> Any:
+        query = ["query", str(CONTRACT), "--tick-types", "bid_ask,last", "--start", START, "--end", END]
+        return cli(settings_file, *query, "--limit", "1000", "--data-dir", str(root))
+
+    before = every_tick(data_root.data_root)
     assert before.exit_code == 0, before.output
     garbage = (corrupt_root / "index.db").read_bytes()
     for suffix in ("-wal", "-shm"):
@@ -336,21 +327,7 @@ def test_index_rebuild_replaces_a_corrupt_catalog_and_keeps_it_aside(
     assert "catalog rebuilt: 4 files, 80 ticks" in result.stdout
     assert "gap ledger" in result.stderr and "import ledger" in result.stderr and "Traceback" not in result.output
     assert cli(settings_file, "verify", "--data-dir", str(corrupt_root)).exit_code == 0
-    after = cli(
-        settings_file,
-        "query",
-        str(CONTRACT),
-        "--tick-types",
-        "bid_ask,last",
-        "--start",
-        START,
-        "--end",
-        END,
-        "--limit",
-        "1000",
-        "--data-dir",
-        str(corrupt_root),
-    )
+    after = every_tick(corrupt_root)
     assert after.stdout == before.stdout  # every tick found again, archive and buffer
 
 

@@ -32,19 +32,13 @@ C = 31
 LAST = StreamKey(C, TickType.LAST)
 
 
-def config_at(root: Path) -> StorageConfig:
-    return StorageConfig(data_root=root, fsync_interval_ms=0, compaction_delay_seconds=0, retired_file_grace_seconds=0)
+config_at = scenario.config_at
 
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """What a store that never made the X imports answers (built once for the module)."""
-    root = tmp_path_factory.mktemp("oracle")
-    clock = ManualClock(T0)
-    config = config_at(root / "storage")
-    scenario.build(config, clock, undone=True, directory=root / "files")
-    with TickStore(config, clock) as store:
-        return scenario.observe(store)
+    return scenario.oracle(tmp_path_factory.mktemp("oracle"))
 
 
 def built(tmp_path: Path) -> tuple[StorageConfig, ManualClock]:
