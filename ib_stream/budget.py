@@ -4,7 +4,8 @@ The service runs each piece of blocking work (a range read, a bar computation, a
 `Budget`: `api.query_timeout_seconds` from when it started, and the request's cancel flag, which the
 HTTP layer sets when the client goes away. The store calls `check()` between files and partitions, so
 a query past its deadline stops with `QueryTimeoutError` (503, naming the setting) and one whose client
-left stops with `RequestCancelled` — neither keeps a worker of the pool busy. Outside a budget (the
+left stops with `RequestCancelled`, and when the service shuts down every running one stops with
+`ServiceStopping` — none keeps a worker of the pool busy, and shutting down takes a bounded time. Outside a budget (the
 in-process API, the command line, background jobs) `check()` does nothing.
 
 The budget travels in a context variable, set in the worker thread for the duration of the call.
@@ -33,6 +34,13 @@ class QueryTimeoutError(IbStreamError):
     http_status = 503
 
 
+class ServiceStopping(IbStreamError):
+    """The service is shutting down: the work of a request still running was stopped (retry elsewhere or later)."""
+
+    code = "SERVICE_STOPPING"
+    http_status = 503
+
+
 class RequestCancelled(IbStreamError):
     """The client went away: the work of its request was stopped (nobody reads the answer)."""
 
@@ -46,6 +54,7 @@ class Budget:
 
     timeout_seconds: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stopping: Callable[[], bool] | None = None  # whether the service is shutting down
     deadline: float = 0.0
 
     def __post_init__(self) -> None:
@@ -54,6 +63,8 @@ class Budget:
     def check(self) -> None:
         if self.cancelled.is_set():
             raise RequestCancelled("the client closed the request; its work was stopped")
+        if self.stopping is not None and self.stopping():
+            raise ServiceStopping("the service is shutting down; the query was stopped: retry when it is back")
         if time.monotonic() > self.deadline:
             raise QueryTimeoutError(
                 f"the query ran longer than {self.timeout_seconds:g} s (api.query_timeout_seconds) and was stopped; "
@@ -108,6 +119,7 @@ __all__ = [
     "Budget",
     "QueryTimeoutError",
     "RequestCancelled",
+    "ServiceStopping",
     "budget_bound",
     "check",
     "request_cancel_flag",

@@ -131,7 +131,7 @@ def _run(settings: Settings, sockets: list[socket.socket]) -> None:
             port=settings.api.port,
             log_level="info",
             ws="websockets-sansio",
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=settings.api.shutdown_timeout_seconds,  # type: ignore[arg-type]
         )
     )
     quiet = _QuietStartupFailure(guard)

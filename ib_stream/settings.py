@@ -136,6 +136,9 @@ class ApiConfig(BaseModel):
         (),
         description="Browser origins allowed to call the API (CORS), e.g. https://dash.example.com; none by default.",
     )
+    shutdown_timeout_seconds: float = Field(
+        10, gt=0, le=600, description="Longest a stop (SIGTERM) waits for requests to end before it closes them."
+    )
     max_body_mb: float = Field(32, gt=0, le=1024, description="Largest request body (POST /v2/ticks); larger: 413.")
     live_bar_lateness_seconds: float = Field(
         2.0,

@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from ib_stream import __version__
 from ib_stream.alerts.engine import AlertEngine, stop_task
-from ib_stream.api import guards
+from ib_stream.api import guards, shutdown
 from ib_stream.api.allocator import limit_arenas
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
@@ -184,6 +184,7 @@ def create_app(
             if scheduler is not None:
                 scheduler.start()
             state.ready = True
+            shutdown.install()  # running queries stop as soon as uvicorn starts shutting down
             # Long-lived start-up objects (calendars, schemas, modules) leave the GC's generations, so
             # full collections stay short: measured ~100 ms pauses of the event loop without this.
             gc.collect()

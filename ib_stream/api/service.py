@@ -19,6 +19,7 @@ import pandas as pd
 
 from ib_stream.alerts.engine import AlertEngine
 from ib_stream.analytics.request import BarsRequest, BarsResult
+from ib_stream.api import shutdown
 from ib_stream.api.idempotency import IdempotencyCache
 from ib_stream.api.metrics import ServiceMetrics
 from ib_stream.api.reads import contract_streams, holdings, stored_streams
@@ -78,8 +79,10 @@ class ServiceState:
         return await asyncio.get_running_loop().run_in_executor(self._store.executor, call)
 
     def budget(self) -> Budget:
-        """A fresh budget for one piece of a request's work (the deadline counts from now)."""
-        return Budget(self.settings.api.query_timeout_seconds, request_cancel_flag())
+        """A fresh budget for one piece of a request's work (the deadline counts from now); it also ends when the
+        client goes away and when the server starts shutting down."""
+        stopping = functools.partial(shutdown.is_stopping, asyncio.get_running_loop())
+        return Budget(self.settings.api.query_timeout_seconds, request_cancel_flag(), stopping)
 
     async def _timed(self, endpoint: str, work: Callable[[], Awaitable[T]]) -> T:
         """Await work under a fresh budget (`StorageQuery` calls carry it to their worker), timing it."""

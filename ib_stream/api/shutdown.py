@@ -75,6 +75,16 @@ async def drain(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         await asyncio.sleep(_POLL_SECONDS)
 
 
+def is_stopping(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the server of this event loop is shutting down (safe to ask from any thread)."""
+    return loop in _stopping
+
+
+def install() -> None:
+    """Make uvicorn tell this module when it starts shutting down (idempotent; streams do it too)."""
+    _drain_before_uvicorn_shutdown()
+
+
 def _drain_before_uvicorn_shutdown() -> None:
     # uvicorn has no hook between "stop" and "close the connections": wrap its shutdown, once per
     # process (sse-starlette wraps its exit handler the same way).

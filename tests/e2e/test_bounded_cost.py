@@ -272,3 +272,31 @@ def test_limits_are_documented() -> None:
     text = (Path(__file__).parents[2] / "docs" / "reference" / "configuration.md").read_text()
     for setting in ("max_bars", "query_timeout_seconds", "max_body_mb", "max_range_days", "max_limit"):
         assert f"`{setting}`" in text
+
+
+def test_stopping_the_service_stops_running_queries_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live, stop = start_server(test_settings(tmp_path / "storage", api={"query_timeout_seconds": 600}))
+    record: dict[str, Any] = {}
+    monkeypatch.setattr(QueryEngine, "read_stream", slow_read(record))
+    answers: list[httpx.Response | Exception] = []
+
+    def query() -> None:
+        params = {"tick_types": "bid_ask", "start_time": iso(T0_NS), "end_time": iso(T0_NS + HOUR)}
+        try:
+            answers.append(httpx.get(f"{live.url}/v2/historical/{AAPL}", params=params, timeout=30))
+        except httpx.HTTPError as e:
+            answers.append(e)
+
+    asker = threading.Thread(target=query)
+    asker.start()
+    while "started" not in record:
+        time.sleep(0.01)
+    began = time.monotonic()
+    stop()  # what SIGTERM does: uvicorn shuts down (its graceful wait is 10 s by default)
+    stopped = time.monotonic() - began
+    asker.join(10)
+    assert record.get("why") == "ServiceStopping", record
+    assert record["stopped"] - began < 1 and stopped < 5
+    (answer,) = answers
+    assert isinstance(answer, httpx.Response) and answer.status_code == 503
+    assert answer.json()["error"]["code"] == "SERVICE_STOPPING"
