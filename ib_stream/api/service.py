@@ -31,6 +31,7 @@ from ib_stream.orderflow.query import StorageQuery
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings
 from ib_stream.sources.ib_backfill import Backfiller, Fetch
+from ib_stream.sources.ib_overlap import OverlapGate
 from ib_stream.store.coverage import stream_coverage, stream_holding
 from ib_stream.store.snapshots import BookAt
 from ib_stream.store.tickstore import TickStore
@@ -190,6 +191,6 @@ class ServiceState:
             return False, "buffer writer is not running"
         return True, f"{buffer.pending_writes()} writes pending"
 
-    def backfiller(self, fetch: Fetch) -> Backfiller:
-        """A backfiller that stores IB history fetched with `fetch` into this store."""
-        return Backfiller(self._store, fetch)
+    def backfiller(self, fetch: Fetch, gate: OverlapGate | None = None) -> Backfiller:
+        """A backfiller that stores IB history fetched with `fetch` into this store (`gate`: the IB source's)."""
+        return Backfiller(self._store, fetch, gate=gate)
