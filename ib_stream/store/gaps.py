@@ -5,6 +5,7 @@ it alone (it cannot be rebuilt from the archive). Times are UTC int64 ns.
 
     ledger.open_gaps([stream], now_ns, GapReason.DISCONNECT, "IB 1100: connectivity lost", code=1100)
     ledger.close_gaps([stream], now_ns)              # data flows again; the gap waits for backfill
+    ledger.open_each({stream: last_tick_ns}, ...)    # each stream from its own start (close_each: own end)
     ledger.gaps(contract_id, start_ns, end_ns)  # what /v2/contracts/{id}/coverage and `ib-stream coverage` show
 
 Service runs: the service calls `begin_run` at start-up, `heartbeat` while it runs and `end_run`
