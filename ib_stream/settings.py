@@ -218,6 +218,12 @@ class IbConfig(BaseModel):
     backfill_max_seconds: float = Field(
         6 * 3600, gt=0, description="Longest part of one gap backfilled automatically (the rest: ib-stream backfill)."
     )
+    backfill_delay_seconds: float = Field(
+        1,
+        ge=0,
+        description="Wait this long after the last second of a closed gap is over before backfilling it "
+        "(IB's history of a second still in progress is incomplete).",
+    )
     historical_requests_per_window: int = Field(
         60, ge=1, description="IB pacing: historical requests allowed per historical_window_seconds."
     )

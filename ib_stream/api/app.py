@@ -48,7 +48,7 @@ from ib_stream.jobs import build_scheduler
 from ib_stream.settings import Settings, load_settings
 from ib_stream.sinks.json_sink import JsonSink
 from ib_stream.sources.sim import SimSource
-from ib_stream.store.downtime import record_downtime
+from ib_stream.store.downtime import last_tick_times, record_downtime
 from ib_stream.store.gaps import BackfillState
 from ib_stream.store.provenance import Provenance
 from ib_stream.store.service_file import withdraw_service
@@ -124,8 +124,9 @@ def _begin_run(store: TickStore, clock: Clock, contracts: list[Contract], source
     previous = store.gaps.begin_run(clock.now_ns(), source)
     backfill = source == "ib" and settings.ib.backfill_after_reconnect
     record_downtime(
-        store.gaps, previous, clock.now_ns(), contracts, BackfillState.PENDING if backfill else BackfillState.OFF
-    )
+        store.gaps, previous, clock.now_ns(), contracts, BackfillState.PENDING if backfill else BackfillState.OFF,
+        last_ticks=last_tick_times(store, contracts), open_ended=source == "ib",  # the IB source ends it per stream
+    )  # fmt: skip
 
 
 async def _heartbeat(store: TickStore, clock: Clock, every_seconds: float) -> None:

@@ -34,6 +34,7 @@ from ib_stream.orderflow.query import StorageQuery
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings
 from ib_stream.sources.ib_backfill import Backfiller, Fetch
+from ib_stream.sources.ib_overlap import OverlapGate
 from ib_stream.store.coverage import stream_coverage, stream_holding
 from ib_stream.store.snapshots import BookAt
 from ib_stream.store.tickstore import TickStore
@@ -217,6 +218,6 @@ class ServiceState:
         """Whether the store accepts writes, and why not (or how many writes are pending)."""
         return self._store.write_status()
 
-    def backfiller(self, fetch: Fetch) -> Backfiller:
-        """A backfiller that stores IB history fetched with `fetch` into this store."""
-        return Backfiller(self._store, fetch)
+    def backfiller(self, fetch: Fetch, gate: OverlapGate | None = None) -> Backfiller:
+        """A backfiller that stores IB history fetched with `fetch` into this store (`gate`: the IB source's)."""
+        return Backfiller(self._store, fetch, gate=gate)

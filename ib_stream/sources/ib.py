@@ -11,12 +11,18 @@ only logged: the depth stream stores IB's insert/update/delete rows, and a reade
 book starts again from the rows that follow.
 
 Errors go through `ib_errors.classify` and a table of handlers (`_ACTIONS`). Gaps go to the
-store's gap ledger (`storage.gaps`) for every configured stream: a closed connection opens one
-(reason disconnect) and reconnects with exponential backoff and jitter, then resubscribes
-everything; 1100 opens one with its code; 1101/1102 close them and resubscribe; a refused
-subscription opens one (subscription_refused) until its data flows. A gap closed while connected
-is backfilled with reqHistoricalTicks (`ib_backfill`, paced by `ib_history`) when
-`backfill_after_reconnect` is on — including the service-down gaps recorded at start-up.
+store's gap ledger (`storage.gaps`) through `ib_gaps.SourceGaps`, per stream: a closed connection
+opens one (reason disconnect) on every covered stream and reconnects with exponential backoff and
+jitter, then resubscribes everything; 1100 opens one with its code; 1101/1102 open one (the
+resubscription they call for cancels every subscription) and resubscribe; a refused or stopped
+subscription opens one (subscription_refused) — a tick-by-tick one until its reqMktData fallback
+is acknowledged, any other until its data flows; the service stopping opens one. Each starts no
+later than the last tick received on its stream and ends when that stream's data flows again or
+TWS acknowledges its new subscription (`ib_subscriptions` barriers) — see `ib_gaps`. A closed gap is
+backfilled with reqHistoricalTicks (`ib_backfill`, paced by `ib_history`) when
+`backfill_after_reconnect` is on — including the service-down gaps recorded at start-up — and the
+overlap with live ticks is stored once (`ib_overlap`: live batches and a backfill's read-and-append
+of a stream hold the same lock).
 
 Threads: `IbConnection` runs ibapi's message loop on a daemon thread and hands every callback to
 this loop; one consumer task converts them with `ib_parsing` and publishes them grouped per stream
@@ -25,9 +31,9 @@ Ledger writes run on worker threads, in order, never on the event loop.
 
 Watchdog: while connected, a contract whose subscriptions delivered no callback for
 `stale_after_seconds` while its session is open (`MarketSessions.is_open_at(now, "extended")`;
-a closed market or the daily break never counts) is resubscribed; still silent after another
-`stale_after_seconds`, the connection is dropped (a gap "stale_feed" opens, logged as an error)
-and the reconnect loop takes over.
+a closed market or the daily break never counts) is resubscribed, and its streams get a gap
+"stale_feed" that only their data ends; still silent after another `stale_after_seconds`, the
+connection is dropped (logged as an error) and the reconnect loop takes over.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any, Final
 
 from ib_stream.calendars import MarketSessions
 from ib_stream.clock import NS_PER_SECOND, Clock, SystemClock
-from ib_stream.domain import Contract, TickType
+from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.settings import IbConfig
 from ib_stream.sources import ib_parsing as parse
 from ib_stream.sources.ib_backfill import Backfiller
@@ -50,6 +56,7 @@ from ib_stream.sources.ib_connection import IbConnection, IbEvent, ib_contract
 from ib_stream.sources.ib_errors import Action, classify, format_error
 from ib_stream.sources.ib_gaps import SourceGaps
 from ib_stream.sources.ib_history import HistoryRequests
+from ib_stream.sources.ib_overlap import OverlapGate
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.sources.ib_subscriptions import Request, Subscriptions
 from ib_stream.store.gaps import GapReason
@@ -77,6 +84,7 @@ class IbSource:
         self.watchdog_checks = 0
         self._ids = itertools.count(1)
         self.gaps = SourceGaps(config, self.contracts, self.clock)
+        self.gate = OverlapGate()  # live appends and backfills of a stream, one at a time (ib_overlap)
         self.subs = Subscriptions(config, self._ids, self.gaps.refused)
         pacer = Pacer(config.historical_requests_per_window, config.historical_window_seconds)
         self.history = HistoryRequests(
@@ -88,7 +96,8 @@ class IbSource:
         self._events: asyncio.Queue[IbEvent] = asyncio.Queue()
         self._app: StreamingApp | None = None
         self._last_data: dict[int, int] = {}  # con_id -> receive time of its latest callback (or subscribe time)
-        self._stale: dict[int, int] = {}  # con_ids resubscribed by the watchdog -> their last data before it
+        self._stale: set[int] = set()  # con_ids resubscribed by the watchdog, silent since
+        self._offline = False  # TWS lost IB (1100, 2110) and has not got it back (1101, 1102): acknowledges nothing
 
     @property
     def refused(self) -> dict[int, dict[str, str]]:
@@ -100,8 +109,10 @@ class IbSource:
     async def run(self, app: StreamingApp) -> None:
         """Connect, subscribe and store ticks until cancelled, reconnecting whenever the connection drops."""
         self._app = app
-        self.gaps.bind(app.store.gaps)
-        backfiller = Backfiller(app.store, self.fetch_history, max_seconds=self.config.backfill_max_seconds)
+        await self.gaps.start(app.store)
+        backfiller = Backfiller(
+            app.store, self.fetch_history, max_seconds=self.config.backfill_max_seconds, gate=self.gate
+        )
         tasks = [
             asyncio.create_task(self._consume(), name="ib-events"),
             asyncio.create_task(self.subs.run_outbox(), name="ib-outbox"),
@@ -117,6 +128,7 @@ class IbSource:
             await asyncio.wait(tasks, timeout=5)
             if self._conn is not None:
                 self._conn.close()
+            self.gaps.lost(self.gaps.streams, GapReason.DISCONNECT, "IB source stopped")
             await self.gaps.settled()
 
     def status(self) -> dict[str, Any]:
@@ -129,6 +141,8 @@ class IbSource:
             "not_subscribed": {con_id: dict(why) for con_id, why in self.refused.items()},
             "reconnects": self.reconnects,
             "stale": sorted(self._stale),
+            "uncovered": len(self.gaps.uncovered()),
+            "live_duplicates_dropped": self.gate.dropped,
             "historical_requests": self.history.requests,
             "pacing_violations": self.history.pacing_violations,
             "backfills": [r.describe() for r in self.gaps.backfills],
@@ -138,17 +152,16 @@ class IbSource:
 
     async def _connection_loop(self) -> None:
         attempt, ever_connected = 0, False
-        since = self.clock.now_ns()
         while True:
             if await self._connect():
                 if ever_connected:
                     self.reconnects += 1
                 ever_connected, attempt = True, 0
                 await self._session()
-                self.gaps.open(GapReason.DISCONNECT, "IB connection closed")
+                self.gaps.lost(self.gaps.streams, GapReason.DISCONNECT, "IB connection closed")
             elif not ever_connected:  # nothing recorded since start-up: a gap from then until IB answers
                 where = f"{self.config.host} ports {', '.join(map(str, self.config.ports))}"
-                self.gaps.open(GapReason.BROKER_UNREACHABLE, f"IB not reachable at {where}", start_ns=since)
+                self.gaps.lost(self.gaps.streams, GapReason.BROKER_UNREACHABLE, f"IB not reachable at {where}")
             delay = min(self.config.reconnect_max_seconds, self.config.reconnect_initial_seconds * 2**attempt)
             attempt += 1
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -177,9 +190,9 @@ class IbSource:
         log.info("connected to IB at %s:%s", self.config.host, self._conn.port if self._conn else "?")
         self.subs.reset(self._conn)
         self.history.conn = self._conn
+        self._offline = False
         await self._resolve_all()
-        self.subs.subscribe_all(self.contracts)
-        self.gaps.close(CONNECTION_GAPS)
+        self.subs.subscribe_all(self.contracts)  # each stream's gap ends when TWS acknowledges it, or data flows
         now = self.clock.now_ns()
         self._last_data = {c.con_id: now for c in self.contracts}
         self._stale.clear()
@@ -213,14 +226,15 @@ class IbSource:
                 if not is_open:
                     continue
                 silent = f"no data from {contract.symbol} ({con_id}) for {self.config.stale_after_seconds:g}s"
+                streams = [StreamKey(con_id, t) for t in contract.tick_types]
+                self.gaps.lost(streams, GapReason.STALE_FEED, f"stale feed: {silent}", data_only=True)
                 if con_id not in self._stale:
                     log.warning("IB stale feed: %s while its session is open: resubscribing", silent)
-                    self._stale[con_id] = self._last_data[con_id]
+                    self._stale.add(con_id)
                     self._last_data[con_id] = now
                     self.subs.resubscribe(self.contracts, con_id)
                     continue
                 log.error("IB stale feed: %s after a resubscribe: reconnecting", silent)
-                self.gaps.open(GapReason.STALE_FEED, f"stale feed: {silent}", start_ns=self._stale[con_id])
                 if self._conn is not None:
                     self._conn.close()
                 return
@@ -272,22 +286,31 @@ class IbSource:
     def _handle(self, event: IbEvent, batch: StreamBatch) -> None:
         if event.connection is not self._conn:
             return  # a late callback of an earlier connection
+        handler = _EVENTS.get(event.name)
         if event.name in DATA_EVENTS and (request := self.subs.requests.get(event.args[0])) is not None:
             con_id = request.contract.con_id
             self._last_data[con_id] = event.recv_ns
-            self._stale.pop(con_id, None)
-            self.gaps.data_flowed(con_id, request.tick_types)
-        handler = _EVENTS.get(event.name)
+            self._stale.discard(con_id)
+            if handler is not None:
+                handler(self, event, batch)
+            self.gaps.flowing(con_id, request.tick_types, event.recv_ns)  # e.g. a quote on a reqMktData: trades too
+            return
         if handler is not None:
             handler(self, event, batch)
 
     async def _publish(self, batch: StreamBatch) -> None:
         assert self._app is not None
         for (con_id, tick_type, source), ticks in batch.items():
-            try:
-                await self._app.publish(con_id, tick_type, ticks, source)
-            except Exception:
-                log.exception("IB ticks for %d %s could not be stored (%d ticks)", con_id, tick_type, len(ticks))
+            stream = StreamKey(con_id, tick_type)
+            async with self.gate.lock(stream):  # not while a backfill reads and appends this stream (ib_overlap)
+                fresh = self.gate.live(stream, ticks)  # the others are stored already, by a backfill
+                try:
+                    if fresh:
+                        await self._app.publish(con_id, tick_type, fresh, source)
+                except Exception:
+                    log.exception("IB ticks for %d %s could not be stored (%d ticks)", con_id, tick_type, len(fresh))
+                else:
+                    self.gaps.stored(stream, max(t["ts"] for t in ticks))
 
     def _flush_assemblers(self) -> StreamBatch:
         batch: StreamBatch = {}
@@ -297,10 +320,13 @@ class IbSource:
                 self._add_pairs(batch, request, request.assembler.flush(now))
         return batch
 
-    @staticmethod
-    def _add(batch: StreamBatch, request: Request, tick_type: TickType, tick: dict[str, Any]) -> None:
+    def _add(self, batch: StreamBatch, request: Request, tick_type: TickType, tick: dict[str, Any]) -> None:
         if tick_type in request.tick_types:
-            batch.setdefault((request.contract.con_id, tick_type, tick["source"]), []).append(tick)
+            con_id, ts = request.contract.con_id, tick["ts"]
+            batch.setdefault((con_id, tick_type, tick["source"]), []).append(tick)
+            # A gap ends after the start of the first tick's second when IB stamped it (whole seconds: the rest
+            # of that second may be missing), at the tick when it was stamped on receipt.
+            self.gaps.received(StreamKey(con_id, tick_type), ts + 1 if tick["source"] == parse.SOURCE_TBT else ts)
 
     def _add_pairs(self, batch: StreamBatch, request: Request, pairs: list[tuple[TickType, dict[str, Any]]]) -> None:
         for tick_type, tick in pairs:
@@ -313,6 +339,12 @@ class IbSource:
 
     def _on_next_valid_id(self, event: IbEvent, batch: StreamBatch) -> None:
         self._next_id.set()
+
+    def _on_current_time(self, event: IbEvent, batch: StreamBatch) -> None:
+        requests = self.subs.acknowledged()  # the subscriptions sent before this barrier reached TWS
+        if self._offline:
+            return  # TWS took them, but it has no connection to IB: no data flows yet
+        self.gaps.acknowledged([StreamKey(r.contract.con_id, t) for r in requests for t in r.tick_types], event.recv_ns)
 
     def _on_contract_details(self, event: IbEvent, batch: StreamBatch) -> None:
         request = self.subs.requests.get(event.args[0])
@@ -378,10 +410,17 @@ class IbSource:
     # Error actions: (code, message, the request it concerns or None, reqId).
 
     def _gap(self, code: int, message: str, request: Request | None, req_id: int) -> None:
-        self.gaps.open(GapReason.DISCONNECT, f"IB {code}: {classify(code, message).description}", code)
+        self._offline = True
+        self.gaps.lost(
+            self.gaps.streams, GapReason.DISCONNECT, f"IB {code}: {classify(code, message).description}", code
+        )
 
     def _restored(self, code: int, message: str, request: Request | None, req_id: int) -> None:
-        self.gaps.close(CONNECTION_GAPS)
+        # Every subscription is cancelled and made again: until TWS has the new ones, data may be missing.
+        self._offline = False
+        self.gaps.lost(
+            self.gaps.streams, GapReason.DISCONNECT, f"IB {code}: {classify(code, message).description}", code
+        )
         self.subs.resubscribe(self.contracts)
 
     def _refused(self, code: int, message: str, request: Request | None, req_id: int) -> None:
@@ -394,6 +433,9 @@ class IbSource:
             return
         self.subs.cancel(req_id)
         if request.method == "tbt":
+            streams = [StreamKey(request.contract.con_id, t) for t in request.tick_types]
+            why = f"tick-by-tick refused: IB {code}: {message}; falling back to reqMktData"
+            self.gaps.lost(streams, GapReason.SUBSCRIPTION_REFUSED, why, code)
             self.subs.fall_back(request.contract, request.tick_types, f"tick-by-tick refused: IB {code}")
         else:
             for tick_type in request.tick_types:
@@ -407,6 +449,7 @@ class IbSource:
 _EVENTS: Final[dict[str, Callable[[IbSource, IbEvent, StreamBatch], None]]] = {
     "closed": IbSource._on_closed,
     "next_valid_id": IbSource._on_next_valid_id,
+    "current_time": IbSource._on_current_time,
     "contract_details": IbSource._on_contract_details,
     "contract_details_end": IbSource._on_contract_details_end,
     "tbt_bid_ask": IbSource._on_tbt_bid_ask,

@@ -1,6 +1,6 @@
 """Backfill a span of a stream from IB's historical ticks (source `ib_hist`), never duplicating stored ticks.
 
-    backfiller = Backfiller(store, fetch)          # fetch(contract, start_ns, what) -> raw ibapi ticks
+    backfiller = Backfiller(store, fetch, gate=gate)   # fetch(contract, start_ns, what) -> raw ibapi ticks
     result = await backfiller.fill(contract, TickType.BID_ASK, start_ns, end_ns, progress=bar.update)
     await backfiller.fill_gap(gap, contract)       # the same, and the outcome goes into the gap ledger
 
@@ -16,6 +16,16 @@ No duplicates: ticks already stored for the span — from any source, live or an
 are matched by (second, prices, sizes) and skipped, counting multiplicity (two identical trades in
 one second stay two). IB tick-by-tick times have 1-second resolution, reqMktData ticks are stamped
 on receipt, so the second is the common key.
+
+Atomic with live data: the pages are downloaded first (without any lock: the answers come through
+the same event loop as the live ticks), then the read of what is held and the append of what is
+not run while holding the stream's lock of the `OverlapGate` the live path uses too, and what was
+appended in the span's last seconds is remembered so a live copy arriving later is dropped
+(`ib_overlap`). A backfiller made without the IB source's gate gets its own (its spans are then
+serialised only with each other: right for `ib-stream backfill` with the service stopped).
+
+A request whose connection closed before the answer came (`HistoryInterrupted`) leaves the gap
+`pending` with a note: the next connection backfills it again.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from typing import Any, Final
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.sources import ib_parsing as parse
-from ib_stream.sources.ib_history import TICKS_PER_REQUEST
+from ib_stream.sources.ib_history import TICKS_PER_REQUEST, HistoryInterrupted
+from ib_stream.sources.ib_overlap import KEY_FIELDS, OverlapGate, tick_key
 from ib_stream.store.gaps import BackfillState, Gap
 from ib_stream.store.schema import table_to_records
 from ib_stream.store.tickstore import TickStore
@@ -48,13 +59,6 @@ _CONVERT: Final[dict[str, Callable[[Sequence[Any]], list[dict[str, Any]]]]] = {
     "BID_ASK": parse.ticks_from_historical_bid_ask,
     "TRADES": parse.ticks_from_historical_last,
     "MIDPOINT": parse.ticks_from_historical_midpoint,
-}
-# What makes two ticks of a stream the same tick, besides their second.
-KEY_FIELDS: Final[dict[TickType, tuple[str, ...]]] = {
-    TickType.BID_ASK: ("bid_price", "bid_size", "ask_price", "ask_size"),
-    TickType.LAST: ("price", "size"),
-    TickType.ALL_LAST: ("price", "size"),
-    TickType.MID_POINT: ("mid_point",),
 }
 Fetch = Callable[[Contract, int, str], Awaitable[Sequence[Any]]]
 Progress = Callable[[int], None]  # nanoseconds of the span covered so far
@@ -95,20 +99,23 @@ def backfillable(tick_type: TickType) -> bool:
     return tick_type in WHAT_TO_SHOW
 
 
-def tick_key(tick_type: TickType, tick: dict[str, Any]) -> tuple[Any, ...]:
-    return (tick["ts"] // NS_PER_SECOND, *(float(tick[f]) for f in KEY_FIELDS[tick_type]))
-
-
 class Backfiller:
     """Fills spans of streams from IB history into the store (see the module docstring)."""
 
     def __init__(
-        self, store: TickStore, fetch: Fetch, *, max_seconds: float | None = None, page_size: int = TICKS_PER_REQUEST
+        self,
+        store: TickStore,
+        fetch: Fetch,
+        *,
+        max_seconds: float | None = None,
+        page_size: int = TICKS_PER_REQUEST,
+        gate: OverlapGate | None = None,
     ) -> None:
         self.store = store
         self.fetch = fetch
         self.max_seconds = max_seconds
         self.page_size = page_size  # ticks one request returns at most (fewer: nothing more to page through)
+        self.gate = gate if gate is not None else OverlapGate()  # shared with the live path of the IB source
 
     async def fill(
         self,
@@ -124,10 +131,12 @@ class Backfiller:
             raise ValueError(f"IB has no historical ticks for {tick_type.value}")
         stream = StreamKey(contract.con_id, tick_type)
         received, requests = await self._download(contract, what, start_ns, end_ns, progress)
-        fresh = await self._not_held(stream, received, start_ns, end_ns)
-        batch = self.store.config.batch_size
-        for i in range(0, len(fresh), batch):
-            await self.store.append_batch(contract.con_id, tick_type, fresh[i : i + batch], parse.SOURCE_HIST)
+        async with self.gate.lock(stream):  # read what is held and append the rest as one step (module docstring)
+            fresh = await self._not_held(stream, received, start_ns, end_ns)
+            batch = self.store.config.batch_size
+            for i in range(0, len(fresh), batch):
+                await self.store.append_batch(contract.con_id, tick_type, fresh[i : i + batch], parse.SOURCE_HIST)
+            self.gate.backfilled(stream, fresh, end_ns)
         result = BackfillResult(
             stream, start_ns, end_ns, len(received), len(fresh), len(received) - len(fresh), requests
         )
@@ -149,6 +158,10 @@ class Backfiller:
             note = f"filled up to {iso_us(end_ns)} (ib.backfill_max_seconds); `ib-stream backfill` can do the rest"
         try:
             result = await self.fill(contract, gap.stream.tick_type, gap.start_ns, end_ns)
+        except HistoryInterrupted as e:
+            note = f"interrupted ({e}): backfilled again on the next connection"
+            await asyncio.to_thread(ledger.set_backfill, gap.id, BackfillState.PENDING, 0, note)
+            raise
         except Exception as e:
             await asyncio.to_thread(ledger.set_backfill, gap.id, BackfillState.FAILED, 0, str(e))
             raise

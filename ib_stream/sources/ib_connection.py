@@ -148,6 +148,9 @@ class IbConnection(EWrapper, EClient):
     def nextValidId(self, orderId: int) -> None:
         self._emit("next_valid_id", orderId)
 
+    def currentTime(self, time: int) -> None:
+        self._emit("current_time", time)
+
     def error(self, reqId: int, errorCode: int, errorString: str) -> None:
         self._emit("error", reqId, errorCode, errorString)
 
@@ -197,6 +200,10 @@ class IbConnection(EWrapper, EClient):
         self._emit("historical", reqId, list(ticks), done)
 
     # --- requests (event loop thread; EClient serialises sends) ------------------------------------------------
+
+    def request_current_time(self) -> None:
+        """reqCurrentTime: TWS answers once it has processed everything sent before (a barrier, see ib_subscriptions)."""
+        self.reqCurrentTime()
 
     def request_details(self, req_id: int, contract: IbContract) -> None:
         self.reqContractDetails(req_id, contract)

@@ -5,7 +5,9 @@
     raw = await history.fetch(ib_contract, start_ns, "BID_ASK")   # up to 1,000 ibapi HistoricalTick* objects
 
 The owner routes callbacks here: `on_ticks` for the `historical` event, `on_error` for errors on a
-request id this object `owns`, `fail_all` when the connection closes.
+request id this object `owns`, `fail_all` when the connection closes. A request that cannot be
+sent (no connection) or whose answer was still in flight when the connection closed fails with
+`HistoryInterrupted`: nothing is wrong with the request, it can be made again on the next connection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class HistoricalDataError(SourceError):
     """A reqHistoricalTicks request failed (not connected, refused, timed out, paced out)."""
 
     code = "HISTORICAL_DATA_ERROR"
+
+
+class HistoryInterrupted(HistoricalDataError):
+    """No IB connection to send the request on, or it closed before the answer came (same code as its parent)."""
 
 
 class _PacingViolation(Exception):
@@ -75,7 +81,7 @@ class HistoryRequests:
             await self.pacer.acquire()
             conn = self.conn
             if conn is None or not conn.isConnected():
-                raise HistoricalDataError("not connected to IB: historical ticks cannot be requested")
+                raise HistoryInterrupted("not connected to IB: historical ticks cannot be requested")
             req_id = next(self._ids)
             pending = _Pending(loop.create_future())
             self._pending[req_id] = pending
@@ -117,6 +123,7 @@ class HistoryRequests:
             pending.future.set_exception(HistoricalDataError(f"IB {code}: {message}", details={"ib_code": code}))
 
     def fail_all(self, why: str) -> None:
+        """The connection closed: every request still waiting fails with HistoryInterrupted."""
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_exception(HistoricalDataError(why))
+                pending.future.set_exception(HistoryInterrupted(why))

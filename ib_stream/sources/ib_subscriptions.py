@@ -9,11 +9,19 @@ is reported (`refused`, and the `on_refused` callback that opens a gap in the le
 Every request and cancel goes out through a paced outbox (`ib.max_messages_per_second`; IB
 disconnects a client that sends more than 50 messages a second), so subscribing many contracts
 at once, or resubscribing everything after a reconnect, never trips IB's limit.
+
+Acknowledgement: queuing a subscription says nothing about when it reaches TWS (at 1 message a
+second, 40 requests take 40 s). After subscription requests the outbox sends a barrier, a
+reqCurrentTime (once the outbox is empty, or every `BARRIER_AFTER` subscriptions): TWS handles a
+client's messages in order, so its currentTime reply means every request sent before it has been
+processed. `acknowledged()` (called for each currentTime) returns the subscriptions the oldest
+outstanding barrier covers that are still current (not refused or cancelled in between).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +44,18 @@ TBT_KINDS: Final[dict[TickType, str]] = {
     TickType.MID_POINT: "MidPoint",
 }
 MKT_TYPES: Final = frozenset({TickType.BID_ASK, TickType.LAST})  # what reqMktData can stand in for
+BARRIER_AFTER: Final = 10  # subscriptions one reqCurrentTime acknowledges at most
 OnRefused = Callable[[Contract, "TickType | str", str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One outbox entry: a request of `conn` (method None: nothing to send) and the subscription it acknowledges."""
+
+    conn: IbConnection
+    method: Callable[..., None] | None
+    args: tuple[Any, ...] = ()
+    ack: int | None = None  # request id of a subscription the next barrier acknowledges
 
 
 @dataclass(slots=True)
@@ -61,26 +80,57 @@ class Subscriptions:
         self.refused: dict[int, dict[str, str]] = {}  # con_id -> tick type (or "contract") -> why
         self._ids = ids
         self._on_refused = on_refused
-        self._outbox: asyncio.Queue[tuple[IbConnection, Callable[..., None], tuple[Any, ...]]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._pacer = Pacer(config.max_messages_per_second, 1.0)
+        self._unacked: list[int] = []  # subscriptions sent since the last barrier
+        self._barriers: collections.deque[list[int]] = collections.deque()  # sent, not answered yet (oldest first)
 
     # --- the paced outbox ----------------------------------------------------------------------------------------
-    def send(self, method: Callable[..., None], *args: Any) -> None:
-        """Queue one request of the current connection (sent by `run_outbox`, paced)."""
+    def send(self, method: Callable[..., None] | None, *args: Any, ack: int | None = None) -> None:
+        """Queue one request of the current connection (sent by `run_outbox`, paced).
+
+        `ack`: the subscription this request makes (or, with method None, one already made) is acknowledged
+        by the barrier that follows it.
+        """
         if self.conn is not None:
-            self._outbox.put_nowait((self.conn, method, args))
+            self._outbox.put_nowait(_Outgoing(self.conn, method, args, ack))
 
     async def run_outbox(self) -> None:
         """Send queued requests at most `max_messages_per_second`; requests of an old connection are dropped."""
         while True:
-            conn, method, args = await self._outbox.get()
+            item = await self._outbox.get()
+            conn = item.conn
             if conn is not self.conn or not conn.isConnected():
                 continue
-            await self._pacer.acquire()
-            try:
-                method(*args)
-            except Exception:
-                log.exception("IB request %s%r could not be sent", getattr(method, "__name__", method), args)
+            if item.method is not None:
+                await self._pacer.acquire()
+                if conn is not self.conn:
+                    continue
+                try:
+                    item.method(*item.args)
+                except Exception:
+                    log.exception("IB request %s%r could not be sent", getattr(item.method, "__name__", ""), item.args)
+                    continue
+            if item.ack is not None:
+                self._unacked.append(item.ack)
+            if self._unacked and (self._outbox.empty() or len(self._unacked) >= BARRIER_AFTER):
+                await self._send_barrier(conn)
+
+    async def _send_barrier(self, conn: IbConnection) -> None:
+        await self._pacer.acquire()
+        if conn is not self.conn or not conn.isConnected():
+            return
+        covered, self._unacked = self._unacked, []
+        self._barriers.append(covered)
+        try:
+            conn.request_current_time()
+        except Exception:
+            log.exception("IB reqCurrentTime could not be sent")
+
+    def acknowledged(self) -> list[Request]:
+        """TWS answered the oldest barrier: the subscriptions sent before it that are still current."""
+        covered = self._barriers.popleft() if self._barriers else []
+        return [r for r in (self.requests.get(req_id) for req_id in covered) if r is not None and r.method != "details"]
 
     @property
     def queued(self) -> int:
@@ -92,6 +142,8 @@ class Subscriptions:
         self.conn = conn
         self.requests.clear()
         self.refused.clear()
+        self._unacked = []
+        self._barriers.clear()
 
     def details(self, contract: Contract, future: asyncio.Future[IbContract | None]) -> None:
         """Ask for the contract details of `contract`; `future` gets the ibapi Contract or None."""
@@ -120,7 +172,7 @@ class Subscriptions:
             if self.count("tbt") < self.config.max_tick_by_tick_subscriptions:
                 req_id = next(self._ids)
                 self.requests[req_id] = Request("tbt", contract, {tick_type})
-                self.send(conn.request_tick_by_tick, req_id, ib, kind)
+                self.send(conn.request_tick_by_tick, req_id, ib, kind, ack=req_id)
             else:
                 fallback.add(tick_type)
         limit = f"over the {self.config.max_tick_by_tick_subscriptions} tick-by-tick subscriptions allowed"
@@ -128,7 +180,7 @@ class Subscriptions:
         if contract.depth_rows > 0 and TickType.DEPTH in contract.tick_types:
             req_id = next(self._ids)
             self.requests[req_id] = Request("depth", contract, {TickType.DEPTH})
-            self.send(conn.request_depth, req_id, ib, contract.depth_rows)
+            self.send(conn.request_depth, req_id, ib, contract.depth_rows, ack=req_id)
 
     def fall_back(self, contract: Contract, tick_types: set[TickType], why: str) -> None:
         """Record `tick_types` of `contract` with reqMktData instead (those it cannot give are reported)."""
@@ -137,13 +189,14 @@ class Subscriptions:
         wanted = tick_types & MKT_TYPES
         if not wanted or self.conn is None:
             return
-        for request in self.requests.values():
+        for req_id, request in self.requests.items():
             if request.method == "mkt" and request.contract.con_id == contract.con_id:
                 request.tick_types |= wanted
+                self.send(None, ack=req_id)  # already requested: the next barrier acknowledges the added types
                 return
         req_id = next(self._ids)
         self.requests[req_id] = Request("mkt", contract, set(wanted), parse.MarketDataAssembler())
-        self.send(self.conn.request_mkt_data, req_id, self.resolved[contract.con_id])
+        self.send(self.conn.request_mkt_data, req_id, self.resolved[contract.con_id], ack=req_id)
         log.info("IB %s %s: reqMktData (%s)", contract.symbol, sorted(t.value for t in wanted), why)
 
     def resubscribe(self, contracts: list[Contract], con_id: int | None = None) -> None:

@@ -5,6 +5,7 @@ it alone (it cannot be rebuilt from the archive). Times are UTC int64 ns.
 
     ledger.open_gaps([stream], now_ns, GapReason.DISCONNECT, "IB 1100: connectivity lost", code=1100)
     ledger.close_gaps([stream], now_ns)              # data flows again; the gap waits for backfill
+    ledger.open_each({stream: last_tick_ns}, ...)    # each stream from its own start (close_each: own end)
     ledger.gaps(contract_id, start_ns, end_ns)  # what /v2/contracts/{id}/coverage and `ib-stream coverage` show
 
 Service runs: the service calls `begin_run` at start-up, `heartbeat` while it runs and `end_run`
@@ -15,7 +16,7 @@ or crashed: no `end_run`, the last heartbeat is when it was last known alive) be
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -136,9 +137,15 @@ class GapLedger(SqliteDatabase):
         self, streams: Iterable[StreamKey], start_ns: int, reason: GapReason, detail: str, code: int | None = None
     ) -> list[int]:
         """Open a gap on each stream that has none open; return the new gap ids."""
+        return self.open_each({stream: start_ns for stream in streams}, reason, detail, code)
+
+    def open_each(
+        self, starts: Mapping[StreamKey, int], reason: GapReason, detail: str, code: int | None = None
+    ) -> list[int]:
+        """Open a gap on each stream of `starts` that has none open, from its own start; return the new gap ids."""
         ids = []
         with self._tx() as db:
-            for stream in streams:
+            for stream, start_ns in starts.items():
                 key = (stream.contract_id, stream.tick_type.value)
                 if db.execute(
                     "SELECT 1 FROM gaps WHERE contract_id=? AND tick_type=? AND end_ns IS NULL", key
@@ -164,6 +171,17 @@ class GapLedger(SqliteDatabase):
         with self._tx() as db:
             db.executemany(
                 "UPDATE gaps SET end_ns = max(start_ns, ?) WHERE id = ?", [(end_ns, g.id) for g in open_gaps]
+            )
+        return self.by_ids([g.id for g in open_gaps])
+
+    def close_each(self, ends: Mapping[StreamKey, int]) -> list[Gap]:
+        """Close the open gaps of each stream of `ends` at its own end (never before the gap's start)."""
+        open_gaps = [g for g in self.gaps(open_only=True) if g.stream in ends]
+        if not open_gaps:
+            return []
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE gaps SET end_ns = max(start_ns, ?) WHERE id = ?", [(ends[g.stream], g.id) for g in open_gaps]
             )
         return self.by_ids([g.id for g in open_gaps])
 

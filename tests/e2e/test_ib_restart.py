@@ -1,7 +1,8 @@
 """The service recording IB (real ibapi client -> fake TWS) killed with SIGKILL mid-stream and restarted:
-nothing acknowledged is lost, the downtime is a `service_crash` gap in the ledger, and the automatic
-backfill fills it from IB history so that every trade IB saw is stored exactly once. A clean stop then
-leaves a `service_down` gap."""
+nothing acknowledged is lost, the downtime is a `service_crash` gap in the ledger — from no later than the
+last tick stored until the restarted service's subscription reached TWS — and the automatic backfill fills
+it from IB history so that every trade IB saw is stored exactly once. A clean stop then leaves a
+`service_down` gap."""
 
 from __future__ import annotations
 
@@ -109,12 +110,16 @@ def test_restart_during_streaming_loses_nothing_and_backfills_the_downtime(tmp_p
         service = start(config, port)
         try:
             _wait_until_up(url, service)
-            restarted_at = time.time()
             assert set(acknowledged) <= set(trades(url))  # nothing acknowledged was lost
             (gap,) = wait(lambda: [g for g in recorded_gaps(url) if g["backfill"] == "done"], "crash gap backfilled")
+            backfilled_at = time.time()
             assert gap["reason"] == "service_crash" and "crashed" in gap["detail"]
             start_s, end_s = (_epoch(gap["start"]), _epoch(gap["end"]))
-            assert killed_at - 2 < start_s <= killed_at and killed_at + 1 < end_s <= restarted_at
+            # From no later than the last tick stored (or the last heartbeat, after it) ...
+            assert acknowledged[-1][0] <= start_s <= killed_at
+            # ... until TWS had the restarted service's subscription, not when the service started.
+            resubscribed = tws.requests_of("reqTickByTickData")[-1].received_wall
+            assert killed_at + 1 < resubscribed <= end_s <= backfilled_at
             tws.wait_subscribed(AAPL, "reqTickByTickData", "Last", timeout=30)
             for _ in range(20):
                 market.trade()

@@ -47,6 +47,7 @@ def ib_config(port: int, **over: Any) -> IbConfig:
         "reconnect_initial_seconds": 0.05,
         "reconnect_max_seconds": 0.2,
         "max_tick_by_tick_subscriptions": 8,
+        "backfill_delay_seconds": 0,  # the clock is frozen: a gap's last second is over when the clock says so
     }
     return IbConfig(**(values | over))
 

@@ -7,6 +7,12 @@
         tws.emit_tick_by_tick(265598, "BidAsk", time=1704205800, bid=185.5, ask=185.52, bid_size=300, ask_size=200)
         tws.connectivity_lost(); tws.connectivity_restored()          # 1100 then 1102, socket kept
         tws.drop_connections()                                        # disconnect mid-stream
+        tws.sent                                                      # every tick-by-tick tick written to a client
+
+A `ScriptedMarket` (fake_tws_scenarios) trades behind it: every tick it makes is IB's history at once and goes
+live to whoever is subscribed, so its log is the oracle of what the broker had. `history_hook` adds frames to a
+reqHistoricalTicks answer (a live tick in the same write), `history_delay` holds the answer back (in flight while
+the connection drops).
 
 Every client frame is decoded and recorded (`requests_of`, `wait_for_request`); subscriptions are tracked per
 connection so emitted data reaches whatever reqId the client chose. Threads: one listener, one reader per client,
@@ -42,7 +48,7 @@ from tests.support.fake_tws_messages import (
     MktDataTick,
     Tick,
 )
-from tests.support.fake_tws_scenarios import FailureScenarios, Refusal
+from tests.support.fake_tws_scenarios import FailureScenarios, HistoryHook, Refusal, SentTick
 
 __all__ = [
     "AAPL",
@@ -56,6 +62,7 @@ __all__ = [
     "MidPointTick",
     "MktDataTick",
     "Request",
+    "SentTick",
     "Subscription",
 ]
 
@@ -101,7 +108,10 @@ class FakeTWS(FailureScenarios):
         self.historical_chunk = historical_chunk  # ticks per historical message (done only on the last)
         self.nudge = nudge
         self.contracts: dict[int, FakeContract] = {c.con_id: c for c in contracts}
-        self.historical: dict[tuple[int, str], list[Tick]] = {}
+        self.historical: dict[tuple[int, str], list[Tick]] = {}  # guarded by _cond (the market adds from its thread)
+        self.sent: list[SentTick] = []  # tick-by-tick ticks written to a client, in order
+        self.history_hook: HistoryHook | None = None
+        self.history_delay = 0.0  # seconds a reqHistoricalTicks answer takes (sent from a timer thread)
         self.protocol_errors: list[str] = []
         self.dropped_messages = 0  # data withheld by stall() / connectivity_lost()
         self.rejected_connections = 0
@@ -241,7 +251,7 @@ class FakeTWS(FailureScenarios):
     def _record(
         self, client: ClientConnection, name: str, msg_id: int, fields: dict[str, Any], raw: tuple[str, ...]
     ) -> Request:
-        request = Request(name, msg_id, fields, raw, client.index, time.monotonic())
+        request = Request(name, msg_id, fields, raw, client.index, time.monotonic(), self.clock())
         with self._cond:
             self._requests.append(request)
             self._cond.notify_all()
@@ -327,9 +337,15 @@ class FakeTWS(FailureScenarios):
         ticks = list(ticks)
         if bad := [t for t in ticks if not isinstance(t, kind)]:
             raise TypeError(f"{what_to_show} takes {kind.__name__}, got {type(bad[0]).__name__}")
-        stored = self.historical.setdefault((con_id, what_to_show), [])
-        stored.extend(ticks)
-        stored.sort(key=lambda t: t.time)
+        with self._cond:
+            stored = self.historical.setdefault((con_id, what_to_show), [])
+            stored.extend(ticks)
+            stored.sort(key=lambda t: t.time)
+
+    def historical_ticks(self, con_id: int, what_to_show: str) -> list[Tick]:
+        """A copy of IB's history of one contract and whatToShow, in time order."""
+        with self._cond:
+            return list(self.historical.get((con_id, what_to_show), []))
 
     def emit_tick_by_tick(self, con_id: int, kind: str, *, require_subscriber: bool = True, **values: Any) -> int:
         """Send one tick-by-tick tick to every subscription of (con_id, kind); return messages sent.
@@ -345,9 +361,13 @@ class FakeTWS(FailureScenarios):
         if kind not in TICK_BY_TICK_KINDS:
             raise ValueError(f"tick-by-tick kind {kind!r} is not one of {sorted(TICK_BY_TICK_KINDS)}")
         ticks = list(ticks)
+
+        def sent(client: ClientConnection, sub: Subscription) -> None:
+            self.sent.extend(SentTick(con_id, kind, t, client.index, sub.req_id) for t in ticks)
+
         return self._emit(
             con_id, "reqTickByTickData", kind, lambda _, sub: [wire.tick_by_tick(sub.req_id, kind, t) for t in ticks],
-            require_subscriber,
+            require_subscriber, sent,
         )  # fmt: skip
 
     def emit_mkt_data(
@@ -406,6 +426,7 @@ class FakeTWS(FailureScenarios):
         tick_type: str | None,
         encode: Callable[[ClientConnection, Subscription], list[bytes]],
         require_subscriber: bool,
+        on_sent: Callable[[ClientConnection, Subscription], None] | None = None,
     ) -> int:
         targets = self.subscribers(con_id, request, tick_type)
         blocked = self.data_blocked
@@ -418,6 +439,8 @@ class FakeTWS(FailureScenarios):
                 self.dropped_messages += len(frames)
             elif client.send(b"".join(frames)):
                 sent += len(frames)
+                if on_sent is not None:
+                    on_sent(client, sub)
         return sent
 
     # --- subscription book-keeping (used by the request handlers) -----------------------------------------------

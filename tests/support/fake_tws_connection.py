@@ -23,6 +23,7 @@ class Request:
     raw: tuple[str, ...]
     connection: int
     received_at: float  # time.monotonic()
+    received_wall: float = 0.0  # the fake's clock (epoch seconds) when it arrived
 
     @property
     def req_id(self) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -182,7 +183,8 @@ class RequestHandlers:
             self._invalid(client, req_id, f"numberOfTicks {request['numberOfTicks']} must be positive")
             return
         n = min(request["numberOfTicks"], wire.HISTORICAL_TICKS_MAX)
-        ticks = s.historical.get((contract.con_id, what), [])
+        before, after = s.history_hook(client, request) if s.history_hook is not None else ([], [])
+        ticks = s.historical_ticks(contract.con_id, what)
         if start is not None:
             ticks = [t for t in ticks if t.time >= start][:n]
         else:
@@ -190,7 +192,11 @@ class RequestHandlers:
         chunk = s.historical_chunk or max(len(ticks), 1)
         parts = [ticks[i : i + chunk] for i in range(0, len(ticks), chunk)] or [[]]
         frames = [wire.historical_ticks(req_id, what, part, i == len(parts) - 1) for i, part in enumerate(parts)]
-        client.send(b"".join(frames))
+        answer = b"".join([*before, *frames, *after])
+        if s.history_delay > 0:  # in flight: the connection may close before it is written
+            threading.Timer(s.history_delay, client.send, args=(answer,)).start()
+        else:
+            client.send(answer)
 
     def _paced_out(self) -> bool:
         """Automatic pacing: more than N historical requests within the window get error 162."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ib_stream.clock import NS_PER_SECOND, to_ns
+from ib_stream.clock import NS_PER_SECOND, ManualClock, to_ns
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
-from ib_stream.store.downtime import open_intervals, record_downtime
+from ib_stream.store.downtime import last_tick_times, open_intervals, record_downtime
 from ib_stream.store.gaps import BackfillState, GapLedger, GapReason
 from ib_stream.store.repair import rebuild
 from tests.conftest import T0_NS
@@ -106,3 +106,66 @@ def test_index_rebuild_keeps_the_ledger(config: StorageConfig) -> None:
 
 def to_ns_utc(text: str) -> int:
     return to_ns(datetime.fromisoformat(text).replace(tzinfo=UTC))
+
+
+def test_gaps_open_and_close_per_stream_at_their_own_instants(tmp_path: Path) -> None:
+    gaps = ledger(tmp_path)
+    ids = gaps.open_each({QUOTES: T0_NS, TRADES: T0_NS - 3 * NS_PER_SECOND}, GapReason.DISCONNECT, "closed")
+    assert len(ids) == 2 and gaps.open_each({QUOTES: T0_NS + 1}, GapReason.STALE_FEED, "stale") == []
+    closed = gaps.close_each({QUOTES: T0_NS + 5 * NS_PER_SECOND, TRADES: T0_NS - 9 * NS_PER_SECOND})
+    assert [(g.stream, g.start_ns, g.end_ns) for g in closed] == [
+        (TRADES, T0_NS - 3 * NS_PER_SECOND, T0_NS - 3 * NS_PER_SECOND),  # never before its start
+        (QUOTES, T0_NS, T0_NS + 5 * NS_PER_SECOND),
+    ]
+    assert gaps.close_each({QUOTES: T0_NS + H}) == []  # nothing open any more
+
+
+def test_a_crash_gap_starts_at_the_last_stored_tick_where_that_is_before_the_last_heartbeat(
+    config: StorageConfig,
+) -> None:
+    # AAPL's XNAS extended session is open at T0 (Friday 09:00 New York). bid_ask's last stored tick (T0 + 10 s)
+    # is before the last heartbeat (T0 + 30 s): ticks received after it may not have been durable.
+    with TickStore(config) as store:
+        store.gaps.begin_run(T0_NS, "ib")
+        tick = {"ts": T0_NS + 10 * NS_PER_SECOND, "bid_price": 1.0, "bid_size": 1.0, "ask_price": 2.0, "ask_size": 1.0}
+        store.append_batch_sync(QUOTES.contract_id, QUOTES.tick_type, [tick], source="ib_tbt")
+        store.append_batch_sync(TRADES.contract_id, TRADES.tick_type, [{"ts": T0_NS + H, "price": 1.0, "size": 1.0}])
+        store.gaps.heartbeat(T0_NS + 30 * NS_PER_SECOND)
+        restart = T0_NS + 60 * NS_PER_SECOND
+        previous = store.gaps.begin_run(restart, "ib")
+        last = last_tick_times(store, [AAPL])
+        assert last == {QUOTES: T0_NS + 10 * NS_PER_SECOND, TRADES: T0_NS + H}
+        assert record_downtime(store.gaps, previous, restart, [AAPL], last_ticks=last) == 2
+        by_stream = {g.stream: g for g in store.gaps.gaps()}
+        assert (by_stream[QUOTES].start_ns, by_stream[QUOTES].end_ns) == (T0_NS + 10 * NS_PER_SECOND, restart)
+        assert "last tick stored 2025-01-10T14:00:10.000000Z" in by_stream[QUOTES].detail
+        assert (by_stream[TRADES].start_ns, by_stream[TRADES].end_ns) == (T0_NS + 30 * NS_PER_SECOND, restart)
+        assert {g.reason for g in by_stream.values()} == {"service_crash"}
+
+
+def test_a_clean_stop_is_dated_from_the_stop_and_an_open_ended_gap_waits_for_the_source(tmp_path: Path) -> None:
+    gaps = ledger(tmp_path)
+    gaps.begin_run(T0_NS, "ib")
+    gaps.end_run(T0_NS + 30 * NS_PER_SECOND)
+    restart = T0_NS + 60 * NS_PER_SECOND
+    previous = gaps.begin_run(restart, "ib")
+    last = {QUOTES: T0_NS + NS_PER_SECOND}  # the IB source opened its own gap there when it stopped
+    assert record_downtime(gaps, previous, restart, [AAPL], last_ticks=last, open_ended=True) == 2
+    rows = gaps.gaps()
+    assert {(g.reason, g.start_ns, g.end_ns) for g in rows} == {("service_down", T0_NS + 30 * NS_PER_SECOND, None)}
+    assert "until its data flowed again after the start of run 2" in rows[0].detail
+
+
+def test_last_tick_times_reads_the_hot_tier_and_the_archive(config: StorageConfig, clock: ManualClock) -> None:
+    with TickStore(config, clock) as store:
+        assert last_tick_times(store, [AAPL]) == {}
+        trades = [{"ts": T0_NS + i * NS_PER_SECOND, "price": 1.0, "size": 1.0} for i in (5, 1)]
+        store.append_batch_sync(TRADES.contract_id, TRADES.tick_type, trades)
+        assert last_tick_times(store, [AAPL]) == {TRADES: T0_NS + 5 * NS_PER_SECOND}
+        clock.advance(16 * 60)
+        store.run_archival()  # the segment is sealed: archived
+        clock.advance(2 * 3600)
+        store.run_archival()  # and evicted from the hot tier
+        hot = store.buffer.hot(TRADES)
+        assert hot is not None and sum(c.table.num_rows for c in hot.snapshot().chunks) == 0
+        assert last_tick_times(store, [AAPL]) == {TRADES: T0_NS + 5 * NS_PER_SECOND}

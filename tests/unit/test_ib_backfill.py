@@ -15,6 +15,7 @@ import pytest
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.sources.ib_backfill import Backfiller
+from ib_stream.sources.ib_history import HistoryInterrupted
 from ib_stream.sources.ib_pacing import Pacer
 from ib_stream.storage import TickStore
 from ib_stream.store.gaps import GapReason
@@ -121,6 +122,18 @@ async def test_a_failed_fetch_marks_the_gap_failed(store: TickStore) -> None:
         await Backfiller(store, broken).fill_gap(store.gaps.by_ids([gap_id])[0], AAPL)
     gap = store.gaps.by_ids([gap_id])[0]
     assert (gap.backfill, gap.backfill_note) == ("failed", "HMDS down")
+
+
+async def test_a_fetch_cut_off_by_a_disconnect_leaves_the_gap_pending(store: TickStore) -> None:
+    async def disconnected(contract: Contract, start_ns: int, what: str) -> list[Any]:
+        raise HistoryInterrupted("the IB connection closed")
+
+    gap_id = store.gaps.add(StreamKey(265598, TickType.LAST), T0_NS, T0_NS + NS_PER_SECOND, GapReason.DISCONNECT, "x")
+    with pytest.raises(HistoryInterrupted):
+        await Backfiller(store, disconnected).fill_gap(store.gaps.by_ids([gap_id])[0], AAPL)
+    gap = store.gaps.by_ids([gap_id])[0]
+    assert gap.backfill == "pending"  # the next connection backfills it again
+    assert gap.backfill_note == "interrupted (the IB connection closed): backfilled again on the next connection"
 
 
 def test_pacer_delays_only_past_the_limit() -> None:

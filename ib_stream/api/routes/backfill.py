@@ -66,7 +66,7 @@ async def backfill(
             f"the service records from {state.source_name}, not IB: backfill needs the IB source",
             details={"source": state.source_name},
         )
-    backfiller = state.backfiller(source.fetch_history)
+    backfiller = state.backfiller(source.fetch_history, source.gate)  # serialised with its live ticks
     results = []
     for tick_type in wanted:
         result, marked = await backfiller.fill_span(contract, tick_type, start_ns, end_ns)
