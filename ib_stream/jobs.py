@@ -8,6 +8,11 @@
     snapshots     run_snapshots       1 minute
     rollups       run_rollups         5 minutes
 
+The derived-file jobs (snapshots, rollups) also run once `CATCH_UP_DELAY_SECONDS` after the start, so
+ticks recorded or imported while the service was down get their rollups and snapshots then, not an
+interval later: until they exist, bars and books over those ranges are computed from the ticks, at
+the cost of reading them (see docs/howto/operate.md, sizing).
+
 Each run goes through `run_job`: the work happens on the store's worker threads (never on the
 event loop), a failure is logged and the job simply runs again at its next interval, at most one
 instance of a job runs at a time and runs missed while busy collapse into one.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -33,6 +38,8 @@ RETENTION_INTERVAL_SECONDS = 60 * 60
 MAINTENANCE_INTERVAL_SECONDS = 10 * 60
 SNAPSHOT_INTERVAL_SECONDS = 60
 ROLLUP_INTERVAL_SECONDS = 5 * 60
+CATCH_UP_DELAY_SECONDS = 2
+CATCH_UP_JOBS = ("snapshots", "rollups")
 
 
 def job_intervals(settings: StorageConfig) -> dict[str, int]:
@@ -50,7 +57,9 @@ def job_intervals(settings: StorageConfig) -> dict[str, int]:
 def build_scheduler(store: TickStore, settings: StorageConfig) -> AsyncIOScheduler:
     """Return a scheduler (not started) that runs the store's jobs; start it inside the running event loop."""
     scheduler = AsyncIOScheduler(timezone=UTC)
+    catch_up = datetime.now(UTC) + timedelta(seconds=CATCH_UP_DELAY_SECONDS)
     for job, seconds in job_intervals(settings).items():
+        first = {"next_run_time": catch_up} if job in CATCH_UP_JOBS else {}
         scheduler.add_job(
             run_job,
             IntervalTrigger(seconds=seconds, timezone=UTC),
@@ -61,6 +70,7 @@ def build_scheduler(store: TickStore, settings: StorageConfig) -> AsyncIOSchedul
             coalesce=True,
             misfire_grace_time=None,  # a run delayed by a busy loop still happens (once, thanks to coalesce)
             replace_existing=True,
+            **first,
         )
     return scheduler
 

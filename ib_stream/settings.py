@@ -56,7 +56,7 @@ class StorageConfig(BaseModel):
     query_cache_size: int = Field(1000, ge=0, description="Query result cache entries (0 disables the cache).")
     query_cache_ttl_seconds: float = Field(300, gt=0, description="Query result cache time-to-live.")
     query_cache_max_mb: float = Field(
-        256, ge=0, description="Query result cache bound in MiB of answers held (an answer larger is not kept)."
+        64, ge=0, description="Query result cache bound in MiB of answers held (an answer larger is not kept)."
     )
     max_concurrent_writes: int = Field(10, ge=1, description="Worker threads for archive and query file work.")
     batch_size: int = Field(1000, ge=1, description="Ticks per batch for producers and importers feeding the buffer.")

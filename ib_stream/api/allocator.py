@@ -1,34 +1,79 @@
-"""Process-wide memory tuning of the service: freed memory goes back to the system.
+"""Process-wide memory tuning of the service: memory freed after a heavy request goes back to the system.
 
 A request's work runs on worker threads, and glibc gives each thread that contends for the allocator an
 arena of its own (up to 8 per core); memory freed in an arena is kept there for that thread. After a few
-large answers the process then holds hundreds of MB it no longer uses. Capping the arenas at two
-(`mallopt(M_ARENA_MAX, 2)`, the setting `MALLOC_ARENA_MAX=2` makes) keeps the peak of a heavy request
-close to what it allocates (measured in bench/RESULTS.md, "Abuse"). Elsewhere than glibc this does nothing.
+large answers the process then holds hundreds of MB it no longer uses. Three measures keep the resident
+size close to what is in use (measured in bench/RESULTS.md, "Abuse"):
+
+- `limit_arenas`: at most two glibc arenas (`mallopt(M_ARENA_MAX, 2)`, what `MALLOC_ARENA_MAX=2` does);
+- `use_system_pool`: Arrow allocates through the same malloc instead of its own mimalloc pool, which
+  keeps freed pages per thread (an environment's `ARROW_DEFAULT_MEMORY_POOL` still wins);
+- `release_memory`: returns the free pages at the top and inside the heap to the system (`malloc_trim`);
+  the service calls it every few seconds (`trim_periodically`), a few ms of a worker thread.
+
+Elsewhere than glibc `limit_arenas` and `release_memory` do nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
+from functools import cache
+from typing import Final
+
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # glibc's malloc.h
-ARENAS = 2
+M_ARENA_MAX: Final = -8  # glibc's malloc.h
+ARENAS: Final = 2
+TRIM_SECONDS: Final = 5.0
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas (before the worker threads start); True when it took effect."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     done = bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
     log.debug("malloc arenas capped at %d: %s", arenas, done)
     return done
+
+
+def use_system_pool() -> str:
+    """Let Arrow allocate with the system's malloc unless ARROW_DEFAULT_MEMORY_POOL chose a pool; the pool's name."""
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+    return pa.default_memory_pool().backend_name
+
+
+def release_memory() -> bool:
+    """Give the free memory of Arrow's pool and of malloc back to the system; True when malloc_trim ran."""
+    pa.default_memory_pool().release_unused()
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(ctypes.c_size_t(0))
+    return True
+
+
+async def trim_periodically(every_seconds: float = TRIM_SECONDS) -> None:
+    """Run `release_memory` off the event loop every `every_seconds`, until cancelled."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        await asyncio.to_thread(release_memory)

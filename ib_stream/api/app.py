@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from ib_stream import __version__
 from ib_stream.alerts.engine import AlertEngine, stop_task
 from ib_stream.api import guards, shutdown
-from ib_stream.api.allocator import limit_arenas
+from ib_stream.api.allocator import limit_arenas, trim_periodically, use_system_pool
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.routes import (
@@ -148,7 +148,8 @@ def create_app(
     """Build the service. `sources=None` picks them from settings; `[]` runs with no live source."""
     settings = settings or load_settings()
     clock = clock or SystemClock()
-    limit_arenas()  # memory freed after a large request goes back to the system
+    limit_arenas()  # memory freed after a large request goes back to the system (see allocator)
+    use_system_pool()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,6 +167,7 @@ def create_app(
         source_name, chosen = choice.name, choice.sources
         await asyncio.to_thread(_begin_run, store, clock, recorded, source_name, settings)
         heartbeat = asyncio.create_task(_heartbeat(store, clock, settings.storage.heartbeat_seconds), name="heartbeat")
+        trimmer = asyncio.create_task(trim_periodically(), name="memory-trim")
         state = ServiceState(settings, clock, store, streaming, contract_list, source_name)
         state.source_note = choice.note
         app.state.service = state
@@ -203,9 +205,10 @@ def create_app(
             await streaming.stop()
             if engine is not None:
                 await asyncio.to_thread(engine.close)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for background in (heartbeat, trimmer):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await asyncio.to_thread(store.gaps.end_run, clock.now_ns())
             # `ib-stream serve` announced its URL there; it holds the data root lock, so the file is its own. Removed
             # here because uvicorn ends a SIGTERMed process by re-raising the signal, before serve's cleanup runs.

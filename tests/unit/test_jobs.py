@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from apscheduler.triggers.interval import IntervalTrigger
@@ -13,6 +13,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from ib_stream.clock import ManualClock
 from ib_stream.errors import StorageError
 from ib_stream.jobs import (
+    CATCH_UP_DELAY_SECONDS,
+    CATCH_UP_JOBS,
     COMPACTION_INTERVAL_SECONDS,
     MAINTENANCE_INTERVAL_SECONDS,
     RETENTION_INTERVAL_SECONDS,
@@ -125,3 +127,21 @@ async def test_scheduler_keeps_running_after_a_job_fails(
         scheduler.shutdown(wait=False)
         await asyncio.sleep(0)
     assert calls >= 2
+
+
+async def test_derived_files_catch_up_soon_after_the_start(store: TickStore, config: StorageConfig) -> None:
+    """Ticks recorded while the service was down get rollups and snapshots at start, not an interval later."""
+    before = datetime.now(UTC)
+    scheduler = build_scheduler(store, config)
+    scheduler.start(paused=True)
+    try:
+        first = {job.id: job.next_run_time - before for job in scheduler.get_jobs()}
+    finally:
+        scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)
+    assert set(CATCH_UP_JOBS) == {"snapshots", "rollups"}
+    for job_id, wait in first.items():
+        if job_id in CATCH_UP_JOBS:
+            assert wait <= timedelta(seconds=CATCH_UP_DELAY_SECONDS + 1)
+        else:  # the others first run one interval after the start
+            assert wait >= timedelta(seconds=min(config.index_update_interval_seconds, SNAPSHOT_INTERVAL_SECONDS) - 1)
