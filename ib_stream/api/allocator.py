@@ -2,14 +2,14 @@
 
 A request's work runs on worker threads, and glibc gives each thread that contends for the allocator an
 arena of its own (up to 8 per core); memory freed in an arena is kept there for that thread. After a few
-large answers the process then holds hundreds of MB it no longer uses. Three measures keep the resident
+large answers the process then holds hundreds of MB it no longer uses; Arrow's own pool (mimalloc, kept
+because it reads faster than malloc here) likewise keeps freed pages. Two measures keep the resident
 size close to what is in use (measured in bench/RESULTS.md, "Abuse"):
 
 - `limit_arenas`: at most two glibc arenas (`mallopt(M_ARENA_MAX, 2)`, what `MALLOC_ARENA_MAX=2` does);
-- `use_system_pool`: Arrow allocates through the same malloc instead of its own mimalloc pool, which
-  keeps freed pages per thread (an environment's `ARROW_DEFAULT_MEMORY_POOL` still wins);
-- `release_memory`: returns the free pages at the top and inside the heap to the system (`malloc_trim`);
-  the service calls it every few seconds (`trim_periodically`), a few ms of a worker thread.
+- `release_memory`: returns the free pages of Arrow's pool (`release_unused`) and of malloc
+  (`malloc_trim`) to the system; the service calls it every few seconds (`trim_periodically`), a few ms
+  of a worker thread.
 
 Elsewhere than glibc `limit_arenas` and `release_memory` do nothing.
 """
@@ -20,7 +20,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import os
 from functools import cache
 from typing import Final
 
@@ -53,13 +52,6 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     done = bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
     log.debug("malloc arenas capped at %d: %s", arenas, done)
     return done
-
-
-def use_system_pool() -> str:
-    """Let Arrow allocate with the system's malloc unless ARROW_DEFAULT_MEMORY_POOL chose a pool; the pool's name."""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
-    return pa.default_memory_pool().backend_name
 
 
 def release_memory() -> bool:

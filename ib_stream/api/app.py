@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from ib_stream import __version__
 from ib_stream.alerts.engine import AlertEngine, stop_task
 from ib_stream.api import guards, shutdown
-from ib_stream.api.allocator import limit_arenas, trim_periodically, use_system_pool
+from ib_stream.api.allocator import limit_arenas, trim_periodically
 from ib_stream.api.errors import install_error_handlers
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.routes import (
@@ -149,7 +149,6 @@ def create_app(
     settings = settings or load_settings()
     clock = clock or SystemClock()
     limit_arenas()  # memory freed after a large request goes back to the system (see allocator)
-    use_system_pool()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
