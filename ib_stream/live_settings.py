@@ -11,9 +11,13 @@ from pydantic import BaseModel, Field
 LiveResolution = Literal["1s", "5s", "15s", "30s", "1m", "5m", "15m", "30m", "1h"]
 
 
-class _Rule(BaseModel):
+class Section(BaseModel):
+    """A settings section (or part of one): frozen once built, unknown keys refused."""
+
     model_config = {"frozen": True, "extra": "forbid"}
 
+
+class _Rule(Section):
     name: str = Field("", description="Name shown in alerts (default: the kind).")
     contract_ids: tuple[int, ...] = Field((), description="Contracts the rule applies to (empty = all).")
 
@@ -55,10 +59,8 @@ class VwapCrossRule(_Rule):
 AlertRule = Annotated[ObiImbalanceRule | CvdChangeRule | VwapCrossRule, Field(discriminator="kind")]
 
 
-class AlertsConfig(BaseModel):
+class AlertsConfig(Section):
     """Alert rules evaluated on live bars of every recorded contract, and the alert history."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     enabled: bool = Field(True, description="Run the alert engine with the service.")
     resolution: LiveResolution = Field("1m", description="Bar size the rules are evaluated on (1s .. 1h).")
@@ -79,10 +81,8 @@ class AlertsConfig(BaseModel):
     history_limit: int = Field(100_000, ge=100, description="Alerts kept in the history; the oldest are pruned.")
 
 
-class JsonSinkConfig(BaseModel):
+class JsonSinkConfig(Section):
     """The JSON files for external visualizers (off unless enabled)."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     enabled: bool = Field(False, description="Keep the JSON files current while the service runs.")
     directory: Path | None = Field(None, description="Where the files are written (default <data_root>/viz).")

@@ -15,17 +15,20 @@ from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ib_stream.errors import ConfigError
-from ib_stream.live_settings import AlertsConfig, JsonSinkConfig
+from ib_stream.live_settings import AlertsConfig, JsonSinkConfig, Section
 
 DEFAULT_CONFIG_FILE = Path("config/ib-stream.toml")
 _ROTATIONS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 _PARTITIONS = (1, 2, 3, 4, 6, 8, 12, 24)
 
 
-class StorageConfig(BaseModel):
-    """Where and how ticks are stored; names and meanings follow DESIGN.md §4."""
+def _future_skew(description: str) -> Any:
+    # The three future-skew limits (ingest, imports, live sources) share their default and bounds.
+    return Field(60, ge=0, le=86_400, description=description)
 
-    model_config = {"frozen": True, "extra": "forbid"}
+
+class StorageConfig(Section):
+    """Where and how ticks are stored; names and meanings follow DESIGN.md §4."""
 
     data_root: Path = Field(Path("storage"), description="Data root; the default place of buffer, archive and index.")
     buffer_path: Path | None = Field(None, description="JSON-lines buffer directory (default <data_root>/buffer).")
@@ -106,10 +109,8 @@ class StorageConfig(BaseModel):
         return self.data_root / ".service.json"
 
 
-class ApiConfig(BaseModel):
+class ApiConfig(Section):
     """The HTTP service and its live streams."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     host: str = Field("127.0.0.1", description="Interface the service listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the service listens on.")
@@ -146,18 +147,13 @@ class ApiConfig(BaseModel):
         le=3600,
         description="Live bar streams: a bar is final once ticks this long past its end have arrived.",
     )
-    max_future_skew_seconds: float = Field(
-        60,
-        ge=0,
-        le=86_400,
-        description="POST /v2/ticks: a tick whose ts is more than this ahead of the service clock is refused.",
+    max_future_skew_seconds: float = _future_skew(
+        "POST /v2/ticks: a tick whose ts is more than this ahead of the service clock is refused."
     )
 
 
-class SimConfig(BaseModel):
+class SimConfig(Section):
     """The built-in simulated market (the default source when no broker is configured)."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     seed: int = Field(42, description="Random seed; the same seed gives the same ticks.")
     quotes_per_second: float = Field(20, gt=0, description="Mean quote updates per second per contract.")
@@ -168,23 +164,16 @@ class SimConfig(BaseModel):
     batch_ms: int = Field(50, ge=1, description="How often the simulator hands its ticks to the store.")
 
 
-class ImportsConfig(BaseModel):
+class ImportsConfig(Section):
     """Importing recordings into the store (`ib-stream import`)."""
 
-    model_config = {"frozen": True, "extra": "forbid"}
-
-    max_future_skew_seconds: float = Field(
-        60,
-        ge=0,
-        le=86_400,
-        description="A recorded tick whose ts is more than this ahead of the clock is refused.",
+    max_future_skew_seconds: float = _future_skew(
+        "A recorded tick whose ts is more than this ahead of the clock is refused."
     )
 
 
-class ReplayConfig(BaseModel):
+class ReplayConfig(Section):
     """The replay source: re-plays a stored range into the live streams."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     start_time: str | None = Field(None, description="Start of the range (ISO-8601 with offset).")
     end_time: str | None = Field(None, description="End of the range (ISO-8601 with offset).")
@@ -192,10 +181,8 @@ class ReplayConfig(BaseModel):
     loop: bool = Field(False, description="Start again at the end of the range.")
 
 
-class IbConfig(BaseModel):
+class IbConfig(Section):
     """The connection to TWS / IB Gateway through the official ibapi client."""
-
-    model_config = {"frozen": True, "extra": "forbid"}
 
     enabled: bool = Field(False, description="Record from IB (source auto uses IB only when this is true).")
     host: str = Field("127.0.0.1", description="Host of TWS or IB Gateway.")
@@ -247,11 +234,8 @@ class Settings(BaseSettings):
     source: Literal["auto", "sim", "ib", "replay"] = Field(
         "auto", description="Where live ticks come from; auto = IB when enabled, else sim."
     )
-    source_max_future_skew_seconds: float = Field(
-        60,
-        ge=0,
-        le=86_400,
-        description="Live sources: a tick whose ts is more than this ahead of the service clock is refused.",
+    source_max_future_skew_seconds: float = _future_skew(
+        "Live sources: a tick whose ts is more than this ahead of the service clock is refused."
     )
     ib: IbConfig = Field(default_factory=lambda: IbConfig(), description="The Interactive Brokers connection.")
     sim: SimConfig = Field(default_factory=lambda: SimConfig(), description="The simulated market.")
