@@ -19,7 +19,7 @@ import ast
 import json
 from typing import Any, Final, Literal
 
-from ib_stream.importers.values import BadValue, to_float
+from ib_stream.importers.values import BadValue, finite_float
 
 Levels = dict[float, float]  # price -> size of one side of a book
 Operation = tuple[str, float, float]  # (insert|update|delete, price, size); a delete has size 0
@@ -67,14 +67,8 @@ def _price_size(level: Any) -> tuple[float, float]:
         raw_price, raw_size = level[0], level[1]
     else:
         raise BadValue("level is not [price, size, ...] or {price, size}", level)
-    try:
-        price = to_float(raw_price)
-    except BadValue:
-        raise BadValue("level price is not a finite number", level) from None
-    try:
-        size = to_float(raw_size)
-    except BadValue:
-        raise BadValue("level size is not a finite number", level) from None
+    price = finite_float(raw_price, "level price", level)
+    size = finite_float(raw_size, "level size", level)
     if price <= 0:
         raise BadValue("level price is not positive", level)
     if size < 0:

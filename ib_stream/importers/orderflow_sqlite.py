@@ -32,7 +32,7 @@ from typing import Any, Final
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import ValidationError
 from ib_stream.importers.orderflow_book import BookRows, Levels, depth_tick, diff_delta, diff_full, parse_levels
-from ib_stream.importers.values import BadValue, epoch_ns, is_missing, to_float, trade_side
+from ib_stream.importers.values import BadValue, epoch_ns, finite_float, is_missing, trade_side
 from ib_stream.importers.writer import (
     DEFAULT_BATCH_TICKS,
     DEFAULT_FUTURE_SKEW_NS,
@@ -220,20 +220,10 @@ def _import_trades(rows: Rows, writer: ImportWriter, contracts: Mapping[str, int
 
 def _trade(price: Any, size: Any, side: Any, timestamp: Any) -> dict[str, Any]:
     ts = _timestamp(timestamp)
-    if is_missing(price):
-        raise BadValue("missing price", price)
-    try:
-        price_value = to_float(price)
-    except BadValue:
-        raise BadValue("price is not a finite number", price) from None
+    price_value = _number(price, "price")
     if price_value <= 0:
         raise BadValue("price is not positive", price)
-    if is_missing(size):
-        raise BadValue("missing size", size)
-    try:
-        size_value = to_float(size)
-    except BadValue:
-        raise BadValue("size is not a finite number", size) from None
+    size_value = _number(size, "size")
     if size_value < 0:
         raise BadValue("negative size", size)
     if size_value == 0:
@@ -255,6 +245,12 @@ def _sink(sinks: dict[str, StreamSink], instrument: Any) -> StreamSink:
     if found is None:
         raise BadValue("missing instrument", instrument)
     return found
+
+
+def _number(value: Any, what: str) -> float:
+    if is_missing(value):
+        raise BadValue(f"missing {what}", value)
+    return finite_float(value, what, value)
 
 
 def _timestamp(value: Any) -> int:

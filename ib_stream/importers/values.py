@@ -9,7 +9,7 @@ text is read by `ib_stream.times.parse_recording_time`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -149,6 +149,14 @@ def to_float(value: Any) -> float:
     return number
 
 
+def finite_float(value: Any, what: str, shown: Any) -> float:
+    """`to_float(value)`, or BadValue("<what> is not a finite number", shown) (shown: the row part to report)."""
+    try:
+        return to_float(value)
+    except BadValue:
+        raise BadValue(f"{what} is not a finite number", shown) from None
+
+
 def to_int(value: Any) -> int:
     """An integer from an int, an integral float or integer text."""
     if isinstance(value, bool):
@@ -209,21 +217,20 @@ def buyer_maker_side(value: Any) -> int:
 
 def depth_side(value: Any) -> str:
     """A depth row's side: bid/b/1 → bid, ask/a/0 → ask (IB's updateMktDepth uses 1 bid, 0 ask)."""
-    text = str(value).strip().lower() if not isinstance(value, bool) else ""
-    if text.endswith(".0"):
-        text = text[:-2]
-    found = _DEPTH_SIDES.get(text)
-    if found is None:
-        raise BadValue("not a known depth side", value)
-    return found
+    return _coded(value, _DEPTH_SIDES, "depth side")
 
 
 def depth_operation(value: Any) -> str:
     """A depth operation: insert/update/delete or IB's codes 0/1/2."""
+    return _coded(value, _OPERATIONS, "depth operation")
+
+
+def _coded(value: Any, codes: Mapping[str, str], what: str) -> str:
+    # A word or a numeric code, any case; "1.0" (a float column) is the code 1; a bool is never a code.
     text = str(value).strip().lower() if not isinstance(value, bool) else ""
     if text.endswith(".0"):
         text = text[:-2]
-    found = _OPERATIONS.get(text)
+    found = codes.get(text)
     if found is None:
-        raise BadValue("not a known depth operation", value)
+        raise BadValue(f"not a known {what}", value)
     return found
