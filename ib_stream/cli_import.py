@@ -8,8 +8,9 @@ handling (expected errors become one line on stderr and exit 2 for bad input).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -82,21 +83,7 @@ def orderflow_command(
     )
     recording = inspect_recording(file)
     total = selected_rows(recording, resolve_contracts(recording, options), options)
-    config = support.storage_config(ctx, data_dir, create=True)
-    store = _open_store(config)
-    try:
-        with support.progress(f"importing {file.name}", total) as advance:
-            report = import_orderflow(
-                store,
-                file,
-                options,
-                batch_size=batch_size or config.batch_size,
-                progress=advance,
-                future_skew_ns=_future_skew_ns(ctx),
-            )
-    finally:
-        store.close()
-    _print_report(report)
+    _run_import(ctx, data_dir, batch_size, file, total, import_orderflow, options)
 
 
 @import_app.command("file")
@@ -166,24 +153,7 @@ def file_command(
     if not file.is_file():
         raise ValidationError("FILE", str(file), "does not exist")
     _, total, _ = scan_file(file, recipe)
-    config = support.storage_config(ctx, data_dir, create=True)
-    store = _open_store(config)
-    try:
-        with support.progress(f"importing {file.name}", total) as advance:
-            report = import_file(
-                store,
-                file,
-                recipe,
-                contract_id,
-                option=option,
-                only=chosen,
-                batch_size=batch_size or config.batch_size,
-                progress=advance,
-                future_skew_ns=_future_skew_ns(ctx),
-            )
-    finally:
-        store.close()
-    _print_report(report)
+    _run_import(ctx, data_dir, batch_size, file, total, import_file, recipe, contract_id, option=option, only=chosen)
 
 
 @import_app.command("presets")
@@ -269,6 +239,35 @@ def _print_undo(report: UndoReport) -> None:
     support.print_tables(table)
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
+
+
+def _run_import(
+    ctx: typer.Context,
+    data_dir: Path | None,
+    batch_size: int | None,
+    file: Path,
+    total: int | None,
+    importer: Callable[..., ImportReport],
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    # Both importers take (store, file, ...) and the same batch, progress and future-skew keywords.
+    config = support.storage_config(ctx, data_dir, create=True)
+    store = _open_store(config)
+    try:
+        with support.progress(f"importing {file.name}", total) as advance:
+            report = importer(
+                store,
+                file,
+                *args,
+                batch_size=batch_size or config.batch_size,
+                progress=advance,
+                future_skew_ns=_future_skew_ns(ctx),
+                **kwargs,
+            )
+    finally:
+        store.close()
+    _print_report(report)
 
 
 def _open_store(config: StorageConfig) -> TickStore:
