@@ -73,7 +73,15 @@ class RuleState:
             return self._cvd(rule, row)
         return self._vwap(rule, row)
 
-    def _alert(self, row: dict[str, Any], direction: str, value: float, threshold: float, message: str) -> Alert:
+    def _alert(
+        self,
+        row: dict[str, Any],
+        direction: str,
+        value: float,
+        threshold: float,
+        message: str,
+        details: dict[str, Any],
+    ) -> Alert:
         return Alert(
             self.contract_id,
             self.rule.label,
@@ -84,6 +92,7 @@ class RuleState:
             float(value),
             float(threshold),
             message,
+            details,
         )
 
     def _obi(self, rule: ObiImbalanceRule, row: dict[str, Any]) -> Alert | None:
@@ -100,15 +109,14 @@ class RuleState:
             return None
         self.fired = True
         side = "bid" if lean > 0 else "ask"
-        alert = self._alert(
+        return self._alert(
             row,
             side,
             obi,
             rule.threshold,
             f"OBI {obi:+.3f}: {side}-heavy book for {rule.bars} bars (|OBI| >= {rule.threshold:g})",
+            {"bars": rule.bars},
         )
-        alert.details = {"bars": rule.bars}
-        return alert
 
     def _cvd(self, rule: CvdChangeRule, row: dict[str, Any]) -> Alert | None:
         delta = _num(row, "delta")
@@ -123,15 +131,14 @@ class RuleState:
             return None
         self.fired = True
         word = "up" if way > 0 else "down"
-        alert = self._alert(
+        return self._alert(
             row,
             word,
             change,
             rule.threshold,
             f"CVD {word} {change:+g} over {len(self.deltas)} bars (threshold {rule.threshold:g})",
+            {"bars": len(self.deltas)},
         )
-        alert.details = {"bars": len(self.deltas)}
-        return alert
 
     def _vwap(self, rule: VwapCrossRule, row: dict[str, Any]) -> Alert | None:
         close, vwap, session = _num(row, "close"), _num(row, "session_vwap"), row.get("session")
@@ -146,15 +153,14 @@ class RuleState:
         if previous in (0, side):
             return None
         word = "up" if side > 0 else "down"
-        alert = self._alert(
+        return self._alert(
             row,
             word,
             close,
             vwap,
             f"price {close:g} crossed {'above' if side > 0 else 'below'} the session VWAP {vwap:g}",
+            {"vwap": vwap, "band": rule.band},
         )
-        alert.details = {"vwap": vwap, "band": rule.band}
-        return alert
 
 
 class RuleSet:
