@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -82,6 +82,11 @@ def new_stream_id(contract_id: int, label: str) -> str:
     return f"{contract_id}_{label}_{time.time_ns() // 1_000_000}_{next(_STREAM_NUMBERS):04d}"
 
 
+def tick_stream_id(contract_id: int, types: Sequence[TickType]) -> str:
+    """A new stream id for ticks of `types`: labelled by the one tick type, or `multi`."""
+    return new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+
+
 # ---- encoding ------------------------------------------------------------------------------------------
 def encode(message: dict[str, Any]) -> bytes:
     """JSON bytes of a message (orjson: no NaN, numpy-aware)."""
@@ -89,6 +94,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def contract_info(contract: Contract) -> dict[str, Any]:
+    """What names a contract in messages: symbol, security type, exchange, currency."""
     return {
         "symbol": contract.symbol,
         "sec_type": contract.sec_type,

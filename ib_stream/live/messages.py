@@ -122,6 +122,13 @@ def info_message(stream_id: str, status: str, **fields: Any) -> dict[str, Any]:
     return envelope("info", stream_id, {"status": status, **fields})
 
 
+def streams_info(
+    stream_id: str, status: str, contract_id: int, types: Sequence[TickType], **fields: Any
+) -> dict[str, Any]:
+    """An `info` message about a contract's tick streams: contract_id and tick_types, then `fields`."""
+    return info_message(stream_id, status, contract_id=contract_id, tick_types=[t.value for t in types], **fields)
+
+
 def error_message(
     stream_id: str, code: str, message: str, details: dict[str, Any] | None = None, recoverable: bool = False
 ) -> dict[str, Any]:

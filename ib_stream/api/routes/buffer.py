@@ -17,9 +17,9 @@ from ib_stream.api.protocol import (
     PROTOCOL_VERSION,
     V3_FIELD_MAPPING,
     contract_info,
-    new_stream_id,
     parse_stream_tick_types,
     protocol_description,
+    tick_stream_id,
     v3_message,
 )
 from ib_stream.api.shutdown import Shutdown
@@ -35,7 +35,7 @@ from ib_stream.api.sse import (
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import StreamKey
 from ib_stream.errors import QueryError, ValidationError
-from ib_stream.live.messages import info_message, tick_encoder, tick_messages
+from ib_stream.live.messages import info_message, streams_info, tick_encoder, tick_messages
 from ib_stream.live.pump import Message, SlowConsumer, pump
 from ib_stream.live.reader import join_live
 from ib_stream.streaming import LiveItem
@@ -68,7 +68,7 @@ async def buffer_stream(
         start_ns = now - parse_duration(buffer_duration, "buffer_duration")
     check_range(state.settings.api, start_ns, now)
     limit = check_limit(limit, state.settings)
-    stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+    stream_id = tick_stream_id(contract_id, types)
     beat = heartbeat_seconds(heartbeat, state.settings)
     shutdown = Shutdown()
     queue_size = state.streaming.queue_size
@@ -80,11 +80,11 @@ async def buffer_stream(
         try:
             items, through = join.history.items, join.history.through
             yield [
-                info_message(
+                streams_info(
                     stream_id,
                     "buffer_start",
-                    contract_id=contract_id,
-                    tick_types=[t.value for t in types],
+                    contract_id,
+                    types,
                     contract_info=contract_info(contract),
                     buffer_duration=None if start_time is not None else buffer_duration,
                     start_time=iso_us(start_ns),
@@ -95,11 +95,11 @@ async def buffer_stream(
                 yield list(tick_messages(stream_id, items[i : i + _HISTORY_CHUNK], iso_us(state.clock.now_ns())))
             yield [
                 info_message(stream_id, "buffer_complete", contract_id=contract_id, buffer_message_count=len(items)),
-                info_message(
+                streams_info(
                     stream_id,
                     "live_start",
-                    contract_id=contract_id,
-                    tick_types=[t.value for t in types],
+                    contract_id,
+                    types,
                     after_seq={s.tick_type.value: seq for s, seq in through.items()},
                     stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
                 ),

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from ib_stream.api.params import ContractIdPath, parse_duration, parse_tick_types
+from ib_stream.api.protocol import contract_info
 from ib_stream.api.state import State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract
@@ -23,10 +24,7 @@ router = APIRouter(tags=["contracts"])
 def describe_contract(contract: Contract) -> dict[str, Any]:
     return {
         "con_id": contract.con_id,
-        "symbol": contract.symbol,
-        "sec_type": contract.sec_type,
-        "exchange": contract.exchange,
-        "currency": contract.currency,
+        **contract_info(contract),
         "calendar": contract.calendar,
         "tick_types": [t.value for t in contract.tick_types],
         "depth_rows": contract.depth_rows,

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
-from ib_stream.api.protocol import contract_info, new_stream_id, parse_stream_tick_types
+from ib_stream.api.protocol import contract_info, parse_stream_tick_types, tick_stream_id
 from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import (
     SSE_RESPONSES,
@@ -25,7 +25,7 @@ from ib_stream.api.sse import (
 from ib_stream.api.state import ServiceState, State
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import InvalidTickTypeError
-from ib_stream.live.messages import info_message, now_iso, tick_data, tick_encoder
+from ib_stream.live.messages import now_iso, streams_info, tick_data, tick_encoder
 from ib_stream.live.pump import Message, pump
 
 router = APIRouter(tags=["live"])
@@ -70,7 +70,7 @@ def _live(
 ) -> EventSourceResponse:
     contract = state.streaming.require_contract(contract_id)
     limit = check_limit(limit, state.settings)
-    stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+    stream_id = tick_stream_id(contract_id, types)
     beat = heartbeat_seconds(heartbeat, state.settings)
     shutdown = Shutdown()
 
@@ -79,11 +79,11 @@ def _live(
         # leaves no subscription behind.
         sub = state.streaming.subscribe(contract_id, types)
         try:
-            subscribed = info_message(
+            subscribed = streams_info(
                 stream_id,
                 "subscribed",
-                contract_id=contract_id,
-                tick_types=[t.value for t in types],
+                contract_id,
+                types,
                 contract_info=contract_info(contract),
                 stream_config={"limit": limit, "timeout_seconds": timeout, "heartbeat_seconds": beat},
             )

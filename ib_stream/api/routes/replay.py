@@ -13,14 +13,14 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from ib_stream.api.params import check_range
-from ib_stream.api.protocol import new_stream_id, parse_stream_tick_types
+from ib_stream.api.protocol import parse_stream_tick_types, tick_stream_id
 from ib_stream.api.shutdown import Shutdown
 from ib_stream.api.sse import SSE_RESPONSES, HeartbeatQuery, LimitQuery, check_limit, heartbeat_seconds, sse_stream
 from ib_stream.api.state import ServiceState, State
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import StreamKey
 from ib_stream.errors import QueryError
-from ib_stream.live.messages import complete_message, info_message, now_iso, tick_message
+from ib_stream.live.messages import complete_message, now_iso, streams_info, tick_message
 from ib_stream.live.pump import Message
 from ib_stream.times import iso_us, parse_http_time
 
@@ -121,16 +121,16 @@ async def replay(
     check_range(state.settings.api, start_ns, end_ns)
     limit = check_limit(limit, state.settings)
     streams = [StreamKey(contract_id, t) for t in types]
-    stream_id = new_stream_id(contract_id, types[0].value if len(types) == 1 else "multi")
+    stream_id = tick_stream_id(contract_id, types)
     shutdown = Shutdown()
 
     async def messages() -> AsyncGenerator[list[Message], None]:
         yield [
-            info_message(
+            streams_info(
                 stream_id,
                 "replay_start",
-                contract_id=contract_id,
-                tick_types=[t.value for t in types],
+                contract_id,
+                types,
                 start_time=iso_us(start_ns),
                 end_time=iso_us(end_ns),
                 speed=speed,
