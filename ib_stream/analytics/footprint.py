@@ -153,7 +153,7 @@ def footprint(
 
     # Bars: trades are in time order, so each bar's trades are contiguous.
     starts = np.flatnonzero(np.r_[True, bar[1:] != bar[:-1]]) if len(bar) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(bar)].astype(np.int64)
+    ends = np.r_[starts[1:], len(bar)].astype(np.int64) if len(starts) else starts
     buy = np.where(side > 0, size, 0.0)
     sell = np.where(side < 0, size, 0.0)
     unknown = np.where(side == 0, size, 0.0)
@@ -161,7 +161,11 @@ def footprint(
     # Cells: (bar, level) groups, ascending level within a bar.
     order = np.lexsort((level, bar))
     cell_bar, cell_level = bar[order], level[order]
-    first = np.flatnonzero(np.r_[True, (cell_bar[1:] != cell_bar[:-1]) | (cell_level[1:] != cell_level[:-1])])
+    first = (
+        np.flatnonzero(np.r_[True, (cell_bar[1:] != cell_bar[:-1]) | (cell_level[1:] != cell_level[:-1])])
+        if len(order)
+        else np.zeros(0, np.int64)
+    )
     if len(first) > max_cells:
         raise QueryError(
             f"price_step {price_step:g} gives {len(first)} bar × price cells; at most {max_cells} per request: "

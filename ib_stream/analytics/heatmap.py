@@ -135,14 +135,14 @@ def heatmap(resting: Resting, start_ns: int, end_ns: int, columns: int, axis: Pr
     total = 2 * (count + 1) * rows
     # Most intervals lie inside one column: size × duration goes to that cell.
     one = first_col == last_col
-    weights = np.bincount((offset + first_col * rows)[one], (size * (t1 - t0))[one], total)
+    weights = _binned((offset + first_col * rows)[one], (size * (t1 - t0))[one], total)
     # The others: their partial first and last columns, and the columns they span whole (+size from
     # first_col + 1, −size from last_col: a difference array over the columns, summed below).
     many = np.flatnonzero(~one)
     f, la, s, a, b, o = first_col[many], last_col[many], size[many], t0[many], t1[many], offset[many]
-    weights += np.bincount(o + f * rows, ((f + 1) * column_ns - a) * s, total)
-    weights += np.bincount(o + la * rows, (b - la * column_ns) * s, total)
-    starts = np.bincount(o + (f + 1) * rows, s * column_ns, total) - np.bincount(o + la * rows, s * column_ns, total)
+    weights += _binned(o + f * rows, ((f + 1) * column_ns - a) * s, total)
+    weights += _binned(o + la * rows, (b - la * column_ns) * s, total)
+    starts = _binned(o + (f + 1) * rows, s * column_ns, total) - _binned(o + la * rows, s * column_ns, total)
     out = []
     lengths = np.minimum(column_ns, span - np.arange(count, dtype=np.int64) * column_ns).astype(np.float64)
     for side in (0, 1):
@@ -151,6 +151,11 @@ def heatmap(resting: Resting, start_ns: int, end_ns: int, columns: int, axis: Pr
         matrix = (weights[part].reshape(count + 1, rows) + whole)[:count] / lengths[:, None]
         out.append(np.ascontiguousarray(matrix.T))
     return Heatmap(start_ns, int(column_ns), int(count), axis, out[0], out[1])
+
+
+def _binned(index: np.ndarray, weights: np.ndarray, total: int) -> np.ndarray:
+    """Σ weights per index as float64 (bincount answers int64 for no input at all)."""
+    return np.bincount(index, weights, total).astype(np.float64, copy=False)
 
 
 def _tidy(prices: np.ndarray, step: float) -> np.ndarray:

@@ -65,7 +65,16 @@ def test_the_footprint_adds_up_to_the_bars(http: httpx.Client) -> None:
         assert sum(lv["sell"] for lv in levels) == pytest.approx(want["sell_volume"])
         assert [lv["price"] for lv in levels] == sorted(lv["price"] for lv in levels)
         assert bar["poc"] in [lv["price"] for lv in levels]
-        assert set(levels[0]) == {"price", "buy", "sell", "unknown", "delta", "trades", "buy_imbalance", "sell_imbalance"}
+        assert set(levels[0]) == {
+            "price",
+            "buy",
+            "sell",
+            "unknown",
+            "delta",
+            "trades",
+            "buy_imbalance",
+            "sell_imbalance",
+        }
 
 
 def test_the_long_form_formats_hold_one_row_per_bar_and_level(http: httpx.Client) -> None:
@@ -82,7 +91,9 @@ def test_the_long_form_formats_hold_one_row_per_bar_and_level(http: httpx.Client
     assert csv.status_code == 200 and len(csv.text.strip().splitlines()) == len(cells) + 1
 
 
-def test_the_heatmap_column_equals_the_book(server: tuple[LiveServer, list[dict[str, Any]]], http: httpx.Client) -> None:
+def test_the_heatmap_column_equals_the_book(
+    server: tuple[LiveServer, list[dict[str, Any]]], http: httpx.Client
+) -> None:
     _, depth = server
     start, end = DEPTH_START + HOUR_NS + 600 * 10**9, DEPTH_START + 2 * HOUR_NS + 1800 * 10**9  # from 13:10 UTC
     params = {"start_time": iso_ns(start), "end_time": iso_ns(end), "columns": 4000, "rows": 1000}
@@ -112,7 +123,9 @@ def test_the_heatmap_column_equals_the_book(server: tuple[LiveServer, list[dict[
 
 
 def test_a_heatmap_without_depth_is_404(http: httpx.Client) -> None:
-    response = http.get(f"/v2/heatmap/{AAPL}", params={"start_time": "2001-01-01T00:00:00Z", "end_time": "2001-01-02T00:00:00Z"})
+    response = http.get(
+        f"/v2/heatmap/{AAPL}", params={"start_time": "2001-01-01T00:00:00Z", "end_time": "2001-01-02T00:00:00Z"}
+    )
     assert response.status_code == 404 and response.json()["error"]["details"]["reason"] == "no_depth"
     assert http.get("/v2/heatmap/999999").json()["error"]["code"] == "CONTRACT_NOT_FOUND"
     assert http.get("/v2/footprint/999999").status_code == 404

@@ -66,6 +66,14 @@ def test_a_hand_computed_footprint() -> None:
     ]
 
 
+def test_no_trades_give_no_bars() -> None:
+    none = np.zeros(0)
+    found = footprint(_grid(), none.astype(np.int64), none, none, none.astype(np.int8), 0.01)
+    assert (len(found), found.cells, found.documents(), found.long_table().num_rows) == (0, 0, [], 0)
+    outside = footprint(_grid(1), np.array([T0_NS + 2 * MINUTE]), np.array([1.0]), np.array([1.0]), np.array([1]), 0.01)
+    assert len(outside) == 0
+
+
 def test_the_poc_tie_goes_to_the_level_nearest_the_middle_then_the_lower() -> None:
     t = T0_NS
     bars = _run(
@@ -142,7 +150,9 @@ def test_sides_and_ohlc_equal_the_bar_engines(store: TickStore) -> None:
         at = T0_NS - seconds(600) + seconds(i)
         quotes.append(quote(at, i))
         mid = 100.01 + (i % 7) * 0.01
-        trades.append(trade(at + 500_000, i, price=round(mid + rng.choice([-0.02, 0.0, 0.02, 0.01]), 2), size=float(i % 17 + 1)))
+        trades.append(
+            trade(at + 500_000, i, price=round(mid + rng.choice([-0.02, 0.0, 0.02, 0.01]), 2), size=float(i % 17 + 1))
+        )
     store.append_batch_sync(CONTRACT, "bid_ask", quotes)
     store.append_batch_sync(CONTRACT, "last", trades)
     query = StorageQuery(store.engine, contracts=[Contract(CONTRACT, "AAPL", calendar="XNAS", min_tick=0.01)])
@@ -159,8 +169,12 @@ def test_sides_and_ohlc_equal_the_bar_engines(store: TickStore) -> None:
             assert sum(lv["sell"] for lv in levels) == pytest.approx(bar["sell_volume"])
             assert sum(lv["unknown"] for lv in levels) == pytest.approx(bar["unknown_volume"])
             assert doc["delta"] == pytest.approx(bar["delta"])
-            assert [doc[k] for k in ("open", "high", "low", "close")] == [bar[k] for k in ("open", "high", "low", "close")]
+            assert [doc[k] for k in ("open", "high", "low", "close")] == [
+                bar[k] for k in ("open", "high", "low", "close")
+            ]
             assert (doc["volume"], doc["trade_count"]) == (bar["volume"], bar["trade_count"])
-        sides = {lv["buy"] > 0 for d in docs for lv in d["levels"]} | {lv["sell"] > 0 for d in docs for lv in d["levels"]}
+        sides = {lv["buy"] > 0 for d in docs for lv in d["levels"]} | {
+            lv["sell"] > 0 for d in docs for lv in d["levels"]
+        }
         assert sides == {True, False}
     query.close()

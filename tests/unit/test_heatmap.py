@@ -32,7 +32,11 @@ def _position_ticks(n: int, seed: int, start: int = T0_NS, update_share: float =
         for _ in range(run):
             side = rng.choice(["bid", "ask"])
             held = rows[side]
-            op = "update" if held and rng.random() < update_share else rng.choice(["insert", "delete"] if held else ["insert"])
+            op = (
+                "update"
+                if held and rng.random() < update_share
+                else rng.choice(["insert", "delete"] if held else ["insert"])
+            )
             if run > 2:
                 op = "update" if held else "insert"
             position = rng.randint(0, held if op == "insert" else max(held - 1, 0))
@@ -53,7 +57,9 @@ def _level_ticks(n: int, seed: int, start: int = T0_NS) -> list[dict[str, Any]]:
         price = round((9990 + rng.randint(0, 12) if side == "bid" else 10003 + rng.randint(0, 12)) * TICK, 2)
         op = rng.choice(["update", "update", "insert", "delete"])
         size = 0.0 if op == "delete" else float(rng.choice([0, 100, 200, 300, 500]))
-        ticks.append({"ts": at, "side": side, "position": 0, "operation": op, "price": price, "size": size, "by_price": True})
+        ticks.append(
+            {"ts": at, "side": side, "position": 0, "operation": op, "price": price, "size": size, "by_price": True}
+        )
     return ticks
 
 
@@ -139,6 +145,12 @@ def test_every_cell_is_the_time_weighted_mean_of_the_replayed_book(kind: str) ->
     np.testing.assert_allclose(found.bids, bids, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(found.asks, asks, rtol=1e-9, atol=1e-9)
     assert found.bids.shape == (axis.rows, found.columns) and found.max_size > 0
+
+
+def test_a_window_without_resting_size_bins_to_zeros() -> None:
+    empty = resting_intervals(OrderBook(), records_to_table([]), T0_NS, T0_NS + seconds(60))
+    found = heatmap(empty, T0_NS, T0_NS + seconds(60), 10, price_rows(99.0, 101.0, TICK, 20, 99.0, 101.0))
+    assert found.bids.shape == (found.axis.rows, 10) and found.max_size == 0 and not found.asks.any()
 
 
 def test_price_rows_are_whole_steps_centred_on_the_grid() -> None:
