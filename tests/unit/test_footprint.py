@@ -77,8 +77,14 @@ def test_no_trades_give_no_bars() -> None:
 def test_the_poc_tie_goes_to_the_level_nearest_the_middle_then_the_lower() -> None:
     t = T0_NS
     bars = _run(
-        [(t + 1, 100.00, 5, 1), (t + 2, 100.01, 1, 1), (t + 3, 100.02, 5, 1), (t + 4, 100.03, 5, -1)]
-        + [(t + MINUTE + 1, 100.00, 5, 1), (t + MINUTE + 2, 100.02, 5, -1)]
+        [
+            (t + 1, 100.0, 5, 1),
+            (t + 2, 100.01, 1, 1),
+            (t + 3, 100.02, 5, 1),
+            (t + 4, 100.03, 5, -1),
+            (t + MINUTE + 1, 100.0, 5, 1),
+            (t + MINUTE + 2, 100.02, 5, -1),
+        ]
     )
     assert bars[T0_NS]["poc"] == 100.02  # middle 100.015: 100.02 is nearer than 100.00 / 100.03
     assert bars[T0_NS + MINUTE]["poc"] == 100.0  # both as near the middle: the lower
