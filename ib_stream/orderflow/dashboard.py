@@ -6,8 +6,8 @@ the store and computed by the analytics kernels (blocking calls; the service run
 * `liquidity_heatmap(engine, contract, ...)`: the book in force at the window start from the snapshot machinery
   (`book_at`: latest valid snapshot plus the deltas after it — never a replay from the first tick), then the
   depth ticks of the window as resting intervals, binned on the time × price grid. The window is cut at the
-  snapshot boundaries (hours) inside it: each piece starts from its own snapshot, so the pieces run in
-  parallel on two threads.
+  snapshot boundaries (hours) inside it that hold a snapshot: each piece starts from its own snapshot, so the
+  pieces run in parallel on two threads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import NotFoundError, QueryError, ValidationError
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.store.query import QueryEngine
-from ib_stream.store.snapshots import book_at
+from ib_stream.store.snapshots import SnapshotStore, book_at
 from ib_stream.times import iso_ns
 
 _PIECE_WORKERS: Final = 2
@@ -99,8 +99,10 @@ def liquidity_heatmap(
             f"{MAX_HEATMAP_DELTAS} per request: use a shorter range",
             details={"field": "end_time", "value": iso_ns(end_ns), "deltas": held, "max_deltas": MAX_HEATMAP_DELTAS},
         )
-    partition = engine.layout.partition_ns
-    cuts = [start_ns, *range(start_ns - start_ns % partition + partition, end_ns, partition), end_ns]
+    # Cut at the boundaries inside the window that have a snapshot (a piece without one would replay from an older
+    # snapshot, or from the first tick: such a boundary stays inside its piece).
+    snapshots = {e.boundary_ns for e in SnapshotStore(engine.layout).entries(contract.con_id, end_ns)}
+    cuts = [start_ns, *sorted(b for b in snapshots if start_ns < b < end_ns), end_ns]
     spans = list(itertools.pairwise(cuts))
     work = [contextvars.copy_context() for _ in spans]
     futures = [
