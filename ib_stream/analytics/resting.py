@@ -11,7 +11,8 @@ Most of a session's depth is runs of `update`s of position rows (each row an ind
 price-level events (each price an independent slot, when `levels` is None): such runs are folded with one
 sort and array arithmetic, never a Python step per event. Inserts and deletes of position rows shift the
 rows below them, so they (and short runs between them, and price levels with a `levels` cut) take a
-per-event step, as the book's own replay does.
+per-event step, as the book's own replay does; the request's budget (`ib_stream.budget`) is checked every
+65,536 of them, so a walk past its deadline stops.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ib_stream import budget
 from ib_stream.analytics.book import ASK, BID, DELETE, INSERT, OPERATIONS, UPDATE, OrderBook
 
 FAST_RUN: Final = 64  # runs of updates at least this long are folded with arrays
+_CHECK_EVERY: Final = 65_536  # per-event steps between two checks of the request's budget
 _OP_SET: Final = pa.array(OPERATIONS)
 _NONE: Final = -1  # `since` of a row that does not rest (unknown, or below the `levels` cut)
 
@@ -319,7 +322,12 @@ def resting_intervals(
 def _walk_rows(rows: _Rows, c: _Columns, lo: int, hi: int, out: _Out) -> None:
     is_update = c.op[lo:hi] == UPDATE
     bounds = np.flatnonzero(np.r_[True, is_update[1:] != is_update[:-1], True]) + lo
+    steps = 0
     for a, b in itertools.pairwise(bounds.tolist()):
+        steps += b - a
+        if steps >= _CHECK_EVERY:  # a request past its deadline (or whose client left) stops here
+            budget.check()
+            steps = 0
         long_updates = bool(c.op[a] == UPDATE) and b - a >= FAST_RUN
         if long_updates and (rows.max_rows is None or int(c.position[a:b].max()) < rows.max_rows):
             rows.fold_updates(c, a, b, out)
@@ -335,8 +343,11 @@ def _walk_levels(prices: _Levels, c: _Columns, lo: int, hi: int, out: _Out) -> N
     if prices.levels == float("inf"):
         prices.fold(c, lo, hi, out)
         return
-    for ts, code, op, price, size in zip(
-        c.ts[lo:hi].tolist(), c.is_ask[lo:hi].tolist(), c.op[lo:hi].tolist(), c.price[lo:hi].tolist(),
-        c.size[lo:hi].tolist(), strict=True,
-    ):  # fmt: skip
-        prices.step(ts, code, op, price, size, out)
+    for a in range(lo, hi, _CHECK_EVERY):
+        budget.check()
+        b = min(a + _CHECK_EVERY, hi)
+        for ts, code, op, price, size in zip(
+            c.ts[a:b].tolist(), c.is_ask[a:b].tolist(), c.op[a:b].tolist(), c.price[a:b].tolist(),
+            c.size[a:b].tolist(), strict=True,
+        ):  # fmt: skip
+            prices.step(ts, code, op, price, size, out)
