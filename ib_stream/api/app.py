@@ -28,6 +28,7 @@ from ib_stream.api.routes import (
     bars,
     buffer,
     contracts,
+    dashboard,
     depth,
     historical,
     ingest,
@@ -73,6 +74,7 @@ ROUTERS = (
     backfill,
     live_bars,
     alerts_routes,
+    dashboard,
 )
 
 
