@@ -6,7 +6,8 @@ export const BAR_MS = { "1s": 1e3, "5s": 5e3, "15s": 15e3, "30s": 30e3, "1m": 60
 const SESSION_TYPES = ["regular", "extended", "overnight"];
 const OBI_SOURCES = ["auto", "depth", "quotes"];
 const DAYS = ["current", "previous", "recent", "date", "range"];
-const RECENT_MS = 3600e3; // "last hour"
+const RECENT_MS = 3600e3; // "last hour" — at most RECENT_BARS bars of the bar size, so small bars stay quick
+const RECENT_BARS = 600;
 
 // The view: everything a shared link restores. Empty strings are left out of the URL.
 export const DEFAULT_VIEW = Object.freeze({
@@ -124,8 +125,10 @@ export function isoFromNs(ns) {
 export async function resolveWindow(view, contractId, now = Date.now()) {
   const session = view.session;
   if (view.day === "recent") {
-    const start = now - RECENT_MS;
-    return { startMs: start, endMs: now, live: true, label: "last hour", bars: { start_time: iso(start), session } };
+    const span = Math.min(RECENT_MS, RECENT_BARS * BAR_MS[view.bar]);
+    const start = now - span;
+    const label = span === RECENT_MS ? "last hour" : `last ${Math.round(span / 60e3)} min`;
+    return { startMs: start, endMs: now, live: true, label, bars: { start_time: iso(start), session } };
   }
   if (view.day === "range") {
     const startMs = toMs(view.start);

@@ -257,6 +257,7 @@ async function render() {
   state.footprint = footprint;
   await draw($("depth"), depthFigure(state));
   state.renders += 1;
+  state.renderMs = Math.round(performance.now() - lastRender);
   renderSummary();
   renderNotes();
   renderMode();

@@ -2,7 +2,7 @@
 // coverage — one shared time axis) and the cumulative depth chart, built from the state with plotly.js.
 /* global Plotly */
 
-import { toMs } from "./api.js";
+import { BAR_MS, toMs } from "./api.js";
 
 export const FOOTPRINT_MAX_BARS = 40; // footprint cells are drawn when at most this many bars are visible
 const DOMAINS = { price: [0.43, 1], volume: [0.31, 0.41], obi: [0.185, 0.29], cvd: [0.06, 0.165], coverage: [0, 0.035] };
@@ -205,6 +205,17 @@ function axisTitle(text, c) {
   return { text, font: { size: 10, color: c.muted }, standoff: 4 };
 }
 
+// Without a zoom in the view: from the first bar with trades to the last bar (to the replay's end in a replay),
+// not the empty bars of a window that began before the data.
+function dataExtent(state) {
+  const width = BAR_MS[state.view.bar] || 60e3;
+  const first = state.bars.find((bar) => !bar.empty);
+  if (!first) return null;
+  const last = state.bars[state.bars.length - 1];
+  const end = state.mode === "replay" && state.replay.endMs ? state.replay.endMs : last.ms + width;
+  return [first.ms - width, end + width];
+}
+
 export function mainLayout(state, c) {
   const view = state.view;
   const axis = { gridcolor: c.grid, zerolinecolor: c.grid, linecolor: c.border, tickfont: { size: 10 } };
@@ -212,12 +223,9 @@ export function mainLayout(state, c) {
     ...axis, type: "date", domain: [0, PROFILE_DOMAIN[0] - 0.015], anchor: "y5", rangeslider: { visible: false },
     showspikes: true, spikemode: "across", spikethickness: 1, spikecolor: c.muted, spikedash: "dot", title: axisTitle("UTC", c),
   };
-  if (view.x0 && view.x1) {
-    xaxis.range = [toMs(view.x0), toMs(view.x1)];
-    xaxis.autorange = false;
-  } else {
-    xaxis.autorange = true;
-  }
+  const range = view.x0 && view.x1 ? [toMs(view.x0), toMs(view.x1)] : dataExtent(state);
+  if (range) Object.assign(xaxis, { range, autorange: false });
+  else xaxis.autorange = true;
   const obiLabel = state.obiSource === "depth" ? `OBI depth top-${view.levels}` : state.obiSource === "quotes" ? "OBI top of book" : "OBI";
   return {
     paper_bgcolor: c.bg, plot_bgcolor: c.bg, font: { color: c.fg, size: 11 },
