@@ -5,7 +5,7 @@ load is offline (tests/browser/conftest.py). The oracles are the service's own J
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +57,26 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     stop()
 
 
-def open_dashboard(browser: Any, server: LiveServer, query: str = "") -> tuple[Any, PageLog]:
-    page, log = offline_page(browser, server.url)
-    page.set_viewport_size({"width": 1366, "height": 768})
-    page.goto("/" + query)
-    page.wait_for_function("window.ibDashboard && window.ibDashboard.state.loads > 0", timeout=30_000)
-    return page, log
+Opener = Callable[[LiveServer, str], tuple[Any, PageLog]]
+
+
+@pytest.fixture
+def open_dashboard(browser: Any) -> Iterator[Opener]:
+    """Open the dashboard at a query string, on a laptop-sized page; the pages close after the test (a live page
+    left open would keep the browser busy for the next tests)."""
+    contexts: list[Any] = []
+
+    def open_page(server: LiveServer, query: str = "") -> tuple[Any, PageLog]:
+        page, log = offline_page(browser, server.url)
+        contexts.append(page.context)
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.goto("/" + query)
+        page.wait_for_function("window.ibDashboard && window.ibDashboard.state.loads > 0", timeout=30_000)
+        return page, log
+
+    yield open_page
+    for context in contexts:
+        context.close()
 
 
 def trace(page: Any, uid: str, chart: str = "chart") -> dict[str, Any] | None:
@@ -99,8 +113,8 @@ def test_page_and_plotly_are_served_by_the_service(sim: Sim) -> None:
     assert httpx.get(sim.server.url + "/dashboard/static/../app.js", timeout=30).status_code == 404
 
 
-def test_loads_clean_and_candles_equal_the_bars_route(browser: Any, sim: Sim) -> None:
-    page, log = open_dashboard(browser, sim.server, sim.range_query("15s"))
+def test_loads_clean_and_candles_equal_the_bars_route(open_dashboard: Opener, sim: Sim) -> None:
+    page, log = open_dashboard(sim.server, sim.range_query("15s"))
     expected = bars_of(
         sim.server, AAPL, kinds="ohlc,cvd,obi", resolution="15s", start_time=sim.start, end_time=sim.end,
         session="regular", levels=10, obi_source="auto",
@@ -127,9 +141,9 @@ def test_loads_clean_and_candles_equal_the_bars_route(browser: Any, sim: Sim) ->
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
-def test_controls_query_again_and_the_url_round_trips(browser: Any, sim: Sim) -> None:
+def test_controls_query_again_and_the_url_round_trips(open_dashboard: Opener, sim: Sim) -> None:
     shared = f"?contract={ES}&day=previous&session=extended&bar=5m&levels=5&obi=quotes&theme=light"
-    page, log = open_dashboard(browser, sim.server, shared)
+    page, log = open_dashboard(sim.server, shared)
     values = page.evaluate(
         "['contract', 'day', 'session', 'bar', 'levels', 'obi'].map((id) => document.getElementById(id).value)"
     )
@@ -154,8 +168,8 @@ def test_controls_query_again_and_the_url_round_trips(browser: Any, sim: Sim) ->
     assert log.console_errors == [] and http_errors(log) == [] and log.outside == []
 
 
-def test_a_live_bar_appears_and_updates_within_two_seconds(browser: Any, sim: Sim) -> None:
-    page, log = open_dashboard(browser, sim.server, f"?contract={AAPL}&day=recent&bar=1s")
+def test_a_live_bar_appears_and_updates_within_two_seconds(open_dashboard: Opener, sim: Sim) -> None:
+    page, log = open_dashboard(sim.server, f"?contract={AAPL}&day=recent&bar=1s")
     page.wait_for_function("window.ibDashboard.state.live && window.ibDashboard.state.live.connected", timeout=10_000)
     first = page.evaluate("document.getElementById('chart').data.find((t) => t.uid === 'candles').x.at(-1)")
     updates = page.evaluate("window.ibDashboard.state.live.bars")
@@ -171,8 +185,8 @@ def test_a_live_bar_appears_and_updates_within_two_seconds(browser: Any, sim: Si
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
-def test_the_depth_chart_shows_the_book_of_the_depth_route(browser: Any, sim: Sim) -> None:
-    page, log = open_dashboard(browser, sim.server, sim.range_query("15s"))
+def test_the_depth_chart_shows_the_book_of_the_depth_route(open_dashboard: Opener, sim: Sim) -> None:
+    page, log = open_dashboard(sim.server, sim.range_query("15s"))
     at = page.evaluate("window.ibDashboard.state.depth.at")
     book = httpx.get(f"{sim.server.url}/v2/depth/{AAPL}", params={"at": at, "levels": 10}, timeout=30).json()
     bids, asks = trace(page, "depth-bids", "depth"), trace(page, "depth-asks", "depth")
@@ -182,8 +196,8 @@ def test_the_depth_chart_shows_the_book_of_the_depth_route(browser: Any, sim: Si
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
-def test_a_recorded_gap_shows_in_the_coverage_band(browser: Any, sim: Sim) -> None:
-    page, log = open_dashboard(browser, sim.server, sim.range_query("15s"))
+def test_a_recorded_gap_shows_in_the_coverage_band(open_dashboard: Opener, sim: Sim) -> None:
+    page, log = open_dashboard(sim.server, sim.range_query("15s"))
     gaps = trace(page, "coverage-gaps")
     assert gaps is not None
     drawn = [(x, text) for x, text in zip(gaps["x"], gaps["text"], strict=True) if x is not None]
@@ -193,8 +207,8 @@ def test_a_recorded_gap_shows_in_the_coverage_band(browser: Any, sim: Sim) -> No
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
-def test_replay_advances_and_pause_stops_it(browser: Any, sim: Sim) -> None:
-    page, log = open_dashboard(browser, sim.server, sim.range_query("5s"))
+def test_replay_advances_and_pause_stops_it(open_dashboard: Opener, sim: Sim) -> None:
+    page, log = open_dashboard(sim.server, sim.range_query("5s"))
     page.select_option("#speed", "25")
     page.click("#replay-start")
     page.wait_for_function("window.ibDashboard.state.replay.ticks > 50", timeout=10_000)
@@ -212,11 +226,11 @@ def test_replay_advances_and_pause_stops_it(browser: Any, sim: Sim) -> None:
     assert log.console_errors == [] and http_errors(log) == [] and log.outside == []
 
 
-def test_footprint_cells_appear_when_zoomed_in(browser: Any, sim: Sim) -> None:
+def test_footprint_cells_appear_when_zoomed_in(open_dashboard: Opener, sim: Sim) -> None:
     if not has_route(sim.server, "/v2/footprint/{contract_id}"):
         pytest.skip("GET /v2/footprint/{contract_id} is not in this build (branch issue13-api)")
     x0, x1 = iso_us(sim.start_ns + 30 * NS), iso_us(sim.start_ns + 120 * NS)  # 6 bars of 15 s
-    page, log = open_dashboard(browser, sim.server, sim.range_query("15s", x0=x0, x1=x1))
+    page, log = open_dashboard(sim.server, sim.range_query("15s", x0=x0, x1=x1))
     page.wait_for_function("(document.getElementById('chart').data || []).some((t) => t.uid === 'footprint')")
     cells = trace(page, "footprint")
     assert cells is not None and len(cells["text"]) > 0
@@ -230,10 +244,10 @@ def test_footprint_cells_appear_when_zoomed_in(browser: Any, sim: Sim) -> None:
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
-def test_the_heatmap_shows_the_book_of_the_depth_route(browser: Any, sim: Sim) -> None:
+def test_the_heatmap_shows_the_book_of_the_depth_route(open_dashboard: Opener, sim: Sim) -> None:
     if not has_route(sim.server, "/v2/heatmap/{contract_id}"):
         pytest.skip("GET /v2/heatmap/{contract_id} is not in this build (branch issue13-api)")
-    page, log = open_dashboard(browser, sim.server, sim.range_query("15s"))
+    page, log = open_dashboard(sim.server, sim.range_query("15s"))
     heat = trace(page, "heatmap")
     assert heat is not None
     state = page.evaluate("window.ibDashboard.state.heatmap")
@@ -275,9 +289,9 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     stop()
 
 
-def test_an_imported_recording_renders(browser: Any, imported: LiveServer) -> None:
+def test_an_imported_recording_renders(open_dashboard: Opener, imported: LiveServer) -> None:
     start, end = "2021-01-08T00:00:00Z", "2021-01-08T00:01:00Z"
-    page, log = open_dashboard(browser, imported, f"?contract={BTC}&start={start}&end={end}&bar=5s")
+    page, log = open_dashboard(imported, f"?contract={BTC}&start={start}&end={end}&bar=5s")
     expected = bars_of(imported, BTC, kinds="ohlc,cvd,obi", resolution="5s", start_time=start, end_time=end)
     candles = trace(page, "candles")
     assert candles is not None and len(candles["x"]) == expected["count"] == 12

@@ -172,14 +172,34 @@ function coverageTraces(state, c) {
   ];
 }
 
+const PROFILE_MAX_ROWS = 240;
+
+// The profile's [price, volume] levels, summed into at most PROFILE_MAX_ROWS rows (a fine tick over a wide range
+// would be thousands of bars too thin to see).
+export function profileRows(levels) {
+  if (levels.length <= PROFILE_MAX_ROWS) return levels;
+  const prices = levels.map((l) => l[0]);
+  const low = Math.min(...prices);
+  const step = (Math.max(...prices) - low) / PROFILE_MAX_ROWS;
+  const rows = new Map();
+  for (const [price, volume] of levels) {
+    const row = Math.min(PROFILE_MAX_ROWS - 1, Math.floor((price - low) / step));
+    rows.set(row, (rows.get(row) || 0) + volume);
+  }
+  return [...rows.entries()].sort((a, b) => a[0] - b[0]).map(([row, volume]) => [low + (row + 0.5) * step, volume]);
+}
+
 function profileTrace(state, c) {
   const profile = state.summary && state.summary.profile;
   if (!profile || !profile.levels || !profile.levels.length) return [];
-  const inside = (p) => profile.value_area_low !== null && p >= profile.value_area_low && p <= profile.value_area_high;
+  const rows = profileRows(profile.levels);
+  const half = rows !== profile.levels && rows.length > 1 ? Math.abs(rows[1][0] - rows[0][0]) / 2 : 0; // binned
+  const inside = (p) => profile.value_area_low !== null && p >= profile.value_area_low - half && p <= profile.value_area_high + half;
+  const isPoc = (p) => Math.abs(p - profile.poc) <= half + 1e-12;
   return [{
     type: "bar", orientation: "h", name: "volume profile", uid: "profile",
-    y: profile.levels.map((l) => l[0]), x: profile.levels.map((l) => l[1]),
-    marker: { color: profile.levels.map((l) => (l[0] === profile.poc ? c.warn : inside(l[0]) ? alpha(c.accent, 0.7) : alpha(c.muted, 0.45))) },
+    y: rows.map((l) => l[0]), x: rows.map((l) => l[1]),
+    marker: { color: rows.map((l) => (isPoc(l[0]) ? c.warn : inside(l[0]) ? alpha(c.accent, 0.7) : alpha(c.muted, 0.45))) },
     xaxis: "x2", yaxis: "y", hovertemplate: "%{y}: %{x}<extra>profile</extra>",
   }];
 }
