@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import pandas as pd
 
 from ib_stream.alerts.engine import AlertEngine
+from ib_stream.analytics.footprint import Footprint
 from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.api import shutdown
 from ib_stream.api.idempotency import IdempotencyCache
@@ -30,6 +31,7 @@ from ib_stream.clock import Clock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import ContractNotFoundError
 from ib_stream.live.reader import read_merged
+from ib_stream.orderflow.dashboard import HeatmapResult, footprint_of
 from ib_stream.orderflow.query import StorageQuery
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings
@@ -129,6 +131,40 @@ class ServiceState:
     async def bars_summary(self, flow: OrderFlow, request: BarsRequest, profile_levels: bool) -> dict[str, Any]:
         """The order-flow summary of a request's range."""
         return await self._timed("bars_summary", lambda: self.run(flow.summary, request, profile_levels=profile_levels))
+
+    async def footprint(
+        self, flow: OrderFlow, request: BarsRequest, price_step: float | None, imbalance_ratio: float
+    ) -> Footprint:
+        """Footprint bars of a request (the dashboard's order-flow chart)."""
+        return await self._timed(
+            "footprint", lambda: self.run(footprint_of, flow, request, price_step, imbalance_ratio)
+        )
+
+    async def heatmap(
+        self,
+        contract_id: int,
+        start_ns: int,
+        end_ns: int,
+        columns: int,
+        rows: int,
+        price_low: float | None,
+        price_high: float | None,
+        levels: int | None,
+    ) -> HeatmapResult:
+        """The liquidity heatmap of [start_ns, end_ns) (the dashboard's depth chart)."""
+        return await self._timed(
+            "heatmap",
+            lambda: self.query.heatmap(
+                contract_id,
+                start_ns,
+                end_ns,
+                columns=columns,
+                rows=rows,
+                price_low=price_low,
+                price_high=price_high,
+                levels=levels,
+            ),
+        )
 
     async def book_at(self, contract_id: int, at_ns: int, levels: int | None) -> BookAt:
         """The L2 book of a contract at `at_ns`: the latest valid snapshot plus the depth updates since."""

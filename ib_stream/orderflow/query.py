@@ -1,9 +1,10 @@
 """The public read-only Python API (order-flow service layer): `StorageQuery` answers range queries, order-flow
-bars and L2 books over a data root, from the calling process, safe while a service writes the same root.
+bars, L2 books, footprints and liquidity heatmaps over a data root, from the calling process, safe while a service writes the same root.
 
 `from ib_stream.storage import StorageQuery` is the import path users rely on. Each operation has one
-blocking implementation (`query_range_sync`, `bars_sync`, `book_at_sync`); its awaitable form
-(`query_range`, `bars`, `book_at`) is the same method run on the query's worker threads by `_awaitable`.
+blocking implementation (`query_range_sync`, `bars_sync`, `book_at_sync`, `footprint_sync`, `heatmap_sync`);
+its awaitable form (`query_range`, `bars`, `book_at`, `footprint`, `heatmap`) is the same method run on the
+query's worker threads by `_awaitable`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 import pandas as pd
 
-from ib_stream.analytics.grid import parse_resolution
-from ib_stream.analytics.request import BarsRequest, parse_kinds
+from ib_stream.analytics.footprint import DEFAULT_IMBALANCE_RATIO, Footprint
+from ib_stream.analytics.grid import parse_bar_resolution, parse_resolution
+from ib_stream.analytics.heatmap import (
+    DEFAULT_COLUMNS,
+    DEFAULT_ROWS,
+    MAX_COLUMNS,
+    MAX_ROWS,
+    parse_grid_size,
+    parse_price,
+)
+from ib_stream.analytics.request import BarsRequest, parse_kinds, parse_levels, parse_trades
 from ib_stream.contracts import load_contracts
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.errors import IbStreamError, QueryError, ValidationError
+from ib_stream.orderflow.dashboard import HeatmapResult, footprint_of, liquidity_heatmap
 from ib_stream.orderflow.historical import check_bars_of, historical_bars
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import Settings, StorageConfig, load_settings
@@ -147,9 +158,72 @@ class StorageQuery:
         """The L2 book of a contract at `at` (default now): the latest valid snapshot plus at most an hour of deltas."""
         return book_at(self.engine, contract_id, at, levels)
 
+    def footprint_sync(
+        self,
+        contract_id: int,
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        resolution: str = "1m",
+        *,
+        price_step: float | None = None,
+        imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
+        trades: str = "last",
+        session: str = "regular",
+        calendar: str | None = None,
+    ) -> Footprint:
+        """Footprint bars of a contract in [start_time, end_time): per bar and price level the buy / sell / unknown
+        volume, delta, trade count and diagonal imbalances, per bar OHLC, volume, delta and POC — the answer of
+        `GET /v2/footprint` (see docs/concepts/order-flow.md). `.documents()` gives the JSON bars, `.to_pandas()`
+        one row per bar × level.
+
+        `price_step` (default the contract's min_tick) buckets prices; `imbalance_ratio` (> 1, default 3).
+        Only bars with trades are listed; trade sides are those of `bars` (the same classifier).
+        """
+        contract_id, start, end = self._span(contract_id, start_time, end_time)
+        request = BarsRequest(
+            contract_id, start, end, parse_bar_resolution(resolution), ("ohlc",), session, trades=parse_trades(trades)
+        )
+        flow = OrderFlow(self.engine, self._contract(contract_id, calendar))
+        return footprint_of(flow, request, price_step, imbalance_ratio)
+
+    def heatmap_sync(
+        self,
+        contract_id: int,
+        start_time: TimeLike,
+        end_time: TimeLike | None = None,
+        *,
+        columns: int = DEFAULT_COLUMNS,
+        rows: int = DEFAULT_ROWS,
+        price_low: float | None = None,
+        price_high: float | None = None,
+        levels: int | None = None,
+    ) -> HeatmapResult:
+        """The liquidity heatmap of a contract over [start_time, end_time): the time-weighted mean resting L2 size
+        per time column × price row, bids and asks apart — the answer of `GET /v2/heatmap` (see
+        docs/concepts/order-book.md). The book at the start comes from the latest snapshot plus deltas.
+
+        `columns` 1..4000, `rows` 1..1000 (at most; rows are whole price steps of the contract's min_tick);
+        `price_low` / `price_high` default to the lowest / highest resting price; `levels`: rows per side
+        considered (default all). NotFoundError when no depth rests in the window.
+        """
+        contract_id, start, end = self._span(contract_id, start_time, end_time)
+        return liquidity_heatmap(
+            self.engine,
+            self._contract(contract_id, None),
+            start,
+            end,
+            parse_grid_size(columns, "columns", DEFAULT_COLUMNS, MAX_COLUMNS),
+            parse_grid_size(rows, "rows", DEFAULT_ROWS, MAX_ROWS),
+            parse_price(price_low, "price_low"),
+            parse_price(price_high, "price_high"),
+            None if levels is None else parse_levels(levels),
+        )
+
     query_range = _awaitable(query_range_sync)
     bars = _awaitable(bars_sync)
     book_at = _awaitable(book_at_sync)
+    footprint = _awaitable(footprint_sync)
+    heatmap = _awaitable(heatmap_sync)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]  # its config/contracts.toml lists CO
 LONDON = Contract(CONTRACT, "AAPL", calendar="XLON")
 
 
-@pytest.mark.parametrize("name", ["query_range", "bars", "book_at"])
+@pytest.mark.parametrize("name", ["query_range", "bars", "book_at", "footprint", "heatmap"])
 def test_each_operation_is_one_blocking_method_and_its_awaitable_form(name: str) -> None:
     blocking, awaitable = getattr(StorageQuery, f"{name}_sync"), getattr(StorageQuery, name)
     assert not inspect.iscoroutinefunction(blocking) and inspect.iscoroutinefunction(awaitable)
