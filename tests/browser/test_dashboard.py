@@ -18,7 +18,7 @@ from ib_stream.importers import import_file, preset
 from ib_stream.settings import load_settings
 from ib_stream.storage import TickStore
 from ib_stream.store.gaps import GapReason
-from ib_stream.times import iso_us
+from ib_stream.times import iso_ns, iso_us
 from tests.browser.conftest import PageLog, offline_page
 from tests.conftest import requires_shared_data
 from tests.e2e.conftest import AAPL, ES, REPO, LiveServer, start_server
@@ -249,19 +249,23 @@ def test_the_heatmap_shows_the_book_of_the_depth_route(open_dashboard: Opener, s
         pytest.skip("GET /v2/heatmap/{contract_id} is not in this build (branch issue13-api)")
     page, log = open_dashboard(sim.server, sim.range_query("15s"))
     heat = trace(page, "heatmap")
-    assert heat is not None
-    state = page.evaluate("window.ibDashboard.state.heatmap")
-    column = len(state["times"]) - 1
-    at = iso_us(int(state["times"][column] * 1e6) + state["column_ns"])
-    book = httpx.get(f"{sim.server.url}/v2/depth/{AAPL}", params={"at": at, "levels": 10}, timeout=30).json()
-    step = state["price_step"]
+    drawn = page.evaluate("window.ibDashboard.state.heatmap")
+    assert heat is not None and drawn["times"]
+    for row, (bids, asks) in enumerate(zip(drawn["bids"], drawn["asks"], strict=True)):
+        assert heat["z"][row] == [b - a for b, a in zip(bids, asks, strict=True)]  # bids up, asks down
+    # Each cell is a time-weighted mean over its column: the book of the column's last instant rested in it.
+    column = len(drawn["times"]) - 1
+    last_instant = int(drawn["times"][column] * 1e6) + drawn["column_ns"] - 1
+    book = httpx.get(
+        f"{sim.server.url}/v2/depth/{AAPL}", params={"at": iso_ns(last_instant), "levels": 10}, timeout=30
+    ).json()
+    assert len(book["bids"]) == len(book["asks"]) == 10
 
     def row_of(price: float) -> int:
-        return min(range(len(state["prices"])), key=lambda r: abs(state["prices"][r] - price))
+        return int((price - drawn["price_low"]) // drawn["price_step"])
 
-    best_bid, best_ask = book["bids"][0][0], book["asks"][0][0]
-    assert abs(state["prices"][row_of(best_bid)] - best_bid) <= step
-    assert heat["z"][row_of(best_bid)][column] > 0 and heat["z"][row_of(best_ask)][column] < 0
+    assert all(drawn["bids"][row_of(price)][column] > 0 for price, _ in book["bids"])
+    assert all(drawn["asks"][row_of(price)][column] > 0 for price, _ in book["asks"])
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 

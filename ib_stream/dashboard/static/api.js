@@ -172,13 +172,13 @@ export async function alerts(contractId, sinceMs, signal) {
   return getJson("/v2/alerts", { contract_id: contractId, since: iso(sinceMs), limit: 1000 }, signal);
 }
 
-export async function footprint(contractId, view, startMs, endMs, signal) {
-  const params = { start_time: iso(startMs), end_time: iso(endMs), resolution: view.bar };
+export async function footprint(contractId, view, startMs, endMs, priceStep, signal) {
+  const params = { start_time: iso(startMs), end_time: iso(endMs), resolution: view.bar, price_step: priceStep };
   return getJson(`/v2/footprint/${contractId}`, params, signal);
 }
 
-// `grid` (price_low, price_high, rows) keeps a refresh on the grid of the picture it extends.
+// `grid` (price_low, price_high, rows) asks a refresh for the rows of the picture it extends.
 export async function heatmap(contractId, view, startMs, endMs, columns, grid, signal) {
-  const params = { start_time: iso(startMs), end_time: iso(endMs), columns, levels: Math.max(view.levels, 20), ...(grid || {}) };
+  const params = { start_time: iso(startMs), end_time: iso(endMs), columns, ...(grid || {}) };
   return getJson(`/v2/heatmap/${contractId}`, params, signal);
 }

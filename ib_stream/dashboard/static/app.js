@@ -132,9 +132,10 @@ function canHeatmap() {
     note("heatmap", "liquidity heatmap: this service has no /v2/heatmap route");
     return false;
   }
-  if (!state.held.has("depth")) {
-    note("heatmap", "liquidity heatmap: no depth recorded for this contract");
-    return false;
+  const depth = state.contract && (state.contract.streams || []).find((s) => s.tick_type === "depth" && s.tick_count > 0);
+  if (!depth || !state.window || api.toMs(depth.first_tick) >= state.window.endMs) {
+    note("heatmap", "liquidity heatmap: no depth recorded for this contract in this window");
+    return false; // the route would answer 404 no_depth
   }
   return true;
 }
@@ -164,7 +165,8 @@ async function loadHeatmap(signal) {
   }
 }
 
-// Live: the last columns of the heatmap again (the last one was still filling), on the same price grid.
+// Live: the last columns of the heatmap again (the last one was still filling). The service widens the asked
+// price range by half a tick, so the new columns are put on the picture's rows by price.
 async function extendHeatmap() {
   const map = state.heatmap;
   if (!map || !map.times.length || (state.view.x0 && state.view.x1)) return;
@@ -176,14 +178,11 @@ async function extendHeatmap() {
     return;
   }
   const mine = generation;
-  const grid = { price_low: map.price_low, price_high: map.price_high, rows: map.rows };
+  const grid = { price_low: map.prices[0], price_high: map.prices[map.prices.length - 1], rows: map.prices.length };
   try {
     const part = normalizeHeatmap(await api.heatmap(state.contractId, state.view, start, start + columns * map.column_ms, columns, grid));
     if (mine !== generation || state.heatmap !== map) return;
-    if (part.rows !== map.rows || part.price_low !== map.price_low || part.prices.length !== map.prices.length) {
-      await loadHeatmap(); // the grid moved: draw the picture again
-      return;
-    }
+    const rowOf = part.prices.map((price) => Math.round((price - map.prices[0]) / map.price_step));
     part.times.forEach((t, column) => {
       let at = map.times.lastIndexOf(t);
       if (at < 0) {
@@ -191,14 +190,30 @@ async function extendHeatmap() {
         at = map.times.length - 1;
       }
       for (let row = 0; row < map.prices.length; row += 1) {
-        map.bids[row][at] = part.bids[row][column];
-        map.asks[row][at] = part.asks[row][column];
+        map.bids[row][at] = 0;
+        map.asks[row][at] = 0;
       }
+      rowOf.forEach((row, from) => {
+        if (row < 0 || row >= map.prices.length) return; // outside the picture: the next full load shows it
+        map.bids[row][at] += part.bids[from][column];
+        map.asks[row][at] += part.asks[from][column];
+      });
     });
     map.max_size = Math.max(map.max_size, part.max_size);
   } catch (error) {
     if (!quiet(error) && mine === generation) note("heatmap", `liquidity heatmap: ${error.message}`);
   }
+}
+
+// A price level per cell that keeps about FOOTPRINT_ROWS cells across the visible bars: a whole number of ticks.
+const FOOTPRINT_ROWS = 24;
+
+function footprintStep(start, end) {
+  const tick = (state.contract && state.contract.min_tick) || 0.01;
+  const shown = state.bars.filter((bar) => bar.ms >= start && bar.ms < end && !bar.empty);
+  if (!shown.length) return tick;
+  const span = Math.max(...shown.map((b) => b.high)) - Math.min(...shown.map((b) => b.low));
+  return Number((Math.max(1, Math.ceil(span / FOOTPRINT_ROWS / tick)) * tick).toFixed(10));
 }
 
 async function loadFootprint() {
@@ -208,7 +223,7 @@ async function loadFootprint() {
   const end = Math.min(Math.ceil(b / barMs) * barMs, Date.now() + barMs);
   const mine = generation;
   try {
-    const answer = await api.footprint(state.contractId, state.view, start, end);
+    const answer = await api.footprint(state.contractId, state.view, start, end, footprintStep(start, end));
     if (mine === generation) state.footprint = answer;
   } catch (error) {
     if (!quiet(error) && mine === generation) note("footprint", `footprint: ${error.message}`);
