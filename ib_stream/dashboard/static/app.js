@@ -92,8 +92,8 @@ async function loadView() {
   state.loads += 1;
   setStatus(`${state.bars.length} bars · ${win.label}`);
   await render();
+  if (win.live) startLive();
   await refreshZoomed();
-  if (win.live && mine === generation) startLive();
 }
 
 function stopMoving() {
@@ -140,8 +140,14 @@ function canHeatmap() {
   return true;
 }
 
+// Times as epoch ms, and `scale_size`: the colour scale's top, the 97th percentile of the cells that hold size
+// (the largest cell alone would leave the usual book too faint to see next to one big resting order).
 function normalizeHeatmap(answer) {
-  return { ...answer, times: answer.times.map(api.toMs), column_ms: answer.column_ns / 1e6 };
+  const sizes = [];
+  for (const matrix of [answer.bids, answer.asks]) for (const row of matrix) for (const v of row) if (v > 0) sizes.push(v);
+  sizes.sort((a, b) => a - b);
+  const scale = sizes.length ? sizes[Math.floor(sizes.length * 0.97)] : answer.max_size;
+  return { ...answer, times: answer.times.map(api.toMs), column_ms: answer.column_ns / 1e6, scale_size: scale || 1 };
 }
 
 function visibleRange() {

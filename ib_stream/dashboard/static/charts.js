@@ -42,7 +42,7 @@ function heatmapTrace(state, c) {
   if (!map || !map.times.length) return [];
   const clock = state.mode === "replay" ? state.replay.clockMs : Infinity;
   const z = map.prices.map((_, row) => map.times.map((t, col) => (t > clock ? null : map.bids[row][col] - map.asks[row][col])));
-  const top = Math.max(1, map.max_size || 1);
+  const top = Math.max(1e-9, map.scale_size || map.max_size || 1);
   // Bids positive (up colour), asks negative (down colour), zero transparent; the stops stretch small sizes.
   const scale = [
     [0, alpha(c.down, 0.9)], [0.3, alpha(c.down, 0.55)], [0.45, alpha(c.down, 0.25)], [0.5, "rgba(0,0,0,0)"],
@@ -51,6 +51,7 @@ function heatmapTrace(state, c) {
   return [{
     type: "heatmap", name: "liquidity heatmap", uid: "heatmap", x: map.times, y: map.prices, z,
     zmin: -top, zmax: top, zmid: 0, colorscale: scale, showscale: false, zsmooth: false, hoverinfo: "skip",
+    opacity: state.footprintVisible ? 0.3 : 0.85, // faint behind footprint cells, so their numbers read
     xaxis: "x", yaxis: "y",
   }];
 }
@@ -236,6 +237,16 @@ function dataExtent(state) {
   return [first.ms - width, end + width];
 }
 
+// Zoomed in: the price axis fits the bars in view (plotly would keep the whole window's prices).
+function visiblePrices(state, [a, b]) {
+  const shown = state.displayBars.filter((bar) => bar.ms >= a && bar.ms <= b && bar.high !== null && bar.high !== undefined);
+  if (!shown.length) return null;
+  const high = Math.max(...shown.map((bar) => bar.high));
+  const low = Math.min(...shown.map((bar) => bar.low));
+  const pad = Math.max((high - low) * 0.08, (state.contract && state.contract.min_tick) || 0.01);
+  return [low - pad, high + pad];
+}
+
 export function mainLayout(state, c) {
   const view = state.view;
   const axis = { gridcolor: c.grid, zerolinecolor: c.grid, linecolor: c.border, tickfont: { size: 10 } };
@@ -246,6 +257,9 @@ export function mainLayout(state, c) {
   const range = view.x0 && view.x1 ? [toMs(view.x0), toMs(view.x1)] : dataExtent(state);
   if (range) Object.assign(xaxis, { range, autorange: false });
   else xaxis.autorange = true;
+  const yaxis = { ...axis, domain: DOMAINS.price, anchor: "x", title: axisTitle("price", c) };
+  const priceRange = range && view.x0 ? visiblePrices(state, range) : null;
+  if (priceRange) Object.assign(yaxis, { range: priceRange, autorange: false });
   const obiLabel = state.obiSource === "depth" ? `OBI depth top-${view.levels}` : state.obiSource === "quotes" ? "OBI top of book" : "OBI";
   return {
     paper_bgcolor: c.bg, plot_bgcolor: c.bg, font: { color: c.fg, size: 11 },
@@ -254,7 +268,7 @@ export function mainLayout(state, c) {
     barmode: "stack", bargap: 0.15, uirevision: state.viewKey,
     xaxis,
     xaxis2: { ...axis, domain: PROFILE_DOMAIN, anchor: "y", showgrid: false, zeroline: false, side: "top", showticklabels: false, title: axisTitle("profile", c), fixedrange: true },
-    yaxis: { ...axis, domain: DOMAINS.price, anchor: "x", title: axisTitle("price", c) },
+    yaxis,
     yaxis2: { ...axis, domain: DOMAINS.volume, anchor: "x", title: axisTitle("buy / sell", c) },
     yaxis3: { ...axis, domain: DOMAINS.obi, anchor: "x", title: axisTitle(obiLabel, c), range: [-1.05, 1.05], fixedrange: true },
     yaxis4: { ...axis, domain: DOMAINS.cvd, anchor: "x", title: axisTitle("CVD", c) },
