@@ -23,6 +23,7 @@ from tests.browser.conftest import PageLog, offline_page
 from tests.conftest import requires_shared_data
 from tests.e2e.conftest import AAPL, ES, REPO, LiveServer, start_server
 from tests.support.dashboard_service import start_sim_service
+from tests.support.screenshots import capture, png_size
 
 pytestmark = pytest.mark.timeout(120)
 NS = 1_000_000_000
@@ -52,7 +53,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     server, stop = start_sim_service(tmp_path_factory.mktemp("dashboard") / "storage", HISTORY_MINUTES)
     holder = Sim(server, started)
     gap_start, gap_end = holder.gap
-    server.store.gaps.add(StreamKey(AAPL, TickType.LAST), gap_start, gap_end, GapReason.SERVICE_DOWN, "stopped for a test")
+    server.store.gaps.add(
+        StreamKey(AAPL, TickType.LAST), gap_start, gap_end, GapReason.SERVICE_DOWN, "stopped for a test"
+    )
     yield holder
     stop()
 
@@ -134,7 +137,9 @@ def test_loads_clean_and_candles_equal_the_bars_route(open_dashboard: Opener, si
     assert obi["close"] == [row["obi_close"] for row in rows] and cvd["close"] == [row["cvd_close"] for row in rows]
     assert page.evaluate("window.ibDashboard.state.obiSource") == expected["obi_source"] == "depth"
     summary = httpx.get(
-        f"{sim.server.url}/v2/bars/{AAPL}/summary", params={"start_time": sim.start, "end_time": sim.end, "profile": "true"}, timeout=30
+        f"{sim.server.url}/v2/bars/{AAPL}/summary",
+        params={"start_time": sim.start, "end_time": sim.end, "profile": "true"},
+        timeout=30,
     ).json()
     profile = trace(page, "profile")
     assert profile is not None and max(profile["x"]) == max(volume for _, volume in summary["profile"]["levels"])
@@ -203,7 +208,8 @@ def test_a_recorded_gap_shows_in_the_coverage_band(open_dashboard: Opener, sim: 
     drawn = [(x, text) for x, text in zip(gaps["x"], gaps["text"], strict=True) if x is not None]
     assert drawn and all("last: service_down" in text and "stopped for a test" in text for _, text in drawn)
     start, end = sim.gap
-    assert min(x for x, _ in drawn) == pytest.approx(start / 1e6) and max(x for x, _ in drawn) == pytest.approx(end / 1e6)
+    xs = [x for x, _ in drawn]
+    assert min(xs) == pytest.approx(start / 1e6) and max(xs) == pytest.approx(end / 1e6)
     assert log.console_errors == [] and log.failed == [] and log.outside == []
 
 
@@ -304,3 +310,9 @@ def test_an_imported_recording_renders(open_dashboard: Opener, imported: LiveSer
     notes = page.evaluate("Object.values(window.ibDashboard.state.notes).join(' ')")
     assert "heatmap" in notes  # a contract without depth: the panel says why it is empty, nothing is asked for
     assert log.console_errors == [] and log.failed == [] and log.outside == []
+
+
+def test_the_screenshot_script_writes_both_themes(browser: Any, sim: Sim, tmp_path: Path) -> None:
+    written = capture(browser, sim.server.url, tmp_path, sim.range_query("15s"), settle_seconds=0.2)
+    assert [p.name for p in written] == ["dashboard-dark.png", "dashboard-light.png"]
+    assert all(png_size(p) == (1366, 768) for p in written)
