@@ -10,7 +10,8 @@
   minute by minute through a real `TickStore`, archived and snapshotted (`run_snapshots`); then
   `liquidity_heatmap` (= `GET /v2/heatmap`'s computation) of the whole session at 1200 columns × 200 rows.
 
-Each is timed `--reps` times after a warm-up (min and median); the peak memory of one more run is measured with
+Each is timed `--reps` times after a warm-up (min and median wall time, and the CPU seconds of all threads per
+run — the figure to read on a machine busy with other work); the peak memory of one more run is measured with
 tracemalloc (Python and numpy allocations) and pyarrow's pool high-water mark (Arrow buffers: the read tables).
 
 Run: `.venv/bin/python bench/dashboard_bench.py [--ticks 5000000] [--reps 5]`.
@@ -47,7 +48,9 @@ def log(msg: str) -> None:
 
 def measured(fn: Any, reps: int) -> dict[str, Any]:
     """min / median seconds of `reps` runs after one warm-up, then the peak memory of one more run."""
+    cpu_started = time.process_time()
     median, times, _ = timed(fn, reps, warmup=1)
+    cpu = (time.process_time() - cpu_started) / (reps + 1)  # CPU seconds of all threads, per run
     pool = pa.default_memory_pool()
     before = pool.max_memory() or 0
     tracemalloc.start()
@@ -58,6 +61,7 @@ def measured(fn: Any, reps: int) -> dict[str, Any]:
         "min_s": min(times),
         "median_s": median,
         "times_s": times,
+        "cpu_s_per_run": cpu,
         "tracemalloc_peak_mb": peak / 2**20,
         "arrow_pool_high_water_mb": max(pool.max_memory() or 0, before) / 2**20,
     }

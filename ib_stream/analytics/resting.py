@@ -130,8 +130,11 @@ class _Rows:
         """A run of updates: each (side, position) is a slot whose content changes at each of its events."""
         position = c.position[lo:hi]
         width = max(len(self.side[BID]), len(self.side[ASK]), int(position.max()) + 1)
-        for rows in self.side:
-            rows.extend([None] * (width - len(rows)))
+        asks = c.is_ask[lo:hi].astype(bool)
+        for code, mine in ((BID, position[~asks]), (ASK, position[asks])):
+            if len(mine):  # an update past the end adds unknown rows up to it, as OrderBook does (this side only)
+                rows = self.side[code]
+                rows.extend([None] * (int(mine.max()) + 1 - len(rows)))
         held_price = np.full(2 * width, np.nan)  # the content of every slot before the run
         held_size = np.full(2 * width, np.nan)
         held_since = np.full(2 * width, _NONE, dtype=np.int64)

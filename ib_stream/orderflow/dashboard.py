@@ -2,7 +2,7 @@
 the store and computed by the analytics kernels (blocking calls; the service runs them off the event loop).
 
 * `footprint(flow, request, ...)`: the trades of the request classified exactly as the bar engine classifies
-  them (`OrderFlow.trades`: the one side classifier with its session context), bucketed by bar and price level.
+  them (`OrderFlow.trade_sides`: the one side classifier with its session context), bucketed by bar and price level.
 * `liquidity_heatmap(engine, contract, ...)`: the book in force at the window start from the snapshot machinery
   (`book_at`: latest valid snapshot plus the deltas after it — never a replay from the first tick), then the
   depth ticks of the window as resting intervals, binned on the time × price grid. The window is cut at the
@@ -13,12 +13,11 @@ the store and computed by the analytics kernels (blocking calls; the service run
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
-
-import numpy as np
 
 from ib_stream.analytics.footprint import DEFAULT_IMBALANCE_RATIO, Footprint, footprint, parse_price_step
 from ib_stream.analytics.heatmap import Heatmap, PriceRows, heatmap, price_rows
@@ -33,6 +32,7 @@ from ib_stream.store.snapshots import book_at
 from ib_stream.times import iso_ns
 
 _PIECE_WORKERS: Final = 2
+DEPTH_COLUMNS: Final = ("ts", "seq", "side", "position", "operation", "price", "size", "by_price")
 MAX_HEATMAP_DELTAS: Final = 25_000_000  # depth ticks one heatmap may walk (about five simulated sessions)
 _pieces_pool = ThreadPoolExecutor(max_workers=_PIECE_WORKERS, thread_name_prefix="ib-stream-heatmap")
 
@@ -45,14 +45,13 @@ def footprint_of(
 ) -> Footprint:
     """The footprint bars of a request (price_step default: the contract's min_tick)."""
     step = parse_price_step(flow.contract.min_tick if price_step is None else price_step)
-    trades = flow.trades(request)
-    side = np.asarray(trades.column("side").to_numpy(), dtype=np.int8) if trades.num_rows else np.zeros(0, np.int8)
+    trades, sides = flow.trade_sides(request)
     return footprint(
         flow.grid(request),
-        ts_ns(trades, "timestamp"),
+        ts_ns(trades),
         floats(trades, "price"),
         floats(trades, "size"),
-        side,
+        sides.side,
         step,
         imbalance_ratio,
     )
@@ -114,28 +113,30 @@ def liquidity_heatmap(
             f"no depth is recorded for contract {contract.con_id} in {iso_ns(start_ns)} .. {iso_ns(end_ns)}",
             details={"field": "contract_id", "value": contract.con_id, "reason": "no_depth"},
         )
-    resting = _concat([p.resting for p in pieces])
-    lowest = float(resting.price.min()) if len(resting) else (price_low if price_low is not None else 0.0)
-    highest = float(resting.price.max()) if len(resting) else (price_high if price_high is not None else lowest)
+    lows = [float(p.resting.price.min()) for p in pieces if len(p.resting)]
+    highs = [float(p.resting.price.max()) for p in pieces if len(p.resting)]
+    lowest = min(lows) if lows else (price_low if price_low is not None else 0.0)
+    highest = max(highs) if highs else (price_high if price_high is not None else lowest)
     axis: PriceRows = price_rows(lowest, highest, contract.min_tick, rows, price_low, price_high)
-    binned = heatmap(resting, start_ns, end_ns, columns, axis)
-    return HeatmapResult(
-        contract.con_id, start_ns, end_ns, binned, pieces[0].snapshot_ns, sum(p.deltas for p in pieces)
+    # Each piece is binned on the whole window's grid (in parallel); the cells of a window are the sums of its pieces'.
+    binned = [
+        _pieces_pool.submit(contextvars.copy_context().run, heatmap, p.resting, start_ns, end_ns, columns, axis)
+        for p in pieces
+    ]
+    maps = [f.result() for f in binned]
+    first = maps[0]
+    total = dataclasses.replace(
+        first, bids=sum((m.bids for m in maps[1:]), first.bids), asks=sum((m.asks for m in maps[1:]), first.asks)
     )
+    return HeatmapResult(contract.con_id, start_ns, end_ns, total, pieces[0].snapshot_ns, sum(p.deltas for p in pieces))
 
 
 def _piece(engine: QueryEngine, contract_id: int, lo: int, hi: int, levels: int | None) -> _Piece:
     """The resting intervals of [lo, hi): the book at lo (every tick with ts <= lo) then the ticks of (lo, hi)."""
     start = book_at(engine, contract_id, lo)
-    deltas = engine.read_stream(StreamKey(contract_id, TickType.DEPTH), lo + 1, hi)
+    deltas = engine.read_stream(StreamKey(contract_id, TickType.DEPTH), lo + 1, hi, DEPTH_COLUMNS)
     resting = resting_intervals(start.book, deltas, lo, hi, levels)
     snapshot_ns = None if start.snapshot is None else start.snapshot.boundary_ns
     return _Piece(
         resting, snapshot_ns, start.deltas_replayed + deltas.num_rows, len(start.book) > 0 or deltas.num_rows > 0
     )
-
-
-def _concat(parts: list[Resting]) -> Resting:
-    if len(parts) == 1:
-        return parts[0]
-    return Resting(*(np.concatenate([getattr(p, name) for p in parts]) for name in Resting.__slots__))

@@ -28,7 +28,7 @@ from ib_stream.analytics.obi import time_weighted_obi, top_of_book_volumes
 from ib_stream.analytics.profile import volume_profile
 from ib_stream.analytics.request import BarsRequest, BarsResult
 from ib_stream.analytics.rows import Rows
-from ib_stream.analytics.side import floats, ts_ns
+from ib_stream.analytics.side import TradeSides, floats, ts_ns
 from ib_stream.calendars import MarketSessions, Session
 from ib_stream.clock import NS_PER_SECOND
 from ib_stream.domain import Contract, StreamKey, TickType
@@ -184,6 +184,21 @@ class OrderFlow:
 
     def trades(self, request: BarsRequest) -> pa.Table:
         """The trades of [start, end) with the side each was given and the method that decided it."""
+        table, sides = self.trade_sides(request)
+        return pa.table(
+            {
+                "timestamp": table.column("ts"),
+                "price": table.column("price"),
+                "size": table.column("size"),
+                "recorded_side": table.column("side"),
+                "side": pa.array(sides.side, pa.int8()),
+                "method": pa.array(sides.method_names(), pa.string()),
+            }
+        )
+
+    def trade_sides(self, request: BarsRequest) -> tuple[pa.Table, TradeSides]:
+        """The trades of [start, end) as read (ts, price, size, side) and the sides the classifier gave them — those
+        of the bars' buy / sell volume (classified from the session start, for the tick rule's context)."""
         self._check(request)
         context = self._context_start(request)
         stream = StreamKey(request.contract_id, request.trades)
@@ -191,18 +206,8 @@ class OrderFlow:
         table, quotes = read_trades(self.engine, stream, context, None, request.end_ns, how)
         sides = classified(table, quotes, context, how).sides
         assert sides is not None
-        ts = ts_ns(table)
-        keep = np.flatnonzero((ts >= request.start_ns) & (ts < request.end_ns))
-        return pa.table(
-            {
-                "timestamp": table.column("ts").take(keep),
-                "price": table.column("price").take(keep),
-                "size": table.column("size").take(keep),
-                "recorded_side": table.column("side").take(keep),
-                "side": pa.array(sides.side[keep], pa.int8()),
-                "method": pa.array(sides.method_names()[keep], pa.string()),
-            }
-        )
+        lo, hi = np.searchsorted(ts_ns(table), [request.start_ns, request.end_ns], side="left").tolist()
+        return table.slice(lo, hi - lo), TradeSides(sides.side[lo:hi], sides.method[lo:hi])
 
     def summary(self, request: BarsRequest, profile_levels: bool = False) -> dict[str, Any]:
         """Aggregates of [start, end): price OHLC, volume, VWAP, buy/sell, CVD change, OBI min/max/mean, profile."""
