@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest test-slow bench bench-orderflow clean browser
+.PHONY: setup run test lint typecheck pytest test-slow bench bench-orderflow clean browser screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: lint typecheck pytest
 
 test-slow: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# The dashboard's screenshots in docs/images/: the service on the simulated market, in Chromium, dark and light.
+screenshots: setup $(CHROMIUM)
+	$(BIN)/python -m tests.support.screenshots
 
 bench: setup
 	$(BIN)/python bench/store_bench.py $(ARGS)

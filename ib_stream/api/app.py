@@ -28,6 +28,7 @@ from ib_stream.api.routes import (
     bars,
     buffer,
     contracts,
+    dashboard,
     depth,
     footprint,
     heatmap,
@@ -77,6 +78,7 @@ ROUTERS = (
     backfill,
     live_bars,
     alerts_routes,
+    dashboard,
 )
 
 
