@@ -116,6 +116,25 @@ def test_page_and_plotly_are_served_by_the_service(sim: Sim) -> None:
     assert httpx.get(sim.server.url + "/dashboard/static/../app.js", timeout=30).status_code == 404
 
 
+def test_a_plain_browser_tab_asks_for_nothing_the_service_lacks(browser: Any, sim: Sim) -> None:
+    """Without the offline fixture's request routing Chromium also asks for /favicon.ico unless the page names
+    its icon: no request of a plain tab may fail or answer 4xx (each is a console error in the browser)."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on(
+        "response",
+        lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
+    try:
+        page.goto(sim.server.url + "/", wait_until="networkidle")
+        page.wait_for_timeout(1500)
+    finally:
+        context.close()
+    assert errors == []
+
+
 def test_loads_clean_and_candles_equal_the_bars_route(open_dashboard: Opener, sim: Sim) -> None:
     page, log = open_dashboard(sim.server, sim.range_query("15s"))
     expected = bars_of(

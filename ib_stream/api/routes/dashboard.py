@@ -20,8 +20,12 @@ router = APIRouter(tags=["dashboard"])
 
 STATIC_PREFIX: Final = "/dashboard/static"
 PLOTLY_PATH: Final = "/dashboard/vendor/plotly.min.js"
-_MEDIA_TYPES: Final = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*\.(js|css)$")
+_MEDIA_TYPES: Final = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*\.(js|css|svg)$")
 # Our files change with the package: the browser revalidates them. plotly.js is addressed by its version.
 _OWN_CACHE: Final = "no-cache"
 _VENDOR_CACHE: Final = "public, max-age=31536000, immutable"
