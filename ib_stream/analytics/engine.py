@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from ib_stream.analytics.grid import BarGrid, Segments, carry_forward, segment_reduce
 from ib_stream.analytics.rows import METHOD_COLUMNS, Rows, obi_rows, second_rows
+from ib_stream.analytics.side import floats_at
 
 OHLC_COLUMNS: Final = (
     "open",
@@ -90,7 +91,9 @@ def bars_from_rows(
         for method, name in METHOD_COLUMNS.items():
             methods[method] = int(rows[name][traded][mask].sum())
     if "ohlc" in kinds:
-        out.update(_ohlc(grid, sec, {name: rows[name][traded] for name in rows}, lo, hi, resets))
+        # Rows of trades alone (no OBI event among them) are all kept: no copy of every column.
+        kept = rows if traded.all() else {name: rows[name][traded] for name in rows}
+        out.update(_ohlc(grid, sec, kept, lo, hi, resets))
     if "cvd" in kinds:
         if "ohlc" not in kinds:
             out["empty"] = hi == lo
@@ -234,12 +237,15 @@ def cvd_bars(
     return {name: columns[name] for name in CVD_COLUMNS}
 
 
-def last_values(grid: BarGrid, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The value in force at each bar's end: that of the last tick before it (NaN before any)."""
+def last_values(grid: BarGrid, ts: np.ndarray, ticks: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The values of the columns `names` in force at each bar's end: those of the last tick before it (NaN
+    before any), read from the ticks at the bars' ends alone."""
     hi = np.searchsorted(ts, grid.ends, side="left")
-    out = np.full(len(grid), np.nan)
     known = hi > 0
-    out[known] = np.asarray(values, dtype=np.float64)[hi[known] - 1]
+    out = {}
+    for name in names:
+        out[name] = np.full(len(grid), np.nan)
+        out[name][known] = floats_at(ticks, name, hi[known] - 1)
     return out
 
 

@@ -28,8 +28,13 @@ def imbalance(bid_volume: np.ndarray, ask_volume: np.ndarray) -> np.ndarray:
     bid = np.asarray(bid_volume, dtype=np.float64)
     ask = np.asarray(ask_volume, dtype=np.float64)
     total = bid + ask
+    has_volume = total > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (bid - ask) / total, np.nan)
+        out = np.subtract(bid, ask)  # divided in place: one temporary less on millions of quotes
+        np.divide(out, total, out=out)
+    if not has_volume.all():
+        out[~has_volume] = np.nan
+    return out
 
 
 def top_of_book_volumes(bid_ask: pa.Table) -> pa.Table:

@@ -202,11 +202,38 @@ def ts_ns(table: pa.Table, name: str = "ts") -> np.ndarray:
     column = table.column(name)
     if pa.types.is_timestamp(column.type):
         column = column.cast(pa.int64())
-    return np.asarray(column.to_numpy(), dtype=np.int64)
+    return np.asarray(_to_numpy(column), dtype=np.int64)
 
 
 def floats(table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float64."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.float64)
-    return np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+    return np.asarray(_to_numpy(table.column(name)), dtype=np.float64)
+
+
+def floats_at(table: pa.Table, name: str, index: np.ndarray) -> np.ndarray:
+    """`floats(table, name)[index]`, converting only the chunks' elements at `index` (not the whole column)."""
+    column = table.column(name)
+    kind = column.type
+    if column.null_count or not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return floats(table, name)[index]
+    index = np.asarray(index, dtype=np.int64)
+    ends = np.cumsum([len(chunk) for chunk in column.chunks], dtype=np.int64)
+    chunk_of = np.searchsorted(ends, index, side="right")
+    out = np.empty(len(index), dtype=np.float64)
+    for k in np.unique(chunk_of):
+        mine = chunk_of == k
+        start = ends[k] - len(column.chunk(k))
+        out[mine] = column.chunk(k).to_numpy()[index[mine] - start]
+    return out
+
+
+def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    # A query's columns come in one chunk per file read: ChunkedArray.to_numpy joins them through its
+    # pandas conversion, 2-3x slower than joining them in Arrow (its memory pool reuses the pages) and
+    # viewing the one chunk without a copy. The view is read-only, as a one-chunk column's always was.
+    kind = column.type
+    if column.num_chunks > 1 and not column.null_count and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return column.combine_chunks().to_numpy()
+    return column.to_numpy()

@@ -84,11 +84,12 @@ def historical_bars(
     lo, hi = grid.locate(ts)
     columns: dict[str, np.ndarray] = {}
     if tick_type == TickType.BID_ASK:
-        for name in ("bid_price", "ask_price", "bid_size", "ask_size"):
-            columns[name] = last_values(grid, ts, floats(ticks, name))
+        columns.update(last_values(grid, ts, ticks, ("bid_price", "ask_price", "bid_size", "ask_size")))
         values = imbalance(floats(ticks, "bid_size"), floats(ticks, "ask_size"))
         known = ~np.isnan(values)
-        rows = obi_rows_of(ts[known], values[known], grid.edges(), per_second=False)
+        if not known.all():  # quotes with no size on either side have no imbalance
+            ts, values = ts[known], values[known]
+        rows = obi_rows_of(ts, values, grid.edges(), per_second=False)
         columns.update(bars_from_rows(grid, rows, ("obi",), obi_from_ns=start_ns - lookback)[0])
         columns["quote_count"] = (hi - lo).astype(np.int64)
         columns["empty"] = hi == lo
