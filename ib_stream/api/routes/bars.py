@@ -28,10 +28,10 @@ from ib_stream.analytics.request import (
 from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, streaming_response
 from ib_stream.api.params import ContractIdPath, check_bar_budget
 from ib_stream.api.state import ServiceState, State
-from ib_stream.calendars import SESSION_TYPES, check_session_type, parse_date
-from ib_stream.errors import ValidationError
+from ib_stream.api.windows import resolve_window
+from ib_stream.calendars import SESSION_TYPES, check_session_type
 from ib_stream.orderflow.service import OrderFlow
-from ib_stream.times import iso_basic, iso_ns, parse_http_time
+from ib_stream.times import iso_basic, iso_ns
 
 router = APIRouter(prefix="/v2/bars", tags=["bars"])
 
@@ -178,18 +178,8 @@ async def _request(
     check_session_type(session, "session")
     parsed_levels = parse_levels(levels)
     trade_type = parse_trades(trades)
-    start = None if start_time is None else parse_http_time(start_time, "start_time")
-    end = None if end_time is None else parse_http_time(end_time, "end_time")
-    if start is not None and date is not None:
-        raise ValidationError("date", date, "cannot be combined with start_time (give one or the other)")
-    day = None if date is None else parse_date(date, "date")
-    now = state.clock.now_ns()
     flow = await state.order_flow(contract)
-    if start is None:
-        window_start, window_end = await state.run(flow.session_window, session, now, day)
-        start, end = window_start, window_end if end is None else end
-    elif end is None:
-        end = now
+    start, end = await resolve_window(state, flow, start_time, end_time, session, date)
     check_bar_budget(state.settings.api, start, end, parsed_resolution)
     request = BarsRequest(
         contract_id=contract.con_id,
