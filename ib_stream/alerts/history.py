@@ -14,6 +14,7 @@ from ib_stream.alerts.rules import Alert
 from ib_stream.live_settings import AlertsConfig
 from ib_stream.store.layout import alerts_path
 from ib_stream.store.sqlite_db import SqliteDatabase
+from ib_stream.times import iso_us
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -34,6 +35,17 @@ CREATE INDEX IF NOT EXISTS idx_alerts_contract_ts ON alerts (contract_id, ts);
 CREATE INDEX IF NOT EXISTS idx_alerts_ts ON alerts (ts);
 """
 _COLUMNS = "id, contract_id, rule, kind, bar_ts, ts, direction, value, threshold, message, details, fired_ns"
+
+
+def with_times(alert: dict[str, Any]) -> dict[str, Any]:
+    """An alert as the API shows it, from the history and on the live streams alike: its fields plus ISO times —
+    `timestamp` (its `ts`, the firing bar's end), `bar_timestamp` (`bar_ts`) and `fired_at` (`fired_ns`)."""
+    return {
+        **alert,
+        "timestamp": iso_us(alert["ts"]),
+        "bar_timestamp": iso_us(alert["bar_ts"]),
+        "fired_at": iso_us(alert["fired_ns"]),
+    }
 
 
 class AlertHistory(SqliteDatabase):

@@ -335,3 +335,47 @@ def test_the_screenshot_script_writes_both_themes(browser: Any, sim: Sim, tmp_pa
     written = capture(browser, sim.server.url, tmp_path, sim.range_query("15s"), settle_seconds=0.2)
     assert [p.name for p in written] == ["dashboard-dark.png", "dashboard-light.png"]
     assert all(png_size(p) == (1366, 768) for p in written)
+
+
+@pytest.fixture(scope="module")
+def alerting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The simulated market with the alert engine on 1-second bars and a rule that fires on most of them."""
+    alerts = {
+        "enabled": True,
+        "resolution": "1s",
+        "lateness_seconds": 0.2,
+        "rules": [{"kind": "cvd_change", "threshold": 1, "bars": 1}],
+    }
+    server, stop = start_sim_service(tmp_path_factory.mktemp("alerting") / "storage", 1, alerts=alerts)
+    yield server
+    stop()
+
+
+def alert_times(server: LiveServer) -> set[int]:
+    answer = httpx.get(f"{server.url}/v2/alerts", params={"contract_id": AAPL, "limit": 1000}, timeout=30).json()
+    return {int(alert["bar_ts"]) // 1_000_000 for alert in answer["alerts"]}
+
+
+def test_alerts_are_marked_where_they_fired_and_arrive_live(open_dashboard: Opener, alerting: LiveServer) -> None:
+    deadline = time.monotonic() + 30
+    while len(alert_times(alerting)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    fired = alert_times(alerting)
+    assert len(fired) >= 3, "the rule should fire on the simulated market within 30 s"
+    page, log = open_dashboard(alerting, f"?contract={AAPL}&day=recent&bar=1s")
+    page.wait_for_function("(document.getElementById('chart').data || []).some((t) => t.uid === 'alerts')")
+    markers = trace(page, "alerts")
+    assert markers is not None
+    drawn = {int(page.evaluate("(x) => new Date(x).getTime()", x)) for x in markers["x"]}
+    assert fired <= drawn  # every alert of the history, at its bar
+    # alerts fired after the page loaded come over the live stream, without a reload
+    page.wait_for_function(
+        "(n) => ((document.getElementById('chart').data || []).find((t) => t.uid === 'alerts') || {x: []}).x.length > n",
+        arg=len(markers["x"]),
+        timeout=15_000,
+    )
+    live = trace(page, "alerts")
+    later = alert_times(alerting)  # read after the drawing: it holds every alert drawn
+    assert live is not None
+    assert {int(page.evaluate("(x) => new Date(x).getTime()", x)) for x in live["x"]} <= later
+    assert log.console_errors == [] and http_errors(log) == [] and log.outside == []

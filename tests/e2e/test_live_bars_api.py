@@ -154,7 +154,7 @@ def test_forming_bars_are_upserted_then_final_with_the_right_values_and_the_aler
     assert alerts[0]["bar_ts"] == base and alerts[0]["ts"] == base + MINUTE
     history = client.get("/v2/alerts", params={"contract_id": AAPL}).json()
     assert history["enabled"] and [a["id"] for a in history["alerts"]] == [alerts[0]["id"]]
-    assert history["alerts"][0]["message"] == alerts[0]["message"]
+    assert history["alerts"][0] == alerts[0]  # the event's data is the history's object, times included
     later = pd.Timestamp(base + MINUTE + 1, unit="ns", tz="UTC").isoformat()
     assert client.get("/v2/alerts", params={"since": later}).json()["alerts"] == []
     assert client.get("/v2/alerts/rules").json()["rules"][0]["kind"] == "obi_imbalance"

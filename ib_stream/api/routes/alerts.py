@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from ib_stream.alerts.history import with_times
 from ib_stream.api.params import MAX_CONTRACT_ID
 from ib_stream.api.state import State
 from ib_stream.times import iso_us, parse_http_time
@@ -32,15 +33,7 @@ async def alerts(
         "contract_id": contract_id,
         "since": iso_us(since_ns) if since_ns is not None else None,
         "count": len(found),
-        "alerts": [
-            {
-                **row,
-                "timestamp": iso_us(row["ts"]),
-                "bar_timestamp": iso_us(row["bar_ts"]),
-                "fired_at": iso_us(row["fired_ns"]),
-            }
-            for row in found
-        ],
+        "alerts": [with_times(row) for row in found],
     }
 
 

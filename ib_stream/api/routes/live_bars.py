@@ -22,6 +22,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
 
 from ib_stream.alerts.engine import AlertEngine, AlertListener
+from ib_stream.alerts.history import with_times
 from ib_stream.alerts.rules import Alert
 from ib_stream.analytics.request import DEFAULT_LEVELS, OBI_SOURCES, parse_kinds, parse_levels, parse_trades
 from ib_stream.api.protocol import new_stream_id
@@ -189,7 +190,7 @@ def bar_encoder(request: BarStreamRequest, stream_id: str) -> Callable[[Sequence
         stamp = now_iso()
         for event in events:
             if isinstance(event, Alert):
-                yield envelope("alert", stream_id, {**event.to_dict(), "timestamp": iso_us(event.ts)}, stamp)
+                yield envelope("alert", stream_id, with_times(event.to_dict()), stamp)
             else:
                 data = bar_data(request.contract_id, request.resolution, event, request.kinds)
                 yield envelope("bar", stream_id, data, stamp)
