@@ -7,8 +7,11 @@
   the default price step 0.01, next to `OrderFlow.bars` (ohlc, tick path, no cache) of the same request.
 * Heatmap: a regular session (09:30–16:00 New York) of the built-in simulated market (`ib_stream.sources.sim`,
   default `SimConfig`: 20 quotes/s, 10 position rows of depth per side; ~4.3M depth updates) for AAPL, written
-  minute by minute through a real `TickStore`, archived and snapshotted (`run_snapshots`); then
-  `liquidity_heatmap` (= `GET /v2/heatmap`'s computation) of the whole session at 1200 columns × 200 rows.
+  minute by minute through a real `TickStore`, archived, snapshotted (`run_snapshots`) and rolled up (the store's
+  `run_rollups` job, timed: it writes the heatmap rollups — per-second resting sums — beside the others); then
+  `liquidity_heatmap` (= `GET /v2/heatmap`'s computation) of the whole session at 1200 columns × 200 rows, from
+  the heatmap rollups (the default) and by the walk of every depth update (`use_rollups=False`); the run asserts
+  both give the same cells (rounded to 0.01, as the API answers); then an hour starting mid-hour, both ways.
 
 Each is timed `--reps` times after a warm-up (min and median wall time, and the CPU seconds of all threads per
 run — the figure to read on a machine busy with other work); the peak memory of one more run is measured with
@@ -103,7 +106,7 @@ def footprint_day(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def simulated_session(root: Path, date: str) -> tuple[int, int, int]:
+def simulated_session(root: Path, date: str) -> tuple[int, int, int, dict[str, Any]]:
     """A regular session of the simulated market (AAPL: quotes, trades, 10 depth rows per side) through a store."""
     from ib_stream.calendars import MarketSessions
     from ib_stream.clock import ManualClock
@@ -130,8 +133,23 @@ def simulated_session(root: Path, date: str) -> tuple[int, int, int]:
     store.run_archival()
     store.run_compaction()
     store.run_snapshots()
+    from ib_stream.store.heatmap_rollups import update_heatmap_rollups
+
+    started = time.perf_counter()
+    heatmap_written = update_heatmap_rollups(store.engine)  # the heatmap's part of the job, timed alone
+    heatmap_s = time.perf_counter() - started
+    written = store.run_rollups()  # the whole job: the other rollups (the heatmap's are up to date)
+    job_s = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in store.layout.rollup_dir.rglob("*.parquet") if "depth-resting" in str(p))
     store.close()
-    return session.start_ns, session.end_ns, depth
+    jobs = {
+        "heatmap_rollups_s": round(heatmap_s, 2),
+        "heatmap_rollups_written": heatmap_written,
+        "heatmap_rollups_mb": round(size / 2**20, 2),
+        "run_rollups_s": round(job_s, 2),
+        "other_rollups_written": written,
+    }
+    return session.start_ns, session.end_ns, depth, jobs
 
 
 def heatmap_session(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -140,25 +158,47 @@ def heatmap_session(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from ib_stream.orderflow.dashboard import liquidity_heatmap
 
     started = time.perf_counter()
-    start, end, depth = simulated_session(work / "sim", args.date)
+    start, end, depth, jobs = simulated_session(work / "sim", args.date)
     log(
         f"heatmap: {depth} depth updates simulated, stored, archived, snapshotted in {time.perf_counter() - started:.1f}s"
     )
     store = open_store(work / "sim", ManualClock(end + 3 * 3600 * NS))
     contract = Contract(AAPL, "AAPL", min_tick=0.01)
 
-    def run() -> Any:
-        return liquidity_heatmap(store.engine, contract, start, end, args.columns, args.rows)
+    def run(use_rollups: bool = True) -> Any:
+        return liquidity_heatmap(store.engine, contract, start, end, args.columns, args.rows, use_rollups=use_rollups)
 
-    found = run()
+    import numpy as np
+
+    found, walked = run(), run(False)
+    for name in ("bids", "asks"):
+        assert np.array_equal(np.round(getattr(found.map, name), 2), np.round(getattr(walked.map, name), 2)), name
     out = {
         "depth_updates": depth,
+        **jobs,
         "columns": found.map.columns,
+        "column_ns": found.map.column_ns,
         "rows": found.map.axis.rows,
+        "rollups_used": found.rollups_used,
         "deltas_replayed": found.deltas_replayed,
+        "deltas_replayed_walk": walked.deltas_replayed,
         "heatmap": measured(run, args.reps),
+        "heatmap_walk": measured(lambda: run(False), args.reps),
     }
     out["goal_300ms_met"] = out["heatmap"]["median_s"] < 0.3
+    # An hour starting mid-hour (the second and third hours' halves): 1200 columns of 3 s.
+    lo = start + 3600 * NS
+    lo -= lo % (3600 * NS)
+    lo += 1800 * NS
+    for use_rollups in (True, False):
+        name = "hour_mid" + ("" if use_rollups else "_walk")
+
+        def hour(use_rollups: bool = use_rollups) -> Any:
+            return liquidity_heatmap(
+                store.engine, contract, lo, lo + 3600 * NS, args.columns, args.rows, use_rollups=use_rollups
+            )
+
+        out[name] = {"start_ns": lo, **measured(hour, args.reps)}
     store.close()
     return out
 

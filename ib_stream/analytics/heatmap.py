@@ -1,14 +1,17 @@
 """Analytics: the liquidity heatmap — resting L2 size binned on a time × price grid (time-weighted means).
 
-Columns split [start, end) into equal spans of `column_ns` = ceil((end − start) / columns) ns (the last
-one clipped at end, so there may be fewer columns than asked). Rows are a whole number of price steps
+Columns split [start, end) into equal spans of `column_ns` = ceil((end − start) / columns) ns, rounded up to
+a whole number of seconds when that is at least a second (the last one clipped at end, so there may be fewer
+columns than asked): a long window's column edges then fall on whole seconds and the per-second resting sums
+of `second_sums` (the heatmap rollups) bin onto it exactly. Rows are a whole number of price steps
 tall, centred on the step grid: the price range covers the steps from ⌊price_low / step⌉ to
 ⌊price_high / step⌉, widened by half a step each way so every price on the grid lies strictly inside a row,
 and a row holds k = ceil(steps / rows) steps (so there may be fewer rows than asked). A cell is the
 time-weighted mean, over its column's span, of the summed resting size of the levels whose price lies in its
 row — bids and asks in separate matrices. The binning is three `np.bincount`s over the resting intervals
 (the partial first and last column of each interval, and a difference array for the columns it spans
-whole), whatever the number of depth events.
+whole), whatever the number of depth events. `seconds_heatmap` bins per-second sums the same way (one
+`np.bincount`): the cells are the same integrals, summed in another order.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ MAX_COLUMNS: Final = 4000
 DEFAULT_ROWS: Final = 200
 MAX_ROWS: Final = 1000
 _MAX_STEPS: Final = 10**12  # price steps one answer may span
+SECOND_NS: Final = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +124,83 @@ def price_rows(
     return PriceRows(float((first - 0.5) * step), per_row * step, count, step)
 
 
+@dataclass(frozen=True, slots=True)
+class SecondSums:
+    """Σ resting size × duration (ns) per (whole second, side, price), only the nonzero ones, sorted by second."""
+
+    second: np.ndarray  # int64 ns of the second's start
+    is_ask: np.ndarray
+    price: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.second)
+
+    def between(self, lo_ns: int, hi_ns: int) -> SecondSums:
+        """The sums of the seconds starting in [lo_ns, hi_ns)."""
+        a, b = np.searchsorted(self.second, [lo_ns, hi_ns])
+        return SecondSums(self.second[a:b], self.is_ask[a:b], self.price[a:b], self.weight[a:b])
+
+
+def column_span(span_ns: int, columns: int) -> int:
+    """The column width of a window of `span_ns` in at most `columns` columns: ceil(span / columns) ns, rounded
+    up to whole seconds when at least a second."""
+    column_ns = -(-span_ns // columns)
+    if column_ns >= SECOND_NS:
+        column_ns = -(-column_ns // SECOND_NS) * SECOND_NS
+    return int(column_ns)
+
+
+def second_sums(resting: Resting) -> SecondSums:
+    """The resting intervals cut at whole seconds and summed per (second, side, price): size × ns."""
+    t0, t1 = resting.t0, resting.t1
+    first, last = t0 // SECOND_NS, (t1 - 1) // SECOND_NS
+    n = last - first + 1
+    which = np.repeat(np.arange(len(t0)), n)
+    second = np.repeat(first, n) + (np.arange(len(which)) - np.repeat(np.cumsum(n) - n, n))
+    a = np.maximum(t0[which], second * SECOND_NS)
+    b = np.minimum(t1[which], (second + 1) * SECOND_NS)
+    weight = resting.size[which] * (b - a)
+    prices, price_id = np.unique(resting.price, return_inverse=True)
+    is_ask = resting.is_ask.astype(np.int64)
+    base = int(first.min()) if len(first) else 0
+    key = ((second - base) * 2 + is_ask[which]) * len(prices) + price_id[which]
+    keys, slot = np.unique(key, return_inverse=True)
+    summed = np.bincount(slot, weight, len(keys)).astype(np.float64, copy=False)
+    cell, price_of = np.divmod(keys, len(prices)) if len(prices) else (keys, keys)
+    keep = summed > 0
+    return SecondSums(
+        ((cell // 2 + base) * SECOND_NS)[keep], (cell % 2 == 1)[keep], prices[price_of][keep], summed[keep]
+    )
+
+
+def seconds_heatmap(sums: SecondSums, start_ns: int, end_ns: int, columns: int, axis: PriceRows) -> Heatmap:
+    """Bin per-second sums (seconds inside [start_ns, end_ns)) as `heatmap` bins intervals; the column edges must
+    fall on whole seconds (start_ns and the column span whole seconds)."""
+    span = end_ns - start_ns
+    column_ns = column_span(span, columns)
+    if start_ns % SECOND_NS or column_ns % SECOND_NS:
+        raise ValueError(f"column edges {start_ns} + k × {column_ns} ns are not whole seconds")
+    count = -(-span // column_ns)
+    rows = axis.rows
+    row = axis.row_of(sums.price)
+    keep = row >= 0
+    column = (sums.second[keep] - start_ns) // column_ns
+    offset = np.where(sums.is_ask[keep], count * rows, 0) + column * rows + row[keep]
+    weights = _binned(offset, sums.weight[keep], 2 * count * rows)
+    lengths = np.minimum(column_ns, span - np.arange(count, dtype=np.int64) * column_ns).astype(np.float64)
+    out = [
+        np.ascontiguousarray((weights[side * count * rows : (side + 1) * count * rows].reshape(count, rows)
+                              / lengths[:, None]).T)
+        for side in (0, 1)
+    ]  # fmt: skip
+    return Heatmap(start_ns, int(column_ns), int(count), axis, out[0], out[1])
+
+
 def heatmap(resting: Resting, start_ns: int, end_ns: int, columns: int, axis: PriceRows) -> Heatmap:
     """Bin resting intervals (within [start_ns, end_ns)) into at most `columns` equal time columns × the axis."""
     span = end_ns - start_ns
-    column_ns = -(-span // columns)
+    column_ns = column_span(span, columns)
     count = -(-span // column_ns)
     rows = axis.rows
     row = axis.row_of(resting.price)

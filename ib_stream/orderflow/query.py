@@ -197,6 +197,7 @@ class StorageQuery:
         price_low: float | None = None,
         price_high: float | None = None,
         levels: int | None = None,
+        use_rollups: bool = True,
     ) -> HeatmapResult:
         """The liquidity heatmap of a contract over [start_time, end_time): the time-weighted mean resting L2 size
         per time column × price row, bids and asks apart — the answer of `GET /v2/heatmap` (see
@@ -204,7 +205,8 @@ class StorageQuery:
 
         `columns` 1..4000, `rows` 1..1000 (at most; rows are whole price steps of the contract's min_tick);
         `price_low` / `price_high` default to the lowest / highest resting price; `levels`: rows per side
-        considered (default all). NotFoundError when no depth rests in the window.
+        considered (default all). NotFoundError when no depth rests in the window. `use_rollups=False` walks
+        every depth update of the window instead of reading the heatmap rollups (the same answer).
         """
         contract_id, start, end = self._span(contract_id, start_time, end_time)
         return liquidity_heatmap(
@@ -217,6 +219,7 @@ class StorageQuery:
             parse_price(price_low, "price_low"),
             parse_price(price_high, "price_high"),
             None if levels is None else parse_levels(levels),
+            use_rollups,
         )
 
     query_range = _awaitable(query_range_sync)

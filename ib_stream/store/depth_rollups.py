@@ -73,7 +73,7 @@ def _rolled(table: pa.Table) -> DepthRows | None:
 
 
 @dataclass(slots=True)
-class _Catalog:
+class DepthCatalog:
     """What the depth rollups of one stream depend on: its archive files, seq watermark and hot ticks."""
 
     engine: QueryEngine
@@ -87,15 +87,16 @@ class _Catalog:
     @classmethod
     def of(
         cls, engine: QueryEngine, stream: StreamKey, levels: int, files: list[ArchiveFile], until_ns: int
-    ) -> _Catalog:
+    ) -> DepthCatalog:
         archived = engine.index.archived_seqs().get(stream, -1)
         watermark = SeqWatermark(engine, stream, until_ns)
         return cls(engine, stream, levels, by_partition(files), watermark, archived, engine.hot.snapshot(stream))
 
-    def key(self, partition_start: int) -> str:
+    def key(self, partition_start: int, version: int | str = DEPTH_ROLLUP_VERSION) -> str:
+        """The validity key of a rollup of the partition (`version`: the rollup's kind and format)."""
         files = sorted((f.file_path, f.checksum) for f in self.files.get(partition_start, []))
         before = self.watermark.before(partition_start)  # the opening book is that of the ticks up to this seq
-        parts = [DEPTH_ROLLUP_VERSION, self.levels, self.engine.layout.partition_ns, files, before]
+        parts = [version, self.levels, self.engine.layout.partition_ns, files, before]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def hot_in(self, partition_start: int) -> bool:
@@ -136,7 +137,7 @@ def depth_obi_rows(
     pn = engine.layout.partition_ns
     first = start_ns - start_ns % pn
     last = end_ns + (-end_ns) % pn  # whole partitions: a rollup's key lists all of its partition's files
-    catalog = _Catalog.of(engine, stream, levels, engine.index.plan(stream, first, last), end_ns)
+    catalog = DepthCatalog.of(engine, stream, levels, engine.index.plan(stream, first, last), end_ns)
     store = store or RollupStore.for_engine(engine)
     parts: list[Rows] = []
     used = 0
@@ -183,7 +184,7 @@ def update_depth_rollups(engine: QueryEngine, contract_ids: Sequence[int] | None
             contract_ids is not None and stream.contract_id not in contract_ids
         ):
             continue
-        catalog = _Catalog.of(engine, stream, DEFAULT_LEVELS, engine.index.files(stream), now)
+        catalog = DepthCatalog.of(engine, stream, DEFAULT_LEVELS, engine.index.files(stream), now)
         for start in sorted(catalog.files):
             if start + pn > now or catalog.hot_in(start):
                 continue

@@ -35,6 +35,7 @@ ALERTS_FILE = "alerts.db"
 JSON_SINK_DIR = "viz"
 SNAPSHOTS_DIR = "snapshots"
 ROLLUPS_DIR = "rollups"
+RESTING_KIND = "resting"  # the heatmap rollups of a depth stream: tick_type=depth-resting
 _SEGMENT_RE = re.compile(r"^(\d{8}T\d{4})\.jsonl$")
 _PARTITION_RE = re.compile(
     r"contract_id=(?P<cid>-?\d+)/tick_type=(?P<tt>[a-z_]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$"
@@ -253,19 +254,21 @@ class Layout:
     # ---- 1-second rollups ---------------------------------------------------------------------
     # <rollup_dir>/contract_id=<id>/tick_type=<last|all_last|depth>/date=<YYYY-MM-DD>/hour=<HH>.parquet: the
     # 1-second rows of one partition (see ib_stream.store.rollups and depth_rollups), outside the archive so
-    # archive scans never see them.
-    def rollup_stream_dir(self, stream: StreamKey) -> Path:
-        return self.rollup_dir / f"contract_id={stream.contract_id}" / f"tick_type={stream.tick_type.value}"
+    # archive scans never see them. Another kind of rollup of the same stream (`kind`, e.g. the heatmap's
+    # per-second resting sums of depth) lives beside it in tick_type=<type>-<kind>.
+    def rollup_stream_dir(self, stream: StreamKey, kind: str = "") -> Path:
+        name = stream.tick_type.value + (f"-{kind}" if kind else "")
+        return self.rollup_dir / f"contract_id={stream.contract_id}" / f"tick_type={name}"
 
-    def rollup_path(self, stream: StreamKey, partition_start_ns: int) -> Path:
+    def rollup_path(self, stream: StreamKey, partition_start_ns: int, kind: str = "") -> Path:
         """Path of the rollup of `stream` (a trade stream, or depth) for the partition starting at the given ns."""
         when = datetime.fromtimestamp(partition_start_ns // NS_PER_SECOND, tz=UTC)
-        return self.rollup_stream_dir(stream) / f"date={when:%Y-%m-%d}" / f"hour={when:%H}{ROLLUP_SUFFIX}"
+        return self.rollup_stream_dir(stream, kind) / f"date={when:%Y-%m-%d}" / f"hour={when:%H}{ROLLUP_SUFFIX}"
 
-    def rollup_files(self, stream: StreamKey) -> list[tuple[int, Path]]:
+    def rollup_files(self, stream: StreamKey, kind: str = "") -> list[tuple[int, Path]]:
         """(partition start ns, path) of the rollup files of a stream, oldest first (temp files excluded)."""
         found: list[tuple[int, Path]] = []
-        root = self.rollup_stream_dir(stream)
+        root = self.rollup_stream_dir(stream, kind)
         if not root.is_dir():
             return found
         for date_dir in os.scandir(root):

@@ -20,7 +20,7 @@ repaired by running both again — and running them again removes nothing more:
 
 Derived files. Trade-stream rollups key on the catalog files (path and checksum) of their partition and of the
 quotes before it: a rewritten or emptied partition changes that key, so they are recomputed — nothing to do.
-Book snapshots and depth rollups key on seq watermarks, which a removal does not raise: a snapshot at boundary
+Book snapshots and depth rollups (OBI and heatmap) key on seq watermarks, which a removal does not raise: a snapshot at boundary
 B is stale when a depth tick with ts < B is removed, a depth rollup when one in or before its partition is
 (its opening book). Those of the contract after the first removed depth tick are deleted; the snapshot and
 rollup jobs write them again.
@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from ib_stream.domain import StreamKey, TickType
 from ib_stream.errors import StorageError
-from ib_stream.store.layout import Layout, Partition, Segment, fsync_dir, temp_path
+from ib_stream.store.layout import RESTING_KIND, Layout, Partition, Segment, fsync_dir, temp_path
 from ib_stream.store.statistics import date_of
 from ib_stream.store.tickstore import TickStore
 
@@ -173,7 +173,8 @@ class TickRemover:
             for day_ns, directory in self.layout.snapshot_dates(contract_id):
                 stale += [path for boundary, _, path in Layout.snapshot_files(directory, day_ns) if boundary > min_ts]
             depth = StreamKey(contract_id, TickType.DEPTH)
-            stale += [path for start, path in self.layout.rollup_files(depth) if start + pn > min_ts]
+            for kind in ("", RESTING_KIND):  # the OBI rollups and the heatmap rollups of the depth
+                stale += [path for start, path in self.layout.rollup_files(depth, kind) if start + pn > min_ts]
             removed += _delete_durably(stale)
         return removed
 

@@ -65,23 +65,25 @@ EMPTY: Final = HourRows(
 
 
 class RollupStore:
-    """The rollup files of one data root (where its layout puts them)."""
+    """The rollup files of one data root (where its layout puts them); `kind` names another kind of rollup of
+    the same streams (the heatmap's "resting" sums of depth), stored apart."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, kind: str = "") -> None:
         self.layout = layout
+        self.kind = kind
 
     @classmethod
-    def for_engine(cls, engine: QueryEngine) -> RollupStore:
+    def for_engine(cls, engine: QueryEngine, kind: str = "") -> RollupStore:
         """The rollups of the data root the engine reads."""
-        return cls(engine.layout)
+        return cls(engine.layout, kind)
 
     def holds(self, stream: StreamKey) -> bool:
         """Whether any rollup of the stream was written (one directory check)."""
-        return self.layout.rollup_stream_dir(stream).is_dir()
+        return self.layout.rollup_stream_dir(stream, self.kind).is_dir()
 
     def key(self, stream: StreamKey, partition_start: int) -> str | None:
         """The validity key stored in a rollup file (None when missing or unreadable)."""
-        path = self.layout.rollup_path(stream, partition_start)
+        path = self.layout.rollup_path(stream, partition_start, self.kind)
         try:
             metadata = pq.read_schema(path).metadata or {}
         except (OSError, pa.ArrowInvalid):
@@ -92,7 +94,7 @@ class RollupStore:
     def read_table(self, stream: StreamKey, partition_start: int, key: str, schema: pa.Schema) -> pa.Table | None:
         """A rollup table whose key is `key` and whose columns are `schema`'s; None when missing, stale or
         unreadable."""
-        path = self.layout.rollup_path(stream, partition_start)
+        path = self.layout.rollup_path(stream, partition_start, self.kind)
         try:
             table = pq.read_table(path)
         except FileNotFoundError:
@@ -107,7 +109,7 @@ class RollupStore:
 
     def write_table(self, stream: StreamKey, partition_start: int, table: pa.Table, key: str) -> Path:
         """Write a rollup table with its key atomically (temp → fsync → rename → fsync dir)."""
-        final = self.layout.rollup_path(stream, partition_start)
+        final = self.layout.rollup_path(stream, partition_start, self.kind)
         final.parent.mkdir(parents=True, exist_ok=True)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_META: key.encode()})
         temp = temp_path(final)
@@ -144,7 +146,7 @@ class RollupStore:
     def remove_except(self, stream: StreamKey, keep: set[int]) -> int:
         """Delete the rollups of a stream whose partition is not in `keep` (e.g. removed by retention)."""
         removed = 0
-        for start, path in self.layout.rollup_files(stream):
+        for start, path in self.layout.rollup_files(stream, self.kind):
             if start not in keep:
                 path.unlink(missing_ok=True)
                 removed += 1

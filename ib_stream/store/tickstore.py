@@ -29,6 +29,7 @@ from ib_stream.store.buffer import AppendResult, OnError, TickBuffer
 from ib_stream.store.cache import ChangeTracker, QueryCache
 from ib_stream.store.depth_rollups import update_depth_rollups
 from ib_stream.store.gaps import GapLedger, GapReason
+from ib_stream.store.heatmap_rollups import update_heatmap_rollups
 from ib_stream.store.hotcache import HotSnapshot
 from ib_stream.store.index import PartitionIndex
 from ib_stream.store.layout import DAY_NS, Layout, lock_path
@@ -266,9 +267,9 @@ class TickStore:
         return report
 
     def run_rollups(self) -> int:
-        """Write the missing and stale 1-second order-flow rollups (trades and quotes, and OBI from depth) of
-        closed partitions (idempotent); return how many were written."""
-        return update_rollups(self.engine) + update_depth_rollups(self.engine)
+        """Write the missing and stale 1-second order-flow rollups (trades and quotes, OBI from depth, and the
+        heatmap's resting sums of depth) of closed partitions (idempotent); return how many were written."""
+        return update_rollups(self.engine) + update_depth_rollups(self.engine) + update_heatmap_rollups(self.engine)
 
     def run_snapshots(self) -> SnapshotReport:
         """Write the missing and stale L2 book snapshots at partition boundaries (idempotent)."""

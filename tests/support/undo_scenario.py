@@ -27,6 +27,7 @@ from ib_stream.clock import NS_PER_SECOND, ManualClock
 from ib_stream.domain import Contract, StreamKey, TickType
 from ib_stream.importers import OrderflowOptions, import_file, import_orderflow, parse_mapping, preset
 from ib_stream.importers.tabular import Output, Recipe
+from ib_stream.orderflow.dashboard import liquidity_heatmap
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.settings import StorageConfig
 from ib_stream.storage import TickStore
@@ -166,7 +167,8 @@ def build(config: StorageConfig, clock: ManualClock, *, undone: bool, directory:
 # ---- what the store answers ----------------------------------------------------------------------------------------
 def observe(store: TickStore) -> dict[str, Any]:
     """Every answer about the contract: ticks (without seq and receive time), bars at 1m and 1h from rollups and from
-    ticks, the book every 17 minutes, and the daily statistics."""
+    ticks, the book every 17 minutes, the liquidity heatmap from its rollups and from the walk, and the daily
+    statistics."""
     seen: dict[str, Any] = {}
     for stream in STREAMS:
         records = table_to_records(store.engine.read_stream(stream, 0, 2**62))
@@ -188,6 +190,9 @@ def observe(store: TickStore) -> dict[str, Any]:
     for at in range(H0, end, 17 * MINUTE):
         book = book_at(store.engine, C, at)
         seen[f"book {iso_ns(at)}"] = (book.bids, book.asks)
+    for use_rollups in (True, False):  # the heatmap from its rollups (whole-second columns) and from the walk
+        heat = liquidity_heatmap(store.engine, CONTRACT, start, end, 150, 60, use_rollups=use_rollups).map
+        seen[f"heatmap rollups={use_rollups}"] = (heat.bids.round(2).tolist(), heat.asks.round(2).tolist())
     seen["statistics"] = [astuple(s) for s in store.index.statistics() if s.contract_id == C]
     return seen
 

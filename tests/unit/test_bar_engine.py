@@ -119,7 +119,7 @@ async def test_obi_is_never_taken_from_a_half_applied_book(store: TickStore, clo
     clock.set(T0_NS + 3 * 3600 * NS_PER_SECOND)  # the hour closed: archived, depth rolled up
     store.run_archival()
     store.run_compaction()
-    assert store.run_rollups() == 1
+    assert store.run_rollups() == 2  # the OBI rollup and the heatmap rollup of the depth
     rolled = OrderFlow(store.engine, AAPL, use_cache=False).bars(request).table.to_pylist()[0]
     assert {k: rolled[k] for k in want} == pytest.approx(want)
 

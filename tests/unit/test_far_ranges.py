@@ -77,7 +77,7 @@ def test_depth_over_years_reads_only_the_hours_with_depth(
     store.run_archival()
     store.run_snapshots()
     assert update_depth_rollups(store.engine) == 2
-    checks = Counter(monkeypatch, depth_rollups._Catalog, "hot_in")
+    checks = Counter(monkeypatch, depth_rollups.DepthCatalog, "hot_in")
     served = depth_obi_rows(store.engine, CONTRACT, T0_NS - YEAR, T0_NS + 10 * YEAR, 10)
     assert served is not None and int(served[0]["events"].sum()) == 2000
     assert checks.calls <= 3, checks.calls  # the first hour and the two with depth, not 96 000

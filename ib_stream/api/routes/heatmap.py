@@ -102,4 +102,5 @@ def heatmap_document(result: HeatmapResult) -> dict[str, Any]:
         "max_size": round(found.max_size, 2),
         "snapshot_used": None if result.snapshot_ns is None else iso_ns(result.snapshot_ns),
         "deltas_replayed": result.deltas_replayed,
+        "rollups_used": result.rollups_used,
     }
