@@ -135,14 +135,15 @@ class TickStore:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.open)
 
     def close(self) -> None:
-        """Flush and fsync the buffer, close the catalog and release the data root."""
+        """Let running jobs and queries finish, flush and fsync the buffer, close the catalog and release the data
+        root. The workers stop first: a catalog connection closed under a running job is a crash in SQLite."""
+        self.executor.shutdown(wait=True)
         buffer = getattr(self, "buffer", None)
         if buffer is not None:
             buffer.close()
         for db in (getattr(self, "index", None), getattr(self, "gaps", None), getattr(self, "marks", None)):
             if db is not None:
                 db.close()
-        self.executor.shutdown(wait=True)
         self._unlock()
 
     async def aclose(self) -> None:
