@@ -1,13 +1,30 @@
 """The time window of a range request, shared by the routes that take a range like `/v2/bars`: [start_time,
-end_time), or without start_time the session of `date` (default: the current one) of type `session`."""
+end_time), or without start_time the session of `date` (default: the current one) of type `session` — the
+parameters' types (with their OpenAPI descriptions) and their resolution."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Query
+
 from ib_stream.api.state import ServiceState
-from ib_stream.calendars import check_session_type, parse_date
+from ib_stream.calendars import SESSION_TYPES, check_session_type, parse_date
 from ib_stream.errors import ValidationError
 from ib_stream.orderflow.service import OrderFlow
 from ib_stream.times import parse_http_time
+
+WindowStart = Annotated[
+    str | None, Query(description="Range start, ISO-8601 with Z or an offset (inclusive); default: the session's.")
+]
+WindowEnd = Annotated[str | None, Query(description="Range end (exclusive); default now, or the session's end.")]
+WindowSession = Annotated[
+    str,
+    Query(
+        description="Session type of the window without start_time.", json_schema_extra={"enum": list(SESSION_TYPES)}
+    ),
+]
+WindowDate = Annotated[str | None, Query(description="Trading date (YYYY-MM-DD) of the session window.")]
 
 
 async def resolve_window(

@@ -25,8 +25,7 @@ from ib_stream.api.formats import MEDIA_TYPES, ResultFormat, streaming_response
 from ib_stream.api.params import ContractIdPath, check_bar_budget
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.state import State
-from ib_stream.api.windows import resolve_window
-from ib_stream.calendars import SESSION_TYPES
+from ib_stream.api.windows import WindowDate, WindowEnd, WindowSession, WindowStart, resolve_window
 from ib_stream.times import iso_basic, iso_ns
 
 router = APIRouter(tags=["order flow dashboard"])
@@ -49,20 +48,10 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 async def footprint(
     state: State,
     contract_id: ContractIdPath,
-    start_time: Annotated[
-        str | None, Query(description="Range start, ISO-8601 with Z or an offset (inclusive); default: the session's.")
-    ] = None,
-    end_time: Annotated[
-        str | None, Query(description="Range end (exclusive); default now, or the session's end.")
-    ] = None,
-    session: Annotated[
-        str,
-        Query(
-            description="Session type of the window without start_time.",
-            json_schema_extra={"enum": list(SESSION_TYPES)},
-        ),
-    ] = "regular",
-    date: Annotated[str | None, Query(description="Trading date (YYYY-MM-DD) of the session window.")] = None,
+    start_time: WindowStart = None,
+    end_time: WindowEnd = None,
+    session: WindowSession = "regular",
+    date: WindowDate = None,
     resolution: Annotated[
         str,
         Query(description="Bar size; `1d` = one bar per session.", json_schema_extra={"enum": list(BAR_RESOLUTIONS)}),

@@ -21,8 +21,7 @@ from ib_stream.analytics.request import MAX_LEVELS, parse_levels
 from ib_stream.api.params import ContractIdPath, check_range
 from ib_stream.api.responses import OrjsonResponse
 from ib_stream.api.state import State
-from ib_stream.api.windows import resolve_window
-from ib_stream.calendars import SESSION_TYPES
+from ib_stream.api.windows import WindowDate, WindowEnd, WindowSession, WindowStart, resolve_window
 from ib_stream.orderflow.dashboard import HeatmapResult
 from ib_stream.times import iso_ns
 
@@ -42,20 +41,10 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 async def heatmap(
     state: State,
     contract_id: ContractIdPath,
-    start_time: Annotated[
-        str | None, Query(description="Range start, ISO-8601 with Z or an offset (inclusive); default: the session's.")
-    ] = None,
-    end_time: Annotated[
-        str | None, Query(description="Range end (exclusive); default now, or the session's end.")
-    ] = None,
-    session: Annotated[
-        str,
-        Query(
-            description="Session type of the window without start_time.",
-            json_schema_extra={"enum": list(SESSION_TYPES)},
-        ),
-    ] = "regular",
-    date: Annotated[str | None, Query(description="Trading date (YYYY-MM-DD) of the session window.")] = None,
+    start_time: WindowStart = None,
+    end_time: WindowEnd = None,
+    session: WindowSession = "regular",
+    date: WindowDate = None,
     columns: Annotated[int, Query(description=f"Time columns (at most; 1..{MAX_COLUMNS}).")] = DEFAULT_COLUMNS,
     rows: Annotated[int, Query(description=f"Price rows (at most; 1..{MAX_ROWS}).")] = DEFAULT_ROWS,
     price_low: Annotated[
