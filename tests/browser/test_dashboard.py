@@ -379,3 +379,18 @@ def test_alerts_are_marked_where_they_fired_and_arrive_live(open_dashboard: Open
     assert live is not None
     assert {int(page.evaluate("(x) => new Date(x).getTime()", x)) for x in live["x"]} <= later
     assert log.console_errors == [] and http_errors(log) == [] and log.outside == []
+
+
+def test_a_page_opened_without_a_day_shows_what_is_being_recorded(open_dashboard: Opener, sim: Sim) -> None:
+    """The current session while it is in progress, else the last hour: never an empty chart of a closed session."""
+    session = httpx.get(f"{sim.server.url}/v2/sessions/{AAPL}/current", params={"session": "regular"}, timeout=30)
+    page, log = open_dashboard(sim.server, f"?contract={AAPL}&bar=15s")
+    expected = "current" if session.json()["in_progress"] else "recent"
+    assert page.evaluate("window.ibDashboard.state.view.day") == expected
+    assert f"day={expected}" in page.url
+    page.wait_for_function(
+        "(document.getElementById('chart').data || []).some((t) => t.uid === 'candles' && t.x.length)"
+    )
+    assert log.console_errors == [] and http_errors(log) == [] and log.outside == []
+    shared, _ = open_dashboard(sim.server, f"?contract={AAPL}&day=current&bar=15s")  # a link naming the day keeps it
+    assert shared.evaluate("window.ibDashboard.state.view.day") == "current"

@@ -120,6 +120,19 @@ export function isoFromNs(ns) {
   return new Date(Number(seconds) * 1000).toISOString().replace(/\.\d{3}Z$/, `.${fraction}Z`);
 }
 
+// The day a page opened without one shows: the current session while it is in progress, else the last hour
+// (a closed market's current session would be an empty chart). A link that names a day, date or range keeps it.
+export async function openingDay(view, search, contractId) {
+  const params = new URLSearchParams(search);
+  if (["day", "date", "start", "end"].some((key) => params.get(key))) return view.day;
+  try {
+    const found = await getJson(`/v2/sessions/${contractId}/current`, { session: view.session });
+    return found.in_progress ? "current" : "recent";
+  } catch {
+    return view.day;
+  }
+}
+
 // Where the view's bars come from: a session (current, previous, a date), the last hour, or an explicit range.
 // `live` is true when the window reaches now, so the live streams apply.
 export async function resolveWindow(view, contractId, now = Date.now()) {

@@ -471,6 +471,7 @@ async function start() {
     return;
   }
   if (!state.contracts.some((c) => String(c.con_id) === state.view.contract)) state.view.contract = String(state.contracts[0].con_id);
+  state.view.day = await api.openingDay(state.view, window.location.search, state.view.contract);
   fillControls();
   bindControls();
   await draw($("chart"), mainFigure(state));
