@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -175,7 +175,27 @@ def update_depth_rollups(engine: QueryEngine, contract_ids: Sequence[int] | None
     is closed when its end is at or before now and it holds no unarchived depth ticks. Rollups of partitions that
     no longer hold depth are deleted. Idempotent.
     """
-    rollups = RollupStore.for_engine(engine)
+
+    def build(stream: StreamKey, start: int, end: int) -> pa.Table:
+        return _table(span_rows(engine, stream, start, end, DEFAULT_LEVELS))
+
+    return update_partition_rollups(
+        engine, RollupStore.for_engine(engine), contract_ids, DEFAULT_LEVELS, DEPTH_ROLLUP_VERSION, build
+    )
+
+
+def update_partition_rollups(
+    engine: QueryEngine,
+    rollups: RollupStore,
+    contract_ids: Sequence[int] | None,
+    levels: int,
+    version: int | str,
+    build: Callable[[StreamKey, int, int], pa.Table],
+) -> int:
+    """Write with `build(stream, start, end)` the missing and stale rollups in `rollups` of every closed partition
+    of every depth stream (of `contract_ids`, default all), keyed by `DepthCatalog.key(start, version)`; delete
+    those of partitions that no longer hold depth; return how many were written. Closed: ended at or before now,
+    with no unarchived depth ticks."""
     pn = engine.layout.partition_ns
     now = engine.clock.now_ns()
     written = 0
@@ -184,15 +204,14 @@ def update_depth_rollups(engine: QueryEngine, contract_ids: Sequence[int] | None
             contract_ids is not None and stream.contract_id not in contract_ids
         ):
             continue
-        catalog = DepthCatalog.of(engine, stream, DEFAULT_LEVELS, engine.index.files(stream), now)
+        catalog = DepthCatalog.of(engine, stream, levels, engine.index.files(stream), now)
         for start in sorted(catalog.files):
             if start + pn > now or catalog.hot_in(start):
                 continue
-            key = catalog.key(start)
+            key = catalog.key(start, version)
             if rollups.key(stream, start) == key:
                 continue
-            rolled = span_rows(engine, stream, start, start + pn, DEFAULT_LEVELS)
-            rollups.write_table(stream, start, _table(rolled), key)
+            rollups.write_table(stream, start, build(stream, start, start + pn), key)
             written += 1
         rollups.remove_except(stream, set(catalog.files))
     return written

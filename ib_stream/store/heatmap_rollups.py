@@ -27,7 +27,7 @@ from ib_stream import budget
 from ib_stream.analytics.heatmap import SECOND_NS, SecondSums, second_sums
 from ib_stream.analytics.resting import resting_intervals
 from ib_stream.domain import StreamKey, TickType
-from ib_stream.store.depth_rollups import DepthCatalog
+from ib_stream.store.depth_rollups import DepthCatalog, update_partition_rollups
 from ib_stream.store.layout import RESTING_KIND
 from ib_stream.store.query import QueryEngine
 from ib_stream.store.rollups import RollupStore
@@ -101,27 +101,11 @@ def update_heatmap_rollups(engine: QueryEngine, contract_ids: Sequence[int] | No
     """Write the missing and stale heatmap rollups of every closed partition of every depth stream; return how
     many. As `depth_rollups.update_depth_rollups`: closed = ended at or before now with no unarchived depth
     ticks; rollups of partitions that no longer hold depth are deleted. Idempotent."""
-    rollups = RollupStore.for_engine(engine, KIND)
-    pn = engine.layout.partition_ns
-    now = engine.clock.now_ns()
-    written = 0
-    for stream in engine.index.streams():
-        if stream.tick_type is not TickType.DEPTH or (
-            contract_ids is not None and stream.contract_id not in contract_ids
-        ):
-            continue
-        catalog = DepthCatalog.of(engine, stream, 0, engine.index.files(stream), now)
-        for start in sorted(catalog.files):
-            if start + pn > now or catalog.hot_in(start):
-                continue
-            key = catalog.key(start, VERSION)
-            if rollups.key(stream, start) == key:
-                continue
-            sums = partition_sums(engine, stream.contract_id, start, start + pn)
-            rollups.write_table(stream, start, _table(sums), key)
-            written += 1
-        rollups.remove_except(stream, set(catalog.files))
-    return written
+
+    def build(stream: StreamKey, start: int, end: int) -> pa.Table:
+        return _table(partition_sums(engine, stream.contract_id, start, end))
+
+    return update_partition_rollups(engine, RollupStore.for_engine(engine, KIND), contract_ids, 0, VERSION, build)
 
 
 def sums_range(sums: Sequence[SecondSums]) -> tuple[float, float] | None:
