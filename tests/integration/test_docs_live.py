@@ -1,4 +1,5 @@
-"""The Python examples of README.md and docs/howto/query-from-python.md run verbatim against a running service.
+"""The Python examples of README.md and docs/howto/query-from-python.md, and the README's curl commands, run
+verbatim against a running service.
 
 As a newcomer would: `ib-stream serve --data-dir <elsewhere>` (what `make run ARGS="--data-dir …"` starts)
 records the simulated market; the examples run in a directory without a `storage/` of its own, so
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ def archive_two_hours(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("newcomer")
     elsewhere = home / "ticks"
     archive_two_hours(elsewhere)
@@ -60,14 +62,14 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "IB_STREAM_STORAGE__DATA_ROOT")}
     os.environ["XDG_STATE_HOME"] = str(state)  # the service lists itself here; StorageQuery() looks here
     os.environ.pop("IB_STREAM_STORAGE__DATA_ROOT", None)
-    process, _ = serve(elsewhere)
+    process, url = serve(elsewhere)
     cwd = os.getcwd()
     work = home / "work"
     work.mkdir()
     os.chdir(work)  # no storage/ here: the settings' data root holds no catalog
     try:
         time.sleep(3)  # a few seconds of live ticks
-        yield elsewhere
+        yield elsewhere, url
     finally:
         os.chdir(cwd)
         stop(process)
@@ -76,6 +78,24 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def newcomer(service: tuple[Path, str]) -> Path:
+    return service[0]
+
+
+def test_the_readme_curl_commands_answer(service: tuple[Path, str]) -> None:
+    """Every curl line of the README's "Try it" block, with the test service's address: HTTP 200 and a body."""
+    block = re.search(r"## Try it\n\n```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block is not None
+    commands = [line for line in block.group(1).splitlines() if line.startswith("curl ")]
+    assert len(commands) >= 8
+    for command in commands:
+        runnable = command.replace("http://127.0.0.1:8000", service[1]).replace("curl ", "curl -sSf --max-time 60 ", 1)
+        done = subprocess.run(["bash", "-c", runnable], capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        assert done.stdout.strip(), command
 
 
 def test_the_readme_example_runs_against_the_running_service(
