@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from ib_stream.storage import TickStore
 from ib_stream.store.schema import table_to_records
 from ib_stream.streaming import StreamingApp
 from tests.conftest import T0_NS
+from tests.support.coverage_scenario import until
 from tests.support.fake_tws import AAPL, ES, FakeTWS
 
 pytestmark = pytest.mark.timeout(10)
@@ -67,16 +67,6 @@ async def running(
         finally:
             await app.stop()
         assert tws.protocol_errors == []
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    """Poll `predicate` on the event loop until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout}s")
-        await asyncio.sleep(0.01)
-    return value
 
 
 async def subscribed(tws: FakeTWS, con_id: int, request: str, kind: str | None = None, count: int = 1) -> None:
